@@ -1,0 +1,103 @@
+"""Building blocks shared by the models: a 3x3/1x1 conv that is fast on small maps, conv+BN.
+
+XLA's CPU backend runs a 3x3 convolution on a 2x2 or 1x1 feature map about 80x below its matmul
+speed (`../shared/MEASURED.md`). ``Conv`` therefore computes such layers as a sum of shifted matmuls,
+which is exact and keeps the parameter layout of ``flax.linen.Conv`` (``kernel: f32[kh, kw, I, O]``,
+HWIO), so learngene slicing does not care which form ran.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+# Feature maps with at most this many pixels use the shifted-matmul form (measured in
+# benchmarks/conv_small_maps.py: on XLA CPU it wins up to 4x4 maps; lax.conv wins from 7x7 on).
+SMALL_MAP_PIXELS = 16
+
+
+def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A stride-1 'SAME' convolution as a sum of one matmul per kernel tap.
+
+    Args:
+      x: f32[B, H, W, I].
+      kernel: f32[kh, kw, I, O] (odd kh, kw).
+
+    Returns:
+      f32[B, H, W, O], equal to ``lax.conv_general_dilated(..., padding='SAME')``.
+    """
+    kh, kw = kernel.shape[:2]
+    _, h, w, _ = x.shape
+    ph, pw = kh // 2, kw // 2
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    out = None
+    for i in range(kh):
+        # Taps whose window lies entirely in the zero padding contribute nothing: skip them
+        # (on a 1x1 map only the centre tap remains).
+        if i + h <= ph or i >= ph + h:
+            continue
+        for j in range(kw):
+            if j + w <= pw or j >= pw + w:
+                continue
+            term = jnp.einsum("bhwi,io->bhwo", xp[:, i : i + h, j : j + w], kernel[i, j])
+            out = term if out is None else out + term
+    return out
+
+
+class Conv(nn.Module):
+    """Stride-1 'SAME' conv with ``flax.linen.Conv``'s parameters, fast on small maps."""
+
+    features: int
+    kernel_size: int = 3
+    use_bias: bool = False
+    small_map_pixels: int = SMALL_MAP_PIXELS
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel",
+            nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
+            (k, k, x.shape[-1], self.features),
+        )
+        dtype = self.dtype or x.dtype
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        if k == 1:
+            y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
+        elif x.shape[1] * x.shape[2] <= self.small_map_pixels:
+            y = shifted_matmul_conv(x, kernel)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
+        return y
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) followed by BatchNorm; params ``{conv: {kernel}, bn: {scale, bias}}``.
+
+    BatchNorm has no ``axis_name``: statistics are per individual (STYLE 5). Momentum 0.9 lets the
+    running statistics of a network fine-tuned for a few dozen steps reflect its data.
+    """
+
+    features: int
+    kernel_size: int = 3
+    bn_momentum: float = 0.9
+    small_map_pixels: int = SMALL_MAP_PIXELS
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = Conv(self.features, self.kernel_size, small_map_pixels=self.small_map_pixels,
+                 name="conv")(x)
+        return nn.BatchNorm(
+            use_running_average=not train, momentum=self.bn_momentum, name="bn"
+        )(x)
+
+
+def scaled(width: int, multiplier: float) -> int:
+    """A layer width times a multiplier, at least 1."""
+    return max(1, int(round(width * multiplier)))
