@@ -1,0 +1,159 @@
+"""Populations of networks: stacked state, init, the train step and how it executes (DESIGN 4).
+
+This module alone adds the population axis P (STYLE 5). Per-network functions (``init_network``,
+``train_step``) are written for one individual; ``population_map`` applies one to every member.
+Its semantics is always ``jax.vmap``; how it runs is an execution strategy:
+
+- ``"vmap"``: ``jax.vmap``. Expected best on GPU/TPU, where batched convs are fast.
+- ``"unroll"``: a Python loop over members traced inside the one jitted function, results
+  stacked. On XLA CPU vmap turns every conv into a grouped conv that runs 3-4x slower than P
+  separate convs (`../shared/MEASURED.md`); unrolling avoids that and was the fastest CPU form.
+- ``"auto"``: ``"vmap"`` on GPU/TPU, ``"unroll"`` on CPU (measured: benchmarks/population_step.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from flax import struct
+
+from gtl_jax.data.pool import to_float
+
+STRATEGIES = ("auto", "vmap", "unroll")
+
+
+@struct.dataclass
+class TrainState:
+    """The state of one network (or, stacked, of a population: every leaf has a leading P)."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def resolve_strategy(strategy: str, backend: str | None = None) -> str:
+    """Maps ``"auto"`` to the measured best strategy of the backend."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy != "auto":
+        return strategy
+    backend = backend or jax.default_backend()
+    return "unroll" if backend == "cpu" else "vmap"
+
+
+def population_map(
+    fn: Callable, in_axes: Sequence[int | None], *, strategy: str = "auto"
+) -> Callable:
+    """``jax.vmap(fn, in_axes)`` computed by the given execution strategy.
+
+    Args:
+      fn: a function of one individual; its outputs are pytrees of arrays.
+      in_axes: for each positional argument, 0 (mapped over its leading axis) or None
+        (shared by all members).
+      strategy: see the module docstring.
+    """
+    strategy = resolve_strategy(strategy)
+    if strategy == "vmap":
+        return jax.vmap(fn, in_axes=tuple(in_axes))
+
+    def unrolled(*args):
+        sizes = {
+            leaf.shape[0]
+            for arg, axis in zip(args, in_axes)
+            if axis == 0
+            for leaf in jax.tree.leaves(arg)
+        }
+        if len(sizes) != 1:
+            raise ValueError(f"mapped arguments disagree on the population size: {sizes}")
+        (size,) = sizes
+        outs = [
+            fn(*(jax.tree.map(lambda a, i=i: a[i], arg) if axis == 0 else arg
+                 for arg, axis in zip(args, in_axes)))
+            for i in range(size)
+        ]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return unrolled
+
+
+def init_network(
+    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+    image_shape: tuple[int, int, int],
+) -> TrainState:
+    """Initialises one network and its optimiser state."""
+    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(params, variables["batch_stats"], tx.init(params))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(
+    model: nn.Module, tx: optax.GradientTransformation, state: TrainState, x: jax.Array,
+    y: jax.Array,
+) -> tuple[TrainState, jax.Array]:
+    """One optimiser step of one network on ``x: u8[B, H, W, Ch]``, ``y: i32[B]``.
+
+    Returns the new state and the loss (f32[]) before the step.
+    """
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            to_float(x), train=True, mutable=["batch_stats"],
+        )
+        return cross_entropy(logits, y), updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, batch_stats, opt_state), loss
+
+
+def predict(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, **kwargs) -> jax.Array:
+    """Inference with running BatchNorm statistics: logits (or features) of ``x: u8[B, H, W, Ch]``."""
+    return model.apply(
+        {"params": params, "batch_stats": batch_stats}, to_float(x), train=False, **kwargs
+    )
+
+
+def make_sgd(learning_rate: float, momentum: float, weight_decay: float):
+    """SGD with momentum and decoupled-from-loss (L2-into-gradient) weight decay."""
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay),
+        optax.sgd(learning_rate, momentum=momentum),
+    )
+
+
+def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """``"sgd"`` (momentum, weight decay) or ``"adam"``."""
+    if name == "sgd":
+        return make_sgd(learning_rate, momentum, weight_decay)
+    if name == "adam":
+        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """Stacks P pytrees of one structure into one pytree with a leading P axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: Any) -> list[Any]:
+    """Inverse of ``stack``."""
+    size = jax.tree.leaves(tree)[0].shape[0]
+    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(size)]
+
+
+def population_size(tree: Any) -> int:
+    return jax.tree.leaves(tree)[0].shape[0]
+
+
