@@ -5,10 +5,12 @@ This module alone adds the population axis P (STYLE 5). Per-network functions (`
 Its semantics is always ``jax.vmap``; how it runs is an execution strategy:
 
 - ``"vmap"``: ``jax.vmap``. Expected best on GPU/TPU, where batched convs are fast.
-- ``"unroll"``: a Python loop over members traced inside the one jitted function, results
-  stacked. On XLA CPU vmap turns every conv into a grouped conv that runs 3-4x slower than P
-  separate convs (`../shared/MEASURED.md`); unrolling avoids that and was the fastest CPU form.
-- ``"auto"``: ``"vmap"`` on GPU/TPU, ``"unroll"`` on CPU (measured: benchmarks/population_step.py).
+- ``"loop"``: one compiled function of one member, called for each member index from a host
+  loop, outputs stacked. On XLA CPU vmap turns every conv into a grouped conv that runs 2-4x
+  slower than P separate convs (`../shared/MEASURED.md`); unrolling the members inside one jit
+  ran no faster than this loop here and compiled 30 s longer at P=8, so the loop is the CPU form:
+  its compile time does not grow with P.
+- ``"auto"``: ``"vmap"`` on GPU/TPU, ``"loop"`` on CPU (benchmarks/population_step.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from flax import struct
 
 from gtl_jax.data.pool import to_float
 
-STRATEGIES = ("auto", "vmap", "unroll")
+STRATEGIES = ("auto", "vmap", "loop")
 
 
 @struct.dataclass
@@ -43,42 +45,49 @@ def resolve_strategy(strategy: str, backend: str | None = None) -> str:
     if strategy != "auto":
         return strategy
     backend = backend or jax.default_backend()
-    return "unroll" if backend == "cpu" else "vmap"
+    return "loop" if backend == "cpu" else "vmap"
+
+
+def _take(tree: Any, i: jax.Array) -> Any:
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree)
+
+
+@jax.jit
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def population_map(
     fn: Callable, in_axes: Sequence[int | None], *, strategy: str = "auto"
 ) -> Callable:
-    """``jax.vmap(fn, in_axes)`` computed by the given execution strategy.
+    """A compiled function computing ``jax.vmap(fn, in_axes)(*args)`` by an execution strategy.
 
     Args:
-      fn: a function of one individual; its outputs are pytrees of arrays.
-      in_axes: for each positional argument, 0 (mapped over its leading axis) or None
-        (shared by all members).
-      strategy: see the module docstring.
+      fn: a pure function of one individual whose outputs are pytrees of arrays.
+      in_axes: for each positional argument, 0 (mapped over its leading axis P) or None (shared
+        by all members).
+      strategy: ``"vmap"``, ``"loop"`` or ``"auto"`` (see the module docstring).
+
+    Returns:
+      A function of the same arguments with outputs stacked along a leading P. It is already
+      compiled: call it from host code (with ``"loop"`` it is a host loop, not traceable).
     """
+    in_axes = tuple(in_axes)
     strategy = resolve_strategy(strategy)
     if strategy == "vmap":
-        return jax.vmap(fn, in_axes=tuple(in_axes))
+        return jax.jit(jax.vmap(fn, in_axes=in_axes))
 
-    def unrolled(*args):
-        sizes = {
-            leaf.shape[0]
-            for arg, axis in zip(args, in_axes)
-            if axis == 0
-            for leaf in jax.tree.leaves(arg)
-        }
-        if len(sizes) != 1:
-            raise ValueError(f"mapped arguments disagree on the population size: {sizes}")
-        (size,) = sizes
-        outs = [
-            fn(*(jax.tree.map(lambda a, i=i: a[i], arg) if axis == 0 else arg
-                 for arg, axis in zip(args, in_axes)))
-            for i in range(size)
-        ]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    @jax.jit
+    def member(i, *args):
+        return fn(*(_take(a, i) if axis == 0 else a for a, axis in zip(args, in_axes)))
 
-    return unrolled
+    def looped(*args):
+        size = population_size([a for a, axis in zip(args, in_axes) if axis == 0])
+        # The member index is traced (an array), so one compilation serves every member.
+        return _stack([member(jnp.int32(i), *args) for i in range(size)])
+
+    looped.member = member  # exposed for compile-count tests
+    return looped
 
 
 def init_network(

@@ -1,0 +1,149 @@
+"""Checkpoints (Orbax): the evolution state of a run, and learngene files (DESIGN 1.3, step 7).
+
+The only module that touches Orbax. Two kinds of data:
+
+- The evolution state, saved every generation by a ``CheckpointManager`` in
+  ``<workdir>/checkpoints`` together with JSON metadata (the config), so a killed run resumes from
+  its workdir. Restores go into templates from ``jax.eval_shape``.
+- A *learngene file*: a directory with the arrays (Orbax) and ``metadata.json`` (architecture,
+  r, k per layer, image shape, dataset, splits, generation, fitness, config, library version).
+  ``load_learngene`` checks the arrays against the metadata before anything uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gtl_jax.learngene import Learngene, LearngeneSpec
+
+FORMAT = "gtl_jax.learngene/1"
+LIBRARY_VERSION = "0.1.0"
+
+
+class LearngeneFileError(ValueError):
+    """A learngene file is missing, corrupt, or does not match its metadata or target."""
+
+
+def state_manager(workdir: str | pathlib.Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
+    """The manager of ``<workdir>/checkpoints``; keeps the last ``max_to_keep`` generations."""
+    directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    return ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+    """Saves the state of generation ``step`` and waits until it is on disk."""
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    )
+    manager.wait_until_finished()
+
+
+def restore_state(manager: ocp.CheckpointManager, template: Any) -> tuple[Any, dict] | None:
+    """The latest state restored into ``template``'s structure (None if there is none)."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return restored.state, restored.meta
+
+
+def save_learngene(
+    path: str | pathlib.Path, learngene: Learngene, metadata: dict[str, Any]
+) -> pathlib.Path:
+    """Writes a learngene file: ``path/arrays`` (Orbax) and ``path/metadata.json``.
+
+    ``metadata`` must hold at least ``spec`` (``LearngeneSpec.to_json()``) and ``model``.
+    """
+    path = pathlib.Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    arrays = jax.tree.map(np.asarray, learngene)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path / "arrays", arrays, force=True)
+    checkpointer.wait_until_finished()
+    meta = {
+        "format": FORMAT,
+        "library_version": LIBRARY_VERSION,
+        "shapes": {n: {k: list(v.shape) for k, v in g.items()} for n, g in arrays.items()},
+        **metadata,
+    }
+    (path / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return path
+
+
+def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
+    path = pathlib.Path(path)
+    meta_path = path / "metadata.json"
+    if not meta_path.is_file():
+        raise LearngeneFileError(
+            f"{meta_path} not found: {path} is not a learngene file "
+            "(a directory written by gtl_jax with arrays/ and metadata.json)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise LearngeneFileError(f"{meta_path} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise LearngeneFileError(
+            f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}"
+        )
+    for field in ("spec", "model", "shapes"):
+        if field not in meta:
+            raise LearngeneFileError(f"{meta_path}: metadata field {field!r} is missing")
+    return meta
+
+
+def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]:
+    """Reads a learngene file and checks its arrays against its metadata.
+
+    Returns:
+      ``(learngene, metadata)``; ``metadata["spec"]`` rebuilds with ``LearngeneSpec.from_json``.
+    """
+    path = pathlib.Path(path).absolute()
+    meta = read_metadata(path)
+    spec = LearngeneSpec.from_json(meta["spec"])
+    template = {
+        name: {k: jax.ShapeDtypeStruct(tuple(shape), np.float32) for k, shape in gene.items()}
+        for name, gene in meta["shapes"].items()
+    }
+    try:
+        learngene = ocp.StandardCheckpointer().restore(path / "arrays", template)
+    except Exception as e:  # Orbax raises many types for damaged files; name the file.
+        raise LearngeneFileError(
+            f"cannot read the arrays of learngene file {path}: {type(e).__name__}: {e}"
+        ) from None
+    problems = []
+    for layer in spec.layers:
+        gene = learngene.get(layer.name)
+        if gene is None:
+            problems.append(f"{layer.name}: missing")
+            continue
+        kernel = gene["kernel"].shape
+        if kernel[2:] != (layer.k_in, layer.k_out):
+            problems.append(f"{layer.name}: kernel {kernel} vs spec k_in={layer.k_in} "
+                            f"k_out={layer.k_out}")
+        for k in ("scale", "bias", "mean", "var"):
+            if gene[k].shape != (layer.k_out,):
+                problems.append(f"{layer.name}/{k}: shape {gene[k].shape} vs ({layer.k_out},)")
+    if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(learngene)):
+        problems.append("non-finite values")
+    if problems:
+        raise LearngeneFileError(
+            f"learngene file {path} does not match its metadata:\n  " + "\n  ".join(problems)
+        )
+    return learngene, meta

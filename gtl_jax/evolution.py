@@ -1,0 +1,347 @@
+"""The evolutionary loop of GTL (DESIGN 1.3): hosts, lifetime learning, extraction, critic
+fitness, tournament selection, mutation with elitism, lineage.
+
+The operators (``tournament_select``, ``mutate``, ``reproduce``) are pure jittable functions of
+one key and arrays. ``Evolution`` holds the compiled population functions of one configuration
+and runs one generation as ``(key, state) -> (state, metrics)``; the key of generation g is
+``fold_in(root_key, g)``, so a resumed run replays the same stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import struct
+
+from gtl_jax.data.pool import sample_batch, sample_classes, sample_episode
+from gtl_jax.descendants import DescendantEvaluator, Recipe
+from gtl_jax.learngene import (
+    PARAMETER_KEYS,
+    Learngene,
+    LearngeneSpec,
+    extract_learngene,
+    insert_learngene,
+)
+from gtl_jax.population import (
+    TrainState,
+    init_network,
+    make_optimizer,
+    population_map,
+    train_step,
+)
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def sanitize_fitness(fitness: jax.Array) -> jax.Array:
+    """NaN or infinite fitness becomes ``-inf``: the worst possible, never selected over a number."""
+    return jnp.where(jnp.isfinite(fitness), fitness, -jnp.inf)
+
+
+def tournament_select(key: jax.Array, fitness: jax.Array, *, tournament_size: int) -> jax.Array:
+    """Shuffles the population into groups of ``tournament_size``; the fittest of each wins.
+
+    Args:
+      key: PRNG key.
+      fitness: f32[P], higher is better; NaN/inf count as the worst.
+      tournament_size: k; P must be divisible by k.
+
+    Returns:
+      i32[P // k], the index of each group's winner. Ties go to the first in the shuffled group.
+    """
+    size = fitness.shape[0]
+    if size % tournament_size:
+        raise ValueError(
+            f"population size {size} is not divisible by tournament_size {tournament_size}"
+        )
+    groups = jax.random.permutation(key, size).reshape(-1, tournament_size)
+    scores = sanitize_fitness(fitness)[groups]
+    # Among non-finite scores argmax returns the first; a finite one always beats -inf.
+    return groups[jnp.arange(groups.shape[0]), jnp.argmax(scores, axis=1)].astype(jnp.int32)
+
+
+def mutate(key: jax.Array, learngene: Learngene, *, sigma: float, rate: float) -> Learngene:
+    """Gaussian mutation of one learngene, scaled to each tensor's standard deviation.
+
+    Each parameter tensor (kernel, BN scale and bias; never the running statistics) is perturbed
+    with probability ``rate`` by ``sigma * std(tensor) * N(0, 1)``. ``sigma = 0`` is the identity.
+    """
+    # All tensors share one flat normal draw: one RNG call compiles in a fraction of a second,
+    # where one call per tensor under vmap took over 20 s of XLA CPU compile time.
+    slots = [(name, k) for name in sorted(learngene) for k in PARAMETER_KEYS]
+    tensors = [learngene[name][k] for name, k in slots]
+    sizes = np.array([t.size for t in tensors])
+    apply_key, noise_key = jax.random.split(key)
+    apply = jax.random.bernoulli(apply_key, rate, (len(slots),))
+    scale = sigma * jnp.stack([jnp.std(t) for t in tensors]) * apply
+    flat = jnp.concatenate([t.ravel() for t in tensors])
+    noise = jax.random.normal(noise_key, flat.shape, flat.dtype)
+    flat = flat + jnp.repeat(scale, sizes, total_repeat_length=int(sizes.sum())) * noise
+    out = {name: dict(gene) for name, gene in learngene.items()}
+    for (name, k), t, piece in zip(slots, tensors, jnp.split(flat, np.cumsum(sizes)[:-1])):
+        out[name][k] = piece.reshape(t.shape)
+    return out
+
+
+def reproduce(
+    key: jax.Array,
+    learngenes: Learngene,
+    fitness: jax.Array,
+    *,
+    tournament_size: int,
+    sigma: float,
+    rate: float,
+) -> tuple[Learngene, jax.Array]:
+    """The next generation: the best learngene unchanged, then mutated copies of the winners.
+
+    Args:
+      learngenes: a stacked learngene, leading axis P.
+      fitness: f32[P].
+
+    Returns:
+      ``(next_learngenes, parents: i32[P])``; slot 0 holds the elite, slot i > 0 a mutated copy
+      of winner ``i - 1 mod (P // k)``.
+    """
+    select_key, mutate_key = jax.random.split(key)
+    size = fitness.shape[0]
+    elite = jnp.argmax(sanitize_fitness(fitness)).astype(jnp.int32)
+    winners = tournament_select(select_key, fitness, tournament_size=tournament_size)
+    parents = jnp.concatenate([elite[None], winners[jnp.arange(size - 1) % winners.shape[0]]])
+    children = jax.tree.map(lambda x: x[parents], learngenes)
+    mutated = jax.vmap(functools.partial(mutate, sigma=sigma, rate=rate))(
+        jax.random.split(mutate_key, size), children
+    )
+    is_elite = jnp.arange(size) == 0
+    next_learngenes = jax.tree.map(
+        lambda m, c: jnp.where(is_elite.reshape((-1,) + (1,) * (m.ndim - 1)), c, m),
+        mutated, children,
+    )
+    return next_learngenes, parents
+
+
+def diversity(learngenes: Learngene) -> jax.Array:
+    """Mean over parameter tensors of the across-population std, relative to the tensor's std."""
+    values = [
+        jnp.mean(jnp.std(gene[k], axis=0)) / (jnp.std(gene[k]) + 1e-12)
+        for gene in learngenes.values()
+        for k in ("kernel",)
+    ]
+    return jnp.mean(jnp.stack(values))
+
+
+# --------------------------------------------------------------------------- state
+
+
+@struct.dataclass
+class EvolutionState:
+    """Everything a run needs to continue; every array of ``learngenes`` has a leading P.
+
+    Attributes:
+      generation: i32[], the number of generations completed.
+      learngenes: the learngenes of the next hosts (stacked, leading P).
+      parents: i32[P], lineage: the index (in the previous generation) of each one's parent.
+      best_learngene: the fittest trained learngene of the last completed generation.
+      best_fitness: f32[], its fitness.
+    """
+
+    generation: jax.Array
+    learngenes: Learngene
+    parents: jax.Array
+    best_learngene: Learngene
+    best_fitness: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionConfig:
+    """The static sizes and knobs of the loop (validated once by the CLI's config check)."""
+
+    pop_size: int = 9
+    tournament_size: int = 3
+    life_way: int = 5
+    life_steps: int = 100
+    life_batch: int = 32
+    life_lr: float = 0.05
+    life_momentum: float = 0.9
+    life_weight_decay: float = 5e-4
+    num_critics: int = 2
+    critic_way: int = 5
+    critic_shot: int = 1
+    critic_query: int = 15
+    mutation_sigma: float = 0.1
+    mutation_rate: float = 0.5
+    zero_cross: bool = True
+
+
+class Evolution:
+    """Compiled functions for one configuration; ``generation`` runs one generation.
+
+    Args:
+      life_model: the host network (with an ``life_way`` head).
+      critic_model: the critic network (with a ``critic_way`` head).
+      spec: the learngene spec shared by both.
+      config: the loop's sizes and knobs.
+      critic_recipe: how critics fine-tune.
+      train_images: u8[C_train, M, H, W, Ch] meta-train pool (lifetime tasks).
+      val_images: u8[C_val, M, H, W, Ch] meta-validation pool (critic tasks).
+      strategy: population execution strategy.
+    """
+
+    def __init__(
+        self,
+        life_model: nn.Module,
+        critic_model: nn.Module,
+        spec: LearngeneSpec,
+        config: EvolutionConfig,
+        critic_recipe: Recipe,
+        train_images: jax.Array,
+        val_images: jax.Array,
+        *,
+        strategy: str = "auto",
+    ):
+        self.config, self.spec = config, spec
+        self.train_images, self.val_images = train_images, val_images
+        self.image_shape = tuple(train_images.shape[2:])
+        c = config
+        tx = make_optimizer("sgd", c.life_lr, momentum=c.life_momentum,
+                            weight_decay=c.life_weight_decay)
+
+        def host_fn(key, learngene):
+            state = init_network(life_model, tx, key, self.image_shape)
+            params, batch_stats = insert_learngene(
+                learngene, state.params, state.batch_stats, zero_cross=c.zero_cross
+            )
+            return TrainState(params, batch_stats, tx.init(params))
+
+        def random_gene_fn(key):
+            state = init_network(life_model, tx, key, self.image_shape)
+            return extract_learngene(spec, state.params, state.batch_stats)
+
+        def life_step_fn(key, state, classes, images):
+            x, y = sample_batch(key, images, classes, batch_size=c.life_batch)
+            return train_step(life_model, tx, state, x, y)
+
+        self.random_genes = population_map(random_gene_fn, (0,), strategy=strategy)
+        self.hosts = population_map(host_fn, (0, 0), strategy=strategy)
+        self.life_step = population_map(life_step_fn, (0, 0, 0, None), strategy=strategy)
+        self.extract = population_map(
+            lambda s: extract_learngene(spec, s.params, s.batch_stats), (0,), strategy=strategy
+        )
+        self.critics = DescendantEvaluator(
+            critic_model, critic_recipe, n_way=c.critic_way, strategy=strategy,
+            zero_cross=c.zero_cross, shared_learngene=False,
+        )
+        self.sample_tasks = jax.jit(
+            jax.vmap(lambda k: sample_classes(k, train_images.shape[0], c.life_way))
+        )
+        self.sample_critic_episodes = jax.jit(
+            jax.vmap(lambda k, images: sample_episode(
+                k, images, n_way=c.critic_way, k_shot=c.critic_shot, n_query=c.critic_query
+            ), in_axes=(0, None))
+        )
+        self.reproduce = jax.jit(functools.partial(
+            reproduce, tournament_size=c.tournament_size, sigma=c.mutation_sigma,
+            rate=c.mutation_rate,
+        ))
+        self.diversity = jax.jit(diversity)
+
+    def init(self, key: jax.Array) -> EvolutionState:
+        """Generation 0: the circuits of P randomly initialised networks."""
+        size = self.config.pop_size
+        learngenes = self.random_genes(jax.random.split(key, size))
+        best = jax.tree.map(lambda x: x[0], learngenes)
+        return EvolutionState(
+            generation=jnp.int32(0),
+            learngenes=learngenes,
+            parents=jnp.arange(size, dtype=jnp.int32),
+            best_learngene=best,
+            best_fitness=jnp.float32(-jnp.inf),
+        )
+
+    def generation(
+        self, root_key: jax.Array, state: EvolutionState,
+        on_step: Callable[[int], Any] | None = None,
+        loss_hook: Callable[[int, jax.Array], jax.Array] | None = None,
+    ) -> tuple[EvolutionState, dict[str, Any]]:
+        """Runs one generation: ``(key, state) -> (state, metrics)``.
+
+        Args:
+          root_key: the run's root key; the generation's key is ``fold_in(root_key, g)``.
+          state: the state after ``g`` generations.
+          on_step: called after each lifetime or critic step (progress bars).
+          loss_hook: test hook to tamper with the per-individual lifetime losses f32[P] of a
+            step (e.g. inject a NaN); returns the losses to use.
+        """
+        c = self.config
+        g = int(state.generation)
+        key = jax.random.fold_in(root_key, g)
+        host_key, task_key, life_key, critic_key, next_key = jax.random.split(key, 5)
+        size = c.pop_size
+
+        # 1. Hosts: every learngene into a fresh network (its own key).
+        hosts = self.hosts(jax.random.split(host_key, size), state.learngenes)
+        # 2. Lifetime learning: each individual its own life_way-way task of meta-train classes.
+        classes = self.sample_tasks(jax.random.split(task_key, size))
+        diverged = jnp.zeros(size, bool)
+        life_losses = []
+        for step in range(c.life_steps):
+            step_keys = jax.random.split(jax.random.fold_in(life_key, step), size)
+            hosts, loss = self.life_step(step_keys, hosts, classes, self.train_images)
+            if loss_hook is not None:
+                loss = loss_hook(step, loss)
+            diverged = diverged | ~jnp.isfinite(loss)
+            life_losses.append(loss)
+            if on_step is not None:
+                on_step(step)
+        # 3. Extraction: what was learned in life is inherited.
+        trained = self.extract(hosts)
+        # 4. Fitness by critics: the same critic tasks and keys for every individual.
+        episode_key, init_key = jax.random.split(critic_key)
+        episodes = self.sample_critic_episodes(
+            jax.random.split(episode_key, c.num_critics), self.val_images
+        )
+        critic_keys = jax.random.split(init_key, c.num_critics)
+        tile = lambda x: jnp.tile(x, (size,) + (1,) * (x.ndim - 1))  # noqa: E731
+        repeat = lambda x: jnp.repeat(x, c.num_critics, axis=0)  # noqa: E731
+        result = self.critics(
+            tile(critic_keys), jax.tree.map(tile, episodes), jax.tree.map(repeat, trained),
+            on_step=on_step,
+        )
+        fitness = result.final.reshape(size, c.num_critics).mean(axis=1)
+        fitness = jnp.where(diverged, jnp.nan, fitness)
+        # 5-6. Tournaments, elitism, mutation, lineage.
+        next_learngenes, parents = self.reproduce(next_key, trained, fitness)
+        safe = sanitize_fitness(fitness)
+        best = int(jnp.argmax(safe))
+        new_state = EvolutionState(
+            generation=jnp.int32(g + 1),
+            learngenes=next_learngenes,
+            parents=parents,
+            best_learngene=jax.tree.map(lambda x: x[best], trained),
+            best_fitness=fitness[best],
+        )
+        life_losses = jnp.stack(life_losses)
+        finite = np.asarray(jnp.isfinite(fitness))
+        fit = np.asarray(fitness)
+        metrics = {
+            "generation": g + 1,
+            "fitness_max": float(fit[finite].max()) if finite.any() else float("nan"),
+            "fitness_mean": float(fit[finite].mean()) if finite.any() else float("nan"),
+            "fitness_min": float(fit[finite].min()) if finite.any() else float("nan"),
+            "fitness": [float(f) for f in fit],
+            "diverged": int(np.asarray(diverged).sum()),
+            "life_loss_first": float(jnp.nanmean(life_losses[0])),
+            "life_loss_last": float(jnp.nanmean(life_losses[-1])),
+            "critic_instinct_mean": float(result.instinct.mean()),
+            "parents": [int(p) for p in np.asarray(parents)],
+            "best_index": best,
+            "diversity": float(self.diversity(next_learngenes)),
+        }
+        return new_state, metrics
