@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from gtl_jax.learngene import Learngene, LearngeneSpec
 
 FORMAT = "gtl_jax.learngene/1"
-LIBRARY_VERSION = "0.1.0"
+LIBRARY_VERSION = "0.1.0"  # kept equal to gtl_jax.__version__ (a test checks)
 
 
 class LearngeneFileError(ValueError):

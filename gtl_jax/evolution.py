@@ -55,17 +55,22 @@ def tournament_select(key: jax.Array, fitness: jax.Array, *, tournament_size: in
       tournament_size: k; P must be divisible by k.
 
     Returns:
-      i32[P // k], the index of each group's winner. Ties go to the first in the shuffled group.
+      i32[P // k], the index of each group's winner. Ties go to the first in the shuffled group;
+      a group whose fitness values are all non-finite sends the population's best.
     """
     size = fitness.shape[0]
     if size % tournament_size:
         raise ValueError(
             f"population size {size} is not divisible by tournament_size {tournament_size}"
         )
+    safe = sanitize_fitness(fitness)
     groups = jax.random.permutation(key, size).reshape(-1, tournament_size)
-    scores = sanitize_fitness(fitness)[groups]
-    # Among non-finite scores argmax returns the first; a finite one always beats -inf.
-    return groups[jnp.arange(groups.shape[0]), jnp.argmax(scores, axis=1)].astype(jnp.int32)
+    scores = safe[groups]
+    winners = groups[jnp.arange(groups.shape[0]), jnp.argmax(scores, axis=1)]
+    # A group with no finite fitness sends the population's best instead: a NaN or infinite
+    # individual never wins while any individual is finite.
+    winners = jnp.where(jnp.isfinite(scores.max(axis=1)), winners, jnp.argmax(safe))
+    return winners.astype(jnp.int32)
 
 
 def mutate(key: jax.Array, learngene: Learngene, *, sigma: float, rate: float) -> Learngene:

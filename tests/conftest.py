@@ -1,0 +1,30 @@
+"""Shared test settings: CPU, the CLI's JAX settings, a persistent compile cache, tiny sizes."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from gtl_jax.evolve import configure_jax  # noqa: E402
+
+configure_jax()
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def omniglot():
+    """Real Omniglot pools (numpy), loaded once per session."""
+    from gtl_jax.data import load_omniglot
+
+    return load_omniglot()
+
+
+@pytest.fixture(scope="session")
+def key():
+    return jax.random.key(0)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gtl_jax.data import sample_episode
+from gtl_jax.descendants import (
+    DescendantEvaluator,
+    Recipe,
+    class_means,
+    mean_confidence,
+    new_descendant,
+    prototype_logits,
+)
+from gtl_jax.evolve import fixed_episodes
+from gtl_jax.learngene import extract_learngene, make_spec
+from gtl_jax.models import build_model
+from gtl_jax.population import predict
+
+
+def test_confidence_interval_by_hand():
+    values = [0.2, 0.4, 0.6, 0.8]
+    mean = 0.5
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 4)  # 0.2236...
+    m, half = mean_confidence(values)
+    assert m == pytest.approx(0.5)
+    assert half == pytest.approx(1.96 * std / 2)
+    assert half == pytest.approx(0.21913, abs=1e-5)
+
+
+def test_prototype_head_equals_nearest_prototype():
+    model = build_model("vgg11", 5, width=1 / 16)
+    images = jax.random.randint(jax.random.key(0), (8, 6, 28, 28, 1), 0, 256).astype(jnp.uint8)
+    episode = sample_episode(jax.random.key(1), images, n_way=5, k_shot=2, n_query=3)
+    state = new_descendant(model, jax.random.key(2), episode, None, Recipe(head="prototype"),
+                           n_way=5)
+    logits = predict(model, state.params, state.batch_stats, episode.query_x)
+    support = predict(model, state.params, state.batch_stats, episode.support_x,
+                      return_features=True)
+    query = predict(model, state.params, state.batch_stats, episode.query_x,
+                    return_features=True)
+    expected = prototype_logits(query, class_means(support, episode.support_y, 5))
+    # Equal up to a per-row constant (|f|^2), so the same differences between classes.
+    np.testing.assert_allclose(logits - logits[:, :1], expected - expected[:, :1],
+                               rtol=1e-3, atol=1e-3)
+    zero = new_descendant(model, jax.random.key(2), episode, None, Recipe(head="zero"), n_way=5)
+    assert not np.any(zero.params["head"]["kernel"])
+
+
+def test_episodes_are_identical_for_the_same_seed_and_valid(omniglot):
+    images = jnp.asarray(omniglot["test"].images)
+    a, ka = fixed_episodes(jax.random.key(7), images, episodes=4, n_way=5, k_shot=1, n_query=15)
+    b, kb = fixed_episodes(jax.random.key(7), images, episodes=4, n_way=5, k_shot=1, n_query=15)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    np.testing.assert_array_equal(jax.random.key_data(ka), jax.random.key_data(kb))
+    assert a.support_x.shape == (4, 5, 28, 28, 1) and a.query_x.shape == (4, 75, 28, 28, 1)
+    np.testing.assert_array_equal(a.support_y[0], np.arange(5))
+    # Support and query images of an episode are distinct draws.
+    for e in range(4):
+        for s in np.asarray(a.support_x[e]):
+            assert not any(np.array_equal(s, q) for q in np.asarray(a.query_x[e]))
+
+
+def test_evaluator_learngene_vs_scratch_same_keys(omniglot):
+    """Both methods run on the same episodes and keys; a learngene changes the start, and
+    step 0 of the curve is the untrained head's accuracy."""
+    model = build_model("vgg11", 5, width=1 / 16)
+    images = jnp.asarray(omniglot["test"].images)
+    episodes, keys = fixed_episodes(jax.random.key(0), images, episodes=3, n_way=5, k_shot=1,
+                                    n_query=5)
+    recipe = Recipe(steps=2, eval_every=1)
+    evaluator = DescendantEvaluator(model, recipe, n_way=5)
+    variables = model.init(jax.random.key(9), jnp.zeros((1, 28, 28, 1)), train=False)
+    gene = extract_learngene(make_spec(model, 0.45, 1), variables["params"],
+                             variables["batch_stats"])
+    with_gene = evaluator(keys, episodes, gene)
+    scratch = evaluator(keys, episodes, None)
+    again = evaluator(keys, episodes, None)
+    assert with_gene.curve.shape == (3, 3) and with_gene.losses.shape == (2, 3)
+    np.testing.assert_array_equal(scratch.final, again.final)
+    assert not np.array_equal(with_gene.losses, scratch.losses)
+    assert np.all((with_gene.final >= 0) & (with_gene.final <= 1))

@@ -1,0 +1,117 @@
+"""Property tests of the evolution operators (STYLE 12)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gtl_jax.evolution import mutate, reproduce, sanitize_fitness, tournament_select
+
+
+def _learngene(key, pop=None):
+    shape = () if pop is None else (pop,)
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "stage1/conv1": {
+            "kernel": jax.random.normal(k1, shape + (3, 3, 1, 4)),
+            "scale": 1.0 + 0.1 * jax.random.normal(k2, shape + (4,)),
+            "bias": 0.1 * jax.random.normal(k3, shape + (4,)),
+            "mean": jnp.full(shape + (4,), 0.5),
+            "var": jnp.full(shape + (4,), 2.0),
+        },
+        "stage2/conv1": {
+            "kernel": jax.random.normal(k2, shape + (3, 3, 4, 6)),
+            "scale": jnp.ones(shape + (6,)),
+            "bias": jnp.zeros(shape + (6,)),
+            "mean": jnp.zeros(shape + (6,)),
+            "var": jnp.ones(shape + (6,)),
+        },
+    }
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tournament_winner_is_the_fittest_of_its_group(seed):
+    key = jax.random.key(seed)
+    fitness = jax.random.uniform(jax.random.fold_in(key, 1), (12,))
+    fitness = fitness.at[seed % 12].set(jnp.nan).at[(seed + 5) % 12].set(jnp.inf)
+    winners = tournament_select(key, fitness, tournament_size=3)
+    assert winners.shape == (4,)
+    groups = np.asarray(jax.random.permutation(key, 12)).reshape(4, 3)
+    safe = np.asarray(sanitize_fitness(fitness))
+    for group, winner in zip(groups, np.asarray(winners)):
+        if np.isfinite(safe[group]).any():
+            assert winner in group
+            assert safe[winner] == safe[group].max()
+        else:
+            assert safe[winner] == safe.max()
+        assert np.isfinite(fitness[winner])  # NaN or inf never wins
+
+
+def test_nan_never_selected_even_by_elitism():
+    fitness = jnp.array([jnp.nan, 0.1, jnp.nan, 0.3, -jnp.inf, 0.2])
+    genes = _learngene(jax.random.key(0), pop=6)
+    for seed in range(20):
+        _, parents = reproduce(jax.random.key(seed), genes, fitness, tournament_size=2,
+                               sigma=0.1, rate=0.5)
+        assert int(parents[0]) == 3  # the elite
+        assert not set(np.asarray(parents).tolist()) & {0, 2}
+
+
+def test_tournament_same_key_same_result_and_divisibility():
+    fitness = jnp.arange(9.0)
+    a = tournament_select(jax.random.key(3), fitness, tournament_size=3)
+    b = tournament_select(jax.random.key(3), fitness, tournament_size=3)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="divisible"):
+        tournament_select(jax.random.key(3), fitness, tournament_size=2)
+
+
+def test_mutate_sigma_zero_or_rate_zero_is_identity():
+    gene = _learngene(jax.random.key(0))
+    for kwargs in ({"sigma": 0.0, "rate": 1.0}, {"sigma": 0.5, "rate": 0.0}):
+        out = mutate(jax.random.key(1), gene, **kwargs)
+        jax.tree.map(np.testing.assert_array_equal, out, gene)
+
+
+def test_mutate_noise_scale_statistics_untouched_and_deterministic():
+    gene = _learngene(jax.random.key(0))
+    out = mutate(jax.random.key(1), gene, sigma=0.1, rate=1.0)
+    again = mutate(jax.random.key(1), gene, sigma=0.1, rate=1.0)
+    jax.tree.map(np.testing.assert_array_equal, out, again)
+    for name in gene:
+        for k in ("mean", "var"):
+            np.testing.assert_array_equal(out[name][k], gene[name][k])
+    delta = out["stage2/conv1"]["kernel"] - gene["stage2/conv1"]["kernel"]
+    ratio = float(jnp.std(delta) / jnp.std(gene["stage2/conv1"]["kernel"]))
+    assert 0.07 < ratio < 0.13  # sigma relative to the tensor's std
+    # A constant tensor (std 0) is left as is.
+    np.testing.assert_array_equal(out["stage2/conv1"]["bias"], gene["stage2/conv1"]["bias"])
+
+
+def test_mutate_rate_applies_per_tensor():
+    gene = _learngene(jax.random.key(0))
+    changed = []
+    for seed in range(40):
+        out = mutate(jax.random.key(seed), gene, sigma=0.1, rate=0.5)
+        changed.append(not np.array_equal(out["stage1/conv1"]["kernel"],
+                                          gene["stage1/conv1"]["kernel"]))
+    assert 8 < sum(changed) < 32
+
+
+def test_reproduce_keeps_size_elite_and_lineage():
+    genes = _learngene(jax.random.key(0), pop=6)
+    fitness = jnp.array([0.2, 0.9, 0.1, 0.5, 0.4, 0.3])
+    nxt, parents = jax.jit(reproduce, static_argnames=("tournament_size", "sigma", "rate"))(
+        jax.random.key(2), genes, fitness, tournament_size=3, sigma=0.1, rate=1.0
+    )
+    assert parents.shape == (6,)
+    assert jax.tree.map(lambda x: x.shape, nxt) == jax.tree.map(lambda x: x.shape, genes)
+    assert int(parents[0]) == 1
+    jax.tree.map(lambda n, g: np.testing.assert_array_equal(n[0], g[1]), nxt, genes)
+    # Children are mutated copies of their recorded parents.
+    for i in range(1, 6):
+        p = int(parents[i])
+        np.testing.assert_array_equal(nxt["stage1/conv1"]["mean"][i], genes["stage1/conv1"]["mean"][p])
+        assert not np.array_equal(nxt["stage1/conv1"]["kernel"][i], genes["stage1/conv1"]["kernel"][p])

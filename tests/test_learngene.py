@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gtl_jax import learngene as lg
+from gtl_jax.models import build_model
+
+
+def _variables(model, key, size=28):
+    return model.init(key, jnp.zeros((2, size, size, 1)), train=False)
+
+
+def _conv_outputs(model, variables, x):
+    """Output of every ConvBN (after BN, before the nonlinearity), by layer name."""
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+    out = {}
+    for node in model.conv_graph():
+        module = state["intermediates"]
+        for part in node.path:
+            module = module[part]
+        out[node.name] = module["__call__"][0]
+    return out
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet12"])
+def test_spec_k_and_share_near_twenty_percent(name):
+    model = build_model(name, 5, width=0.25)
+    spec = lg.make_spec(model, 0.45, 1)
+    for layer, node in zip(spec.layers, model.conv_graph()):
+        assert layer.k_out == round(0.45 * node.channels)
+    assert spec.layers[0].k_in == 1
+    share = lg.parameter_share(spec, _variables(model, jax.random.key(0))["params"])
+    assert 0.18 < share["share_of_conv"] < 0.22
+    assert share["share_of_network"] <= share["share_of_conv"]
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5])
+def test_bad_ratio_is_refused(ratio):
+    with pytest.raises(ValueError, match="ratio"):
+        lg.make_spec(build_model("vgg11", 5, width=0.125), ratio, 1)
+
+
+@pytest.mark.parametrize("name,target_width", [("vgg11", 1 / 16), ("vgg11", 1 / 8),
+                                                ("resnet12", 1 / 16)])
+def test_inherited_circuit_is_closed(name, target_width):
+    """With zeroed cross weights the gene channels of every layer depend on the learngene alone:
+    descendants with different random rests, of the ancestor's width or wider, compute the same
+    gene channels (DESIGN 1.1-1.2)."""
+    ancestor = build_model(name, 5, width=1 / 16)
+    spec = lg.make_spec(ancestor, 0.45, 1)
+    a_vars = _variables(ancestor, jax.random.key(0))
+    # Make the running statistics non-trivial so that their inheritance matters.
+    a_vars = {**a_vars, "batch_stats": jax.tree.map(
+        lambda v: v + 0.3 * jax.random.uniform(jax.random.key(5), v.shape), a_vars["batch_stats"]
+    )}
+    gene = lg.extract_learngene(spec, a_vars["params"], a_vars["batch_stats"])
+    x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
+
+    def gene_outputs(model, key, zero_cross=True):
+        fresh = _variables(model, key)
+        params, stats = lg.insert_learngene(gene, fresh["params"], fresh["batch_stats"],
+                                            zero_cross=zero_cross)
+        out = _conv_outputs(model, {"params": params, "batch_stats": stats}, x)
+        return {layer.name: out[layer.name][..., : layer.k_out] for layer in spec.layers}
+
+    same_width = gene_outputs(ancestor, jax.random.key(1))
+    wider = gene_outputs(build_model(name, 5, width=target_width), jax.random.key(3))
+    for layer in spec.layers:
+        np.testing.assert_allclose(wider[layer.name], same_width[layer.name],
+                                   rtol=1e-4, atol=1e-5, err_msg=layer.name)
+    # Without zeroing, the random non-gene inputs leak into the circuit.
+    leaky = gene_outputs(ancestor, jax.random.key(3), zero_cross=False)
+    last = spec.layers[-1].name
+    assert not np.allclose(leaky[last], same_width[last], atol=1e-3)
+
+
+def test_extract_insert_roundtrip_and_rest_untouched():
+    model = build_model("vgg11", 5, width=1 / 8)
+    spec = lg.make_spec(model, 0.45, 1)
+    a = _variables(model, jax.random.key(0))
+    b = _variables(model, jax.random.key(1))
+    gene = lg.extract_learngene(spec, a["params"], a["batch_stats"])
+    params, stats = lg.insert_learngene(gene, b["params"], b["batch_stats"])
+    again = lg.extract_learngene(spec, params, stats)
+    jax.tree.map(np.testing.assert_array_equal, gene, again)
+    np.testing.assert_array_equal(params["head"]["kernel"], b["params"]["head"]["kernel"])
+    layer = spec.layers[3]
+    kernel = params["stage3"]["conv2"]["conv"]["kernel"]
+    assert layer.name == "stage3/conv2"
+    np.testing.assert_array_equal(kernel[:, :, layer.k_in:, : layer.k_out], 0.0)
+    np.testing.assert_array_equal(kernel[..., layer.k_out:],
+                                  b["params"]["stage3"]["conv2"]["conv"]["kernel"][..., layer.k_out:])
+    assert lg.learngene_size(gene) == lg.parameter_share(spec, a["params"])["gene_params"]
+
+
+def test_insert_is_jittable_and_vmappable():
+    model = build_model("vgg11", 5, width=1 / 16)
+    spec = lg.make_spec(model, 0.45, 1)
+    keys = jax.random.split(jax.random.key(0), 3)
+    variables = jax.vmap(lambda k: _variables(model, k))(keys)
+    genes = jax.vmap(lambda v: lg.extract_learngene(spec, v["params"], v["batch_stats"]))(variables)
+    params, _ = jax.jit(jax.vmap(lg.insert_learngene))(genes, variables["params"],
+                                                        variables["batch_stats"])
+    assert params["stage1"]["conv1"]["conv"]["kernel"].shape[0] == 3
+
+
+def test_check_fits_lists_every_mismatch():
+    spec = lg.make_spec(build_model("vgg16", 5, width=1 / 8), 0.45, 1)
+    with pytest.raises(ValueError) as error:
+        lg.check_fits(spec, build_model("vgg11", 5, width=1 / 8), 1)
+    assert "stage1/conv2" in str(error.value) and "stage3/conv3" in str(error.value)
+    with pytest.raises(ValueError, match="image channels"):
+        lg.check_fits(spec, build_model("vgg16", 5, width=1 / 8), 3)
+    narrow = lg.make_spec(build_model("vgg11", 5, width=1 / 8), 0.45, 1)
+    lg.check_fits(narrow, build_model("vgg11", 5, width=1 / 4), 1)  # wider fits
+    with pytest.raises(ValueError, match="channels <"):
+        lg.check_fits(lg.make_spec(build_model("vgg11", 5, width=1), 0.45, 1),
+                      build_model("vgg11", 5, width=1 / 16), 1)
