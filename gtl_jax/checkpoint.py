@@ -30,7 +30,9 @@ class LearngeneFileError(ValueError):
     """A learngene file is missing, corrupt, or does not match its metadata or target."""
 
 
-def state_manager(workdir: str | pathlib.Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
+def state_manager(
+    workdir: str | pathlib.Path, max_to_keep: int = 2
+) -> ocp.CheckpointManager:
     """The manager of ``<workdir>/checkpoints``; keeps the last ``max_to_keep`` generations."""
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
     return ocp.CheckpointManager(
@@ -39,16 +41,22 @@ def state_manager(workdir: str | pathlib.Path, max_to_keep: int = 2) -> ocp.Chec
     )
 
 
-def save_state(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+def save_state(
+    manager: ocp.CheckpointManager, step: int, state: Any, meta: dict
+) -> None:
     """Saves the state of generation ``step`` and waits until it is on disk."""
     manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
     )
     manager.wait_until_finished()
 
 
-def restore_state(manager: ocp.CheckpointManager, template: Any) -> tuple[Any, dict] | None:
+def restore_state(
+    manager: ocp.CheckpointManager, template: Any
+) -> tuple[Any, dict] | None:
     """The latest state restored into ``template``'s structure (None if there is none)."""
     step = manager.latest_step()
     if step is None:
@@ -79,7 +87,9 @@ def save_learngene(
     meta = {
         "format": FORMAT,
         "library_version": LIBRARY_VERSION,
-        "shapes": {n: {k: list(v.shape) for k, v in g.items()} for n, g in arrays.items()},
+        "shapes": {
+            n: {k: list(v.shape) for k, v in g.items()} for n, g in arrays.items()
+        },
         **metadata,
     }
     (path / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -104,7 +114,9 @@ def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
         )
     for field in ("spec", "model", "shapes"):
         if field not in meta:
-            raise LearngeneFileError(f"{meta_path}: metadata field {field!r} is missing")
+            raise LearngeneFileError(
+                f"{meta_path}: metadata field {field!r} is missing"
+            )
     return meta
 
 
@@ -118,7 +130,10 @@ def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]
     meta = read_metadata(path)
     spec = LearngeneSpec.from_json(meta["spec"])
     template = {
-        name: {k: jax.ShapeDtypeStruct(tuple(shape), np.float32) for k, shape in gene.items()}
+        name: {
+            k: jax.ShapeDtypeStruct(tuple(shape), np.float32)
+            for k, shape in gene.items()
+        }
         for name, gene in meta["shapes"].items()
     }
     try:
@@ -135,15 +150,20 @@ def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]
             continue
         kernel = gene["kernel"].shape
         if kernel[2:] != (layer.k_in, layer.k_out):
-            problems.append(f"{layer.name}: kernel {kernel} vs spec k_in={layer.k_in} "
-                            f"k_out={layer.k_out}")
+            problems.append(
+                f"{layer.name}: kernel {kernel} vs spec k_in={layer.k_in} "
+                f"k_out={layer.k_out}"
+            )
         for k in ("scale", "bias", "mean", "var"):
             if gene[k].shape != (layer.k_out,):
-                problems.append(f"{layer.name}/{k}: shape {gene[k].shape} vs ({layer.k_out},)")
+                problems.append(
+                    f"{layer.name}/{k}: shape {gene[k].shape} vs ({layer.k_out},)"
+                )
     if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(learngene)):
         problems.append("non-finite values")
     if problems:
         raise LearngeneFileError(
-            f"learngene file {path} does not match its metadata:\n  " + "\n  ".join(problems)
+            f"learngene file {path} does not match its metadata:\n  "
+            + "\n  ".join(problems)
         )
     return learngene, meta

@@ -108,7 +108,9 @@ def new_descendant(
     if recipe.head == "zero":
         params = {**params, "head": jax.tree.map(jnp.zeros_like, params["head"])}
     elif recipe.head == "prototype":
-        features = predict(model, params, batch_stats, episode.support_x, return_features=True)
+        features = predict(
+            model, params, batch_stats, episode.support_x, return_features=True
+        )
         prototypes = class_means(features, episode.support_y, n_way)
         # -|f - p|^2 = 2 f.p - |p|^2 - |f|^2; the last term is the same for every class.
         params = {
@@ -122,10 +124,12 @@ def instinct_accuracy(
     model: nn.Module, state: TrainState, episode: Episode, *, n_way: int
 ) -> jax.Array:
     """Query accuracy before any gradient step, nearest support prototype on the features."""
-    support = predict(model, state.params, state.batch_stats, episode.support_x,
-                      return_features=True)
-    query = predict(model, state.params, state.batch_stats, episode.query_x,
-                    return_features=True)
+    support = predict(
+        model, state.params, state.batch_stats, episode.support_x, return_features=True
+    )
+    query = predict(
+        model, state.params, state.batch_stats, episode.query_x, return_features=True
+    )
     logits = prototype_logits(query, class_means(support, episode.support_y, n_way))
     return accuracy(logits, episode.query_y)
 
@@ -174,8 +178,15 @@ class DescendantEvaluator:
         gene_axis = None if shared_learngene else 0
 
         def init_fn(key, episode, learngene):
-            return new_descendant(model, key, episode, learngene, recipe, n_way=n_way,
-                                  zero_cross=zero_cross)
+            return new_descendant(
+                model,
+                key,
+                episode,
+                learngene,
+                recipe,
+                n_way=n_way,
+                zero_cross=zero_cross,
+            )
 
         def step_fn(state, episode):
             return train_step(model, tx, state, episode.support_x, episode.support_y)
@@ -186,7 +197,9 @@ class DescendantEvaluator:
         )
         self.step = population_map(step_fn, (0, 0), strategy=strategy)
         self.instinct = population_map(
-            lambda s, e: instinct_accuracy(model, s, e, n_way=n_way), (0, 0), strategy=strategy
+            lambda s, e: instinct_accuracy(model, s, e, n_way=n_way),
+            (0, 0),
+            strategy=strategy,
         )
         self.accuracy = population_map(
             lambda s, e: query_accuracy(model, s, e), (0, 0), strategy=strategy

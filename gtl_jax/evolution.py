@@ -37,7 +37,6 @@ from gtl_jax.population import (
     train_step,
 )
 
-
 # --------------------------------------------------------------------------- operators
 
 
@@ -46,7 +45,9 @@ def sanitize_fitness(fitness: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(fitness), fitness, -jnp.inf)
 
 
-def tournament_select(key: jax.Array, fitness: jax.Array, *, tournament_size: int) -> jax.Array:
+def tournament_select(
+    key: jax.Array, fitness: jax.Array, *, tournament_size: int
+) -> jax.Array:
     """Shuffles the population into groups of ``tournament_size``; the fittest of each wins.
 
     Args:
@@ -73,7 +74,9 @@ def tournament_select(key: jax.Array, fitness: jax.Array, *, tournament_size: in
     return winners.astype(jnp.int32)
 
 
-def mutate(key: jax.Array, learngene: Learngene, *, sigma: float, rate: float) -> Learngene:
+def mutate(
+    key: jax.Array, learngene: Learngene, *, sigma: float, rate: float
+) -> Learngene:
     """Gaussian mutation of one learngene, scaled to each tensor's standard deviation.
 
     Each parameter tensor (kernel, BN scale and bias; never the running statistics) is perturbed
@@ -91,7 +94,9 @@ def mutate(key: jax.Array, learngene: Learngene, *, sigma: float, rate: float) -
     noise = jax.random.normal(noise_key, flat.shape, flat.dtype)
     flat = flat + jnp.repeat(scale, sizes, total_repeat_length=int(sizes.sum())) * noise
     out = {name: dict(gene) for name, gene in learngene.items()}
-    for (name, k), t, piece in zip(slots, tensors, jnp.split(flat, np.cumsum(sizes)[:-1])):
+    for (name, k), t, piece in zip(
+        slots, tensors, jnp.split(flat, np.cumsum(sizes)[:-1])
+    ):
         out[name][k] = piece.reshape(t.shape)
     return out
 
@@ -119,7 +124,9 @@ def reproduce(
     size = fitness.shape[0]
     elite = jnp.argmax(sanitize_fitness(fitness)).astype(jnp.int32)
     winners = tournament_select(select_key, fitness, tournament_size=tournament_size)
-    parents = jnp.concatenate([elite[None], winners[jnp.arange(size - 1) % winners.shape[0]]])
+    parents = jnp.concatenate(
+        [elite[None], winners[jnp.arange(size - 1) % winners.shape[0]]]
+    )
     children = jax.tree.map(lambda x: x[parents], learngenes)
     mutated = jax.vmap(functools.partial(mutate, sigma=sigma, rate=rate))(
         jax.random.split(mutate_key, size), children
@@ -127,7 +134,8 @@ def reproduce(
     is_elite = jnp.arange(size) == 0
     next_learngenes = jax.tree.map(
         lambda m, c: jnp.where(is_elite.reshape((-1,) + (1,) * (m.ndim - 1)), c, m),
-        mutated, children,
+        mutated,
+        children,
     )
     return next_learngenes, parents
 
@@ -215,8 +223,9 @@ class Evolution:
         self.train_images, self.val_images = train_images, val_images
         self.image_shape = tuple(train_images.shape[2:])
         c = config
-        tx = make_optimizer("sgd", c.life_lr, momentum=c.life_momentum,
-                            weight_decay=c.life_weight_decay)
+        tx = make_optimizer(
+            "sgd", c.life_lr, momentum=c.life_momentum, weight_decay=c.life_weight_decay
+        )
 
         def host_fn(key, learngene):
             state = init_network(life_model, tx, key, self.image_shape)
@@ -235,26 +244,45 @@ class Evolution:
 
         self.random_genes = population_map(random_gene_fn, (0,), strategy=strategy)
         self.hosts = population_map(host_fn, (0, 0), strategy=strategy)
-        self.life_step = population_map(life_step_fn, (0, 0, 0, None), strategy=strategy)
+        self.life_step = population_map(
+            life_step_fn, (0, 0, 0, None), strategy=strategy
+        )
         self.extract = population_map(
-            lambda s: extract_learngene(spec, s.params, s.batch_stats), (0,), strategy=strategy
+            lambda s: extract_learngene(spec, s.params, s.batch_stats),
+            (0,),
+            strategy=strategy,
         )
         self.critics = DescendantEvaluator(
-            critic_model, critic_recipe, n_way=c.critic_way, strategy=strategy,
-            zero_cross=c.zero_cross, shared_learngene=False,
+            critic_model,
+            critic_recipe,
+            n_way=c.critic_way,
+            strategy=strategy,
+            zero_cross=c.zero_cross,
+            shared_learngene=False,
         )
         self.sample_tasks = jax.jit(
             jax.vmap(lambda k: sample_classes(k, train_images.shape[0], c.life_way))
         )
         self.sample_critic_episodes = jax.jit(
-            jax.vmap(lambda k, images: sample_episode(
-                k, images, n_way=c.critic_way, k_shot=c.critic_shot, n_query=c.critic_query
-            ), in_axes=(0, None))
+            jax.vmap(
+                lambda k, images: sample_episode(
+                    k,
+                    images,
+                    n_way=c.critic_way,
+                    k_shot=c.critic_shot,
+                    n_query=c.critic_query,
+                ),
+                in_axes=(0, None),
+            )
         )
-        self.reproduce = jax.jit(functools.partial(
-            reproduce, tournament_size=c.tournament_size, sigma=c.mutation_sigma,
-            rate=c.mutation_rate,
-        ))
+        self.reproduce = jax.jit(
+            functools.partial(
+                reproduce,
+                tournament_size=c.tournament_size,
+                sigma=c.mutation_sigma,
+                rate=c.mutation_rate,
+            )
+        )
         self.diversity = jax.jit(diversity)
 
     def init(self, key: jax.Array) -> EvolutionState:
@@ -271,7 +299,9 @@ class Evolution:
         )
 
     def generation(
-        self, root_key: jax.Array, state: EvolutionState,
+        self,
+        root_key: jax.Array,
+        state: EvolutionState,
         on_step: Callable[[int], Any] | None = None,
         loss_hook: Callable[[int, jax.Array], jax.Array] | None = None,
     ) -> tuple[EvolutionState, dict[str, Any]]:
@@ -316,7 +346,9 @@ class Evolution:
         tile = lambda x: jnp.tile(x, (size,) + (1,) * (x.ndim - 1))  # noqa: E731
         repeat = lambda x: jnp.repeat(x, c.num_critics, axis=0)  # noqa: E731
         result = self.critics(
-            tile(critic_keys), jax.tree.map(tile, episodes), jax.tree.map(repeat, trained),
+            tile(critic_keys),
+            jax.tree.map(tile, episodes),
+            jax.tree.map(repeat, trained),
             on_step=on_step,
         )
         fitness = result.final.reshape(size, c.num_critics).mean(axis=1)

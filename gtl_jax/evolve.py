@@ -30,7 +30,7 @@ from gtl_jax.configs import load_config
 from gtl_jax.configs.omniglot import FIELD_HELP
 from gtl_jax.data import DataError, load_dataset, sample_episode
 from gtl_jax.descendants import DescendantEvaluator, Recipe, mean_confidence
-from gtl_jax.evolution import Evolution, EvolutionConfig, EvolutionState
+from gtl_jax.evolution import Evolution, EvolutionConfig
 from gtl_jax.learngene import make_spec, parameter_share
 from gtl_jax.models import MODELS, build_model
 from gtl_jax.population import STRATEGIES, init_network, make_optimizer
@@ -42,12 +42,30 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- config
 
+# Fields a rerun in the same workdir may change: more generations extend the run; the test
+# evaluation and the execution strategy do not change the evolution's trajectory.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "generations",
+        "eval_episodes",
+        "eval_way",
+        "eval_shots",
+        "eval_query",
+        "eval_seed",
+        "eval_every",
+        "strategy",
+        "data_dir",
+    }
+)
+
 
 def parse_shots(value: str) -> tuple[int, ...]:
     try:
         shots = tuple(int(s) for s in str(value).split(",") if s.strip())
     except ValueError:
-        raise ConfigError(f"eval_shots: {value!r} is not a comma-separated list of ints") from None
+        raise ConfigError(
+            f"eval_shots: {value!r} is not a comma-separated list of ints"
+        ) from None
     if not shots or min(shots) < 1:
         raise ConfigError(f"eval_shots: {value!r} must list shot counts >= 1")
     return shots
@@ -63,85 +81,154 @@ def validate_config(c: ml_collections.ConfigDict, pools: dict | None = None) -> 
     need(c.model in MODELS, "model", f"known models: {', '.join(sorted(MODELS))}")
     need(0 < c.ratio <= 1, "ratio", "must be in (0, 1]")
     need(c.width > 0, "width", "must be > 0")
-    for field in ("pop_size", "tournament_size", "generations", "life_way", "life_batch",
-                  "num_critics", "critic_way", "critic_shot", "critic_query", "eval_episodes",
-                  "eval_way", "eval_query", "eval_every"):
+    for field in (
+        "pop_size",
+        "tournament_size",
+        "generations",
+        "life_way",
+        "life_batch",
+        "num_critics",
+        "critic_way",
+        "critic_shot",
+        "critic_query",
+        "eval_episodes",
+        "eval_way",
+        "eval_query",
+        "eval_every",
+    ):
         need(int(c[field]) >= 1, field, "must be >= 1")
     for field in ("life_steps", "critic_steps", "steps"):
         need(int(c[field]) >= 0, field, "must be >= 0")
-    need(c.pop_size % c.tournament_size == 0, "pop_size",
-         f"must be divisible by tournament_size={c.tournament_size}")
+    need(
+        c.pop_size % c.tournament_size == 0,
+        "pop_size",
+        f"must be divisible by tournament_size={c.tournament_size}",
+    )
     need(c.mutation_sigma >= 0, "mutation_sigma", "must be >= 0")
     need(0 <= c.mutation_rate <= 1, "mutation_rate", "must be in [0, 1]")
-    need(c.head in ("random", "zero", "prototype"), "head", "must be random, zero or prototype")
+    need(
+        c.head in ("random", "zero", "prototype"),
+        "head",
+        "must be random, zero or prototype",
+    )
     need(c.optimizer in ("adam", "sgd"), "optimizer", "must be adam or sgd")
     need(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
     shots = parse_shots(c.eval_shots)
     if pools is not None:
-        for split, field, way in (("train", "life_way", c.life_way),
-                                  ("val", "critic_way", c.critic_way),
-                                  ("test", "eval_way", c.eval_way)):
+        for split, field, way in (
+            ("train", "life_way", c.life_way),
+            ("val", "critic_way", c.critic_way),
+            ("test", "eval_way", c.eval_way),
+        ):
             n = pools[split].num_classes
-            need(way <= n, field, f"more ways than the {n} classes of the {split} split")
+            need(
+                way <= n, field, f"more ways than the {n} classes of the {split} split"
+            )
         per_class = pools["test"].images_per_class
-        need(max(shots) + c.eval_query <= per_class, "eval_query",
-             f"max(eval_shots) + eval_query must be <= {per_class} images per class")
+        need(
+            max(shots) + c.eval_query <= per_class,
+            "eval_query",
+            f"max(eval_shots) + eval_query must be <= {per_class} images per class",
+        )
         per_class = pools["val"].images_per_class
-        need(c.critic_shot + c.critic_query <= per_class, "critic_query",
-             f"critic_shot + critic_query must be <= {per_class} images per class")
+        need(
+            c.critic_shot + c.critic_query <= per_class,
+            "critic_query",
+            f"critic_shot + critic_query must be <= {per_class} images per class",
+        )
 
 
 def evolution_config(c: ml_collections.ConfigDict) -> EvolutionConfig:
     return EvolutionConfig(
-        pop_size=c.pop_size, tournament_size=c.tournament_size, life_way=c.life_way,
-        life_steps=c.life_steps, life_batch=c.life_batch, life_lr=c.life_lr,
-        life_momentum=c.life_momentum, life_weight_decay=c.life_weight_decay,
-        num_critics=c.num_critics, critic_way=c.critic_way, critic_shot=c.critic_shot,
-        critic_query=c.critic_query, mutation_sigma=c.mutation_sigma,
-        mutation_rate=c.mutation_rate, zero_cross=c.zero_cross,
+        pop_size=c.pop_size,
+        tournament_size=c.tournament_size,
+        life_way=c.life_way,
+        life_steps=c.life_steps,
+        life_batch=c.life_batch,
+        life_lr=c.life_lr,
+        life_momentum=c.life_momentum,
+        life_weight_decay=c.life_weight_decay,
+        num_critics=c.num_critics,
+        critic_way=c.critic_way,
+        critic_shot=c.critic_shot,
+        critic_query=c.critic_query,
+        mutation_sigma=c.mutation_sigma,
+        mutation_rate=c.mutation_rate,
+        zero_cross=c.zero_cross,
     )
 
 
 def descendant_recipe(c: ml_collections.ConfigDict, steps: int | None = None) -> Recipe:
-    return Recipe(head=c.head, optimizer=c.optimizer, learning_rate=c.learning_rate,
-                  steps=c.steps if steps is None else steps, eval_every=c.eval_every)
+    return Recipe(
+        head=c.head,
+        optimizer=c.optimizer,
+        learning_rate=c.learning_rate,
+        steps=c.steps if steps is None else steps,
+        eval_every=c.eval_every,
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-def fixed_episodes(key: jax.Array, images: jax.Array, *, episodes: int, n_way: int, k_shot: int,
-                  n_query: int):
+def fixed_episodes(
+    key: jax.Array,
+    images: jax.Array,
+    *,
+    episodes: int,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+):
     """Fixed test episodes (leading axis E) and one descendant key per episode."""
     episode_key, init_key = jax.random.split(key)
-    sample = jax.jit(jax.vmap(
-        lambda k: sample_episode(k, images, n_way=n_way, k_shot=k_shot, n_query=n_query)
-    ))
-    return sample(jax.random.split(episode_key, episodes)), jax.random.split(init_key, episodes)
+    sample = jax.jit(
+        jax.vmap(
+            lambda k: sample_episode(
+                k, images, n_way=n_way, k_shot=k_shot, n_query=n_query
+            )
+        )
+    )
+    return sample(jax.random.split(episode_key, episodes)), jax.random.split(
+        init_key, episodes
+    )
 
 
 def evaluate(
-    c: ml_collections.ConfigDict, model, learngene, test_images: jax.Array, *, quiet: bool
+    c: ml_collections.ConfigDict,
+    model,
+    learngene,
+    test_images: jax.Array,
+    *,
+    quiet: bool,
 ) -> dict[str, Any]:
     """Learngene descendants vs scratch on the same seeded test episodes, per shot setting."""
     recipe = descendant_recipe(c)
-    evaluator = DescendantEvaluator(model, recipe, n_way=c.eval_way, strategy=c.strategy,
-                                    zero_cross=c.zero_cross)
+    evaluator = DescendantEvaluator(
+        model, recipe, n_way=c.eval_way, strategy=c.strategy, zero_cross=c.zero_cross
+    )
     results = {}
     shots = parse_shots(c.eval_shots)
     total = len(shots) * 2 * recipe.steps
     with tqdm(total=total, desc="descendants", disable=quiet, unit="step") as bar:
         for shot in shots:
             key = jax.random.fold_in(jax.random.key(c.eval_seed), shot)
-            episodes, keys = fixed_episodes(key, test_images, episodes=c.eval_episodes,
-                                           n_way=c.eval_way, k_shot=shot, n_query=c.eval_query)
+            episodes, keys = fixed_episodes(
+                key,
+                test_images,
+                episodes=c.eval_episodes,
+                n_way=c.eval_way,
+                k_shot=shot,
+                n_query=c.eval_query,
+            )
             for method, gene in (("learngene", learngene), ("scratch", None)):
                 bar.set_postfix_str(f"{c.eval_way}-way {shot}-shot, {method}")
                 start = time.perf_counter()
                 r = evaluator(keys, episodes, gene, on_step=lambda _: bar.update())
                 final, instinct = np.asarray(r.final), np.asarray(r.instinct)
                 results[f"{shot}-shot/{method}"] = {
-                    "shot": shot, "method": method,
+                    "shot": shot,
+                    "method": method,
                     "accuracy": mean_confidence(final),
                     "instinct": mean_confidence(instinct),
                     "curve_steps": list(recipe.curve_steps),
@@ -168,13 +255,17 @@ def results_table(c, results: dict, share: dict) -> str:
         header,
         rule,
     ]
-    for method, transferred in (("learngene", f"{100 * share['share_of_network']:.1f}%"),
-                                ("scratch", "0%")):
+    for method, transferred in (
+        ("learngene", f"{100 * share['share_of_network']:.1f}%"),
+        ("scratch", "0%"),
+    ):
         row = f"| {method} | {transferred} |"
         for shot in shots:
             r = results[f"{shot}-shot/{method}"]
-            row += (f" {100 * r['instinct'][0]:.1f} ± {100 * r['instinct'][1]:.1f} |"
-                    f" {100 * r['accuracy'][0]:.1f} ± {100 * r['accuracy'][1]:.1f} |")
+            row += (
+                f" {100 * r['instinct'][0]:.1f} ± {100 * r['instinct'][1]:.1f} |"
+                f" {100 * r['accuracy'][0]:.1f} ± {100 * r['accuracy'][1]:.1f} |"
+            )
         lines.append(row)
     return "\n".join(lines)
 
@@ -190,17 +281,27 @@ def build_parser(defaults: ml_collections.ConfigDict) -> argparse.ArgumentParser
         "also a flag; defaults shown are those of the omniglot config.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", default="omniglot",
-                        help="config NAME[:VARIANT] from gtl_jax/configs, or PATH.py[:ARG]")
-    parser.add_argument("--workdir", default=None,
-                        help="where metrics, checkpoints, the learngene file and results go; a "
-                        "rerun resumes from it (default: runs/<config>)")
+    parser.add_argument(
+        "--config",
+        default="omniglot",
+        help="config NAME[:VARIANT] from gtl_jax/configs, or PATH.py[:ARG]",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where metrics, checkpoints, the learngene file and results go; a "
+        "rerun resumes from it (default: runs/<config>)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     group = parser.add_argument_group("config fields (override the chosen config)")
     for field, value in defaults.items():
         kind = {bool: _bool, int: int, float: float}.get(type(value), str)
-        group.add_argument(f"--{field}", type=kind, default=None,
-                           help=f"{FIELD_HELP.get(field, field)} (default: {value!r})")
+        group.add_argument(
+            f"--{field}",
+            type=kind,
+            default=None,
+            help=f"{FIELD_HELP.get(field, field)} (default: {value!r})",
+        )
     return parser
 
 
@@ -232,13 +333,16 @@ def configure_jax() -> None:
     - A persistent compilation cache: a second run (or the tests) skips most compilation.
     """
     jax.config.update("jax_threefry_partitionable", False)
-    path = os.environ.get("GTL_JAX_CACHE_DIR",
-                          str(pathlib.Path.home() / ".cache" / "gtl_jax" / "xla"))
+    path = os.environ.get(
+        "GTL_JAX_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "gtl_jax" / "xla")
+    )
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False) -> dict:
+def run(
+    c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False
+) -> dict:
     """Evolution, learngene file, evaluation; returns the results (also written to workdir)."""
     start = time.perf_counter()
     validate_config(c)
@@ -249,15 +353,17 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
     config_json = json.loads(c.to_json())
     if config_path.exists():
         previous = json.loads(config_path.read_text())
-        differ = {k for k in set(previous) | set(config_json)
-                  if previous.get(k) != config_json.get(k)}
+        differ = {
+            k
+            for k in set(previous) | set(config_json)
+            if previous.get(k) != config_json.get(k) and k not in RESUMABLE_CHANGES
+        }
         if differ:
             raise ConfigError(
                 f"workdir {workdir} holds a run with another config (fields differ: "
                 f"{', '.join(sorted(differ))}); use another --workdir or the same config"
             )
-    else:
-        config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True))
+    config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True))
 
     train, val, test = (jnp.asarray(pools[s].images) for s in ("train", "val", "test"))
     image_shape = tuple(train.shape[2:])
@@ -265,8 +371,16 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
     critic_model = build_model(c.model, c.critic_way, width=c.width)
     spec = make_spec(life_model, c.ratio, image_shape[-1])
     ec = evolution_config(c)
-    evo = Evolution(life_model, critic_model, spec, ec, descendant_recipe(c, c.critic_steps),
-                    train, val, strategy=c.strategy)
+    evo = Evolution(
+        life_model,
+        critic_model,
+        spec,
+        ec,
+        descendant_recipe(c, c.critic_steps),
+        train,
+        val,
+        strategy=c.strategy,
+    )
     init_key, root_key = jax.random.split(jax.random.key(c.seed))
 
     manager = checkpoint.state_manager(workdir)
@@ -278,42 +392,64 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
         state = restored[0]
         done = int(state.generation)
         if metrics_path.exists():
-            history = [json.loads(line) for line in metrics_path.read_text().splitlines()
-                       if line.strip()]
+            history = [
+                json.loads(line)
+                for line in metrics_path.read_text().splitlines()
+                if line.strip()
+            ]
             history = [m for m in history if m.get("generation", 0) <= done]
         if not quiet:
             print(f"resuming {workdir} after generation {done}", file=sys.stderr)
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
 
     steps_per_generation = ec.life_steps + c.critic_steps
-    with tqdm(total=c.generations * steps_per_generation, desc="evolution", unit="step",
-              disable=quiet, initial=int(state.generation) * steps_per_generation) as bar:
+    with tqdm(
+        total=c.generations * steps_per_generation,
+        desc="evolution",
+        unit="step",
+        disable=quiet,
+        initial=int(state.generation) * steps_per_generation,
+    ) as bar:
         while int(state.generation) < c.generations:
             t = time.perf_counter()
             state, m = evo.generation(root_key, state, on_step=lambda _: bar.update())
             m["seconds"] = time.perf_counter() - t
-            bar.set_postfix(best=f"{m['fitness_max']:.3f}", mean=f"{m['fitness_mean']:.3f}")
+            bar.set_postfix(
+                best=f"{m['fitness_max']:.3f}", mean=f"{m['fitness_mean']:.3f}"
+            )
             history.append(m)
-            checkpoint.save_state(manager, int(state.generation), state,
-                                  {"generation": int(state.generation)})
+            checkpoint.save_state(
+                manager,
+                int(state.generation),
+                state,
+                {"generation": int(state.generation)},
+            )
             with metrics_path.open("a") as f:
                 f.write(json.dumps(m) + "\n")
     evolve_seconds = time.perf_counter() - start
 
-    fresh = init_network(critic_model, make_optimizer("sgd", 0.1), jax.random.key(0),
-                         image_shape)
+    fresh = init_network(
+        critic_model, make_optimizer("sgd", 0.1), jax.random.key(0), image_shape
+    )
     share = parameter_share(spec, fresh.params)
-    checkpoint.save_learngene(workdir / "learngene", state.best_learngene, {
-        "model": {"name": c.model, "width": c.width},
-        "spec": spec.to_json(),
-        "image_shape": list(image_shape),
-        "normalisation": "uint8 / 255, ink = 1",
-        "dataset": {"name": c.dataset, "splits": {s: pools[s].num_classes for s in pools}},
-        "generation": int(state.generation),
-        "fitness": float(state.best_fitness),
-        "parameter_share": share,
-        "config": config_json,
-    })
+    checkpoint.save_learngene(
+        workdir / "learngene",
+        state.best_learngene,
+        {
+            "model": {"name": c.model, "width": c.width},
+            "spec": spec.to_json(),
+            "image_shape": list(image_shape),
+            "normalisation": "uint8 / 255, ink = 1",
+            "dataset": {
+                "name": c.dataset,
+                "splits": {s: pools[s].num_classes for s in pools},
+            },
+            "generation": int(state.generation),
+            "fitness": float(state.best_fitness),
+            "parameter_share": share,
+            "config": config_json,
+        },
+    )
     if history:
         plots.plot_fitness(history, workdir / "fitness.png")
 
@@ -330,9 +466,11 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
     }
     (workdir / "results.json").write_text(json.dumps(summary, indent=1))
     curves = {}
-    for key, r in results.items():
+    for r in results.values():
         setting = f"{c.eval_way}-way {r['shot']}-shot"
-        curves.setdefault(setting, {"steps": r["curve_steps"]})[r["method"]] = r["curve"]
+        curves.setdefault(setting, {"steps": r["curve_steps"]})[r["method"]] = r[
+            "curve"
+        ]
     plots.plot_curves(curves, workdir / "curves.png")
     summary["table"] = table
     return summary
@@ -356,8 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(summary["table"])
-    print(f"\nwall time {summary['total_seconds']:.0f} s (evolution "
-          f"{summary['evolution_seconds']:.0f} s); workdir {workdir}")
+    print(
+        f"\nwall time {summary['total_seconds']:.0f} s (evolution "
+        f"{summary['evolution_seconds']:.0f} s); workdir {workdir}"
+    )
     return 0
 
 

@@ -133,6 +133,25 @@ def _replace(tree: Variables, path: tuple[str, ...], fn) -> Variables:
     return {**tree, head: _replace(tree[head], rest, fn)}
 
 
+def _write_kernel(
+    name: str, kernel: jax.Array, gene_kernel: jax.Array, zero_cross: bool
+) -> jax.Array:
+    kh, kw, k_in, k_out = gene_kernel.shape
+    if kernel.shape[:2] != (kh, kw):
+        raise ValueError(f"kernel size of {name} differs: {kernel.shape} vs {(kh, kw)}")
+    if zero_cross:
+        kernel = kernel.at[:, :, k_in:, :k_out].set(0.0)
+    return kernel.at[:, :, :k_in, :k_out].set(gene_kernel.astype(kernel.dtype))
+
+
+def _write_bn(bn: Variables, gene: dict[str, jax.Array]) -> Variables:
+    """Writes the gene's entries of a BN collection (scale/bias, or mean/var) into its first k."""
+    return {
+        key: value.at[: gene[key].shape[0]].set(gene[key]) if key in gene else value
+        for key, value in bn.items()
+    }
+
+
 def insert_learngene(
     learngene: Learngene,
     params: Variables,
@@ -158,29 +177,21 @@ def insert_learngene(
     """
     for name, gene in learngene.items():
         target = _layer_path((layer_map or {}).get(name, name))
-        kh, kw, k_in, k_out = gene["kernel"].shape
-
-        def set_conv(conv, gene=gene, k_in=k_in, k_out=k_out):
-            kernel = conv["kernel"]
-            if kernel.shape[0] != kh or kernel.shape[1] != kw:
-                raise ValueError(f"kernel size of {name} differs: {kernel.shape} vs {(kh, kw)}")
-            if zero_cross:
-                kernel = kernel.at[:, :, k_in:, :k_out].set(0.0)
-            kernel = kernel.at[:, :, :k_in, :k_out].set(gene["kernel"].astype(kernel.dtype))
-            return {**conv, "kernel": kernel}
-
-        def set_bn(bn, gene=gene, k_out=k_out, keys=("scale", "bias")):
-            return {**bn, **{key: bn[key].at[:k_out].set(gene[key]) for key in keys}}
-
-        params = _replace(params, target + ("conv",), set_conv)
-        params = _replace(params, target + ("bn",), set_bn)
+        conv = _get(params, target + ("conv",))
+        kernel = _write_kernel(name, conv["kernel"], gene["kernel"], zero_cross)
+        params = _replace(
+            params, target + ("conv",), lambda c, k=kernel: {**c, "kernel": k}
+        )
+        params = _replace(params, target + ("bn",), lambda bn, g=gene: _write_bn(bn, g))
         batch_stats = _replace(
-            batch_stats, target + ("bn",), lambda bn, f=set_bn: f(bn, keys=("mean", "var"))
+            batch_stats, target + ("bn",), lambda bn, g=gene: _write_bn(bn, g)
         )
     return params, batch_stats
 
 
-def check_fits(spec: LearngeneSpec, model: nn.Module, in_channels: int, **kwargs) -> None:
+def check_fits(
+    spec: LearngeneSpec, model: nn.Module, in_channels: int, **kwargs
+) -> None:
     """Raises ValueError, listing every mismatch, if a learngene of ``spec`` cannot go into ``model``.
 
     Accepts a target of the same architecture or a wider one (at least as many channels per layer).
@@ -203,7 +214,8 @@ def check_fits(spec: LearngeneSpec, model: nn.Module, in_channels: int, **kwargs
             )
     if problems:
         raise ValueError(
-            "learngene does not fit the target network:\n  " + "\n  ".join(problems)
+            "learngene does not fit the target network:\n  "
+            + "\n  ".join(problems)
             + f"\ntarget layers: {', '.join(target)}"
         )
 
@@ -231,4 +243,6 @@ def parameter_share(spec: LearngeneSpec, params: Variables) -> dict[str, float]:
 
 def learngene_size(learngene: Learngene) -> int:
     """Number of learnable parameters in a learngene (kernels, scales, biases)."""
-    return sum(int(gene[key].size) for gene in learngene.values() for key in PARAMETER_KEYS)
+    return sum(
+        int(gene[key].size) for gene in learngene.values() for key in PARAMETER_KEYS
+    )

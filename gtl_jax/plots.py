@@ -16,8 +16,13 @@ def plot_fitness(metrics: Sequence[dict], path: str | pathlib.Path) -> None:
     """Critic fitness (max, mean, min over the population) per generation."""
     g = [m["generation"] for m in metrics]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    ax.fill_between(g, [m["fitness_min"] for m in metrics], [m["fitness_max"] for m in metrics],
-                    alpha=0.25, label="min-max")
+    ax.fill_between(
+        g,
+        [m["fitness_min"] for m in metrics],
+        [m["fitness_max"] for m in metrics],
+        alpha=0.25,
+        label="min-max",
+    )
     ax.plot(g, [m["fitness_mean"] for m in metrics], marker="o", label="mean")
     ax.plot(g, [m["fitness_max"] for m in metrics], marker=".", label="max")
     ax.set_xlabel("generation")
@@ -37,8 +42,9 @@ def plot_curves(curves: dict[str, dict], path: str | pathlib.Path) -> None:
       curves: ``{setting: {"steps": [...], method: [mean acc per step], ...}}``.
     """
     settings = list(curves)
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.2), dpi=120,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(settings), figsize=(4.2 * len(settings), 3.2), dpi=120, squeeze=False
+    )
     for ax, setting in zip(axes[0], settings):
         steps = curves[setting]["steps"]
         for method, values in curves[setting].items():

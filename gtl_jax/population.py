@@ -49,7 +49,9 @@ def resolve_strategy(strategy: str, backend: str | None = None) -> str:
 
 
 def _take(tree: Any, i: jax.Array) -> Any:
-    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree)
+    return jax.tree.map(
+        lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree
+    )
 
 
 @jax.jit
@@ -91,7 +93,9 @@ def population_map(
 
 
 def init_network(
-    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
     image_shape: tuple[int, int, int],
 ) -> TrainState:
     """Initialises one network and its optimiser state."""
@@ -105,7 +109,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(
-    model: nn.Module, tx: optax.GradientTransformation, state: TrainState, x: jax.Array,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    x: jax.Array,
     y: jax.Array,
 ) -> tuple[TrainState, jax.Array]:
     """One optimiser step of one network on ``x: u8[B, H, W, Ch]``, ``y: i32[B]``.
@@ -116,7 +123,9 @@ def train_step(
     def loss_fn(params):
         logits, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
-            to_float(x), train=True, mutable=["batch_stats"],
+            to_float(x),
+            train=True,
+            mutable=["batch_stats"],
         )
         return cross_entropy(logits, y), updates["batch_stats"]
 
@@ -126,10 +135,15 @@ def train_step(
     return TrainState(params, batch_stats, opt_state), loss
 
 
-def predict(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, **kwargs) -> jax.Array:
+def predict(
+    model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, **kwargs
+) -> jax.Array:
     """Inference with running BatchNorm statistics: logits (or features) of ``x: u8[B, H, W, Ch]``."""
     return model.apply(
-        {"params": params, "batch_stats": batch_stats}, to_float(x), train=False, **kwargs
+        {"params": params, "batch_stats": batch_stats},
+        to_float(x),
+        train=False,
+        **kwargs,
     )
 
 
@@ -141,13 +155,16 @@ def make_sgd(learning_rate: float, momentum: float, weight_decay: float):
     )
 
 
-def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(
+    name: str, learning_rate: float, *, momentum: float = 0.9, weight_decay: float = 0.0
+) -> optax.GradientTransformation:
     """``"sgd"`` (momentum, weight decay) or ``"adam"``."""
     if name == "sgd":
         return make_sgd(learning_rate, momentum, weight_decay)
     if name == "adam":
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+        return optax.chain(
+            optax.add_decayed_weights(weight_decay), optax.adam(learning_rate)
+        )
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
@@ -164,5 +181,3 @@ def unstack(tree: Any) -> list[Any]:
 
 def population_size(tree: Any) -> int:
     return jax.tree.leaves(tree)[0].shape[0]
-
-

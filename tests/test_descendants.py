@@ -34,30 +34,48 @@ def test_confidence_interval_by_hand():
 
 def test_prototype_head_equals_nearest_prototype():
     model = build_model("vgg11", 5, width=1 / 16)
-    images = jax.random.randint(jax.random.key(0), (8, 6, 28, 28, 1), 0, 256).astype(jnp.uint8)
+    images = jax.random.randint(jax.random.key(0), (8, 6, 28, 28, 1), 0, 256).astype(
+        jnp.uint8
+    )
     episode = sample_episode(jax.random.key(1), images, n_way=5, k_shot=2, n_query=3)
-    state = new_descendant(model, jax.random.key(2), episode, None, Recipe(head="prototype"),
-                           n_way=5)
+    state = new_descendant(
+        model, jax.random.key(2), episode, None, Recipe(head="prototype"), n_way=5
+    )
     logits = predict(model, state.params, state.batch_stats, episode.query_x)
-    support = predict(model, state.params, state.batch_stats, episode.support_x,
-                      return_features=True)
-    query = predict(model, state.params, state.batch_stats, episode.query_x,
-                    return_features=True)
+    support = predict(
+        model, state.params, state.batch_stats, episode.support_x, return_features=True
+    )
+    query = predict(
+        model, state.params, state.batch_stats, episode.query_x, return_features=True
+    )
     expected = prototype_logits(query, class_means(support, episode.support_y, 5))
     # Equal up to a per-row constant (|f|^2), so the same differences between classes.
-    np.testing.assert_allclose(logits - logits[:, :1], expected - expected[:, :1],
-                               rtol=1e-3, atol=1e-3)
-    zero = new_descendant(model, jax.random.key(2), episode, None, Recipe(head="zero"), n_way=5)
+    np.testing.assert_allclose(
+        logits - logits[:, :1], expected - expected[:, :1], rtol=1e-3, atol=1e-3
+    )
+    zero = new_descendant(
+        model, jax.random.key(2), episode, None, Recipe(head="zero"), n_way=5
+    )
     assert not np.any(zero.params["head"]["kernel"])
 
 
 def test_episodes_are_identical_for_the_same_seed_and_valid(omniglot):
     images = jnp.asarray(omniglot["test"].images)
-    a, ka = fixed_episodes(jax.random.key(7), images, episodes=4, n_way=5, k_shot=1, n_query=15)
-    b, kb = fixed_episodes(jax.random.key(7), images, episodes=4, n_way=5, k_shot=1, n_query=15)
+    a, ka = fixed_episodes(
+        jax.random.key(7), images, episodes=4, n_way=5, k_shot=1, n_query=15
+    )
+    b, kb = fixed_episodes(
+        jax.random.key(7), images, episodes=4, n_way=5, k_shot=1, n_query=15
+    )
     jax.tree.map(np.testing.assert_array_equal, a, b)
     np.testing.assert_array_equal(jax.random.key_data(ka), jax.random.key_data(kb))
-    assert a.support_x.shape == (4, 5, 28, 28, 1) and a.query_x.shape == (4, 75, 28, 28, 1)
+    assert a.support_x.shape == (4, 5, 28, 28, 1) and a.query_x.shape == (
+        4,
+        75,
+        28,
+        28,
+        1,
+    )
     np.testing.assert_array_equal(a.support_y[0], np.arange(5))
     # Support and query images of an episode are distinct draws.
     for e in range(4):
@@ -70,13 +88,15 @@ def test_evaluator_learngene_vs_scratch_same_keys(omniglot):
     step 0 of the curve is the untrained head's accuracy."""
     model = build_model("vgg11", 5, width=1 / 16)
     images = jnp.asarray(omniglot["test"].images)
-    episodes, keys = fixed_episodes(jax.random.key(0), images, episodes=3, n_way=5, k_shot=1,
-                                    n_query=5)
+    episodes, keys = fixed_episodes(
+        jax.random.key(0), images, episodes=3, n_way=5, k_shot=1, n_query=5
+    )
     recipe = Recipe(steps=2, eval_every=1)
     evaluator = DescendantEvaluator(model, recipe, n_way=5)
     variables = model.init(jax.random.key(9), jnp.zeros((1, 28, 28, 1)), train=False)
-    gene = extract_learngene(make_spec(model, 0.45, 1), variables["params"],
-                             variables["batch_stats"])
+    gene = extract_learngene(
+        make_spec(model, 0.45, 1), variables["params"], variables["batch_stats"]
+    )
     with_gene = evaluator(keys, episodes, gene)
     scratch = evaluator(keys, episodes, None)
     again = evaluator(keys, episodes, None)

@@ -53,8 +53,9 @@ def test_nan_never_selected_even_by_elitism():
     fitness = jnp.array([jnp.nan, 0.1, jnp.nan, 0.3, -jnp.inf, 0.2])
     genes = _learngene(jax.random.key(0), pop=6)
     for seed in range(20):
-        _, parents = reproduce(jax.random.key(seed), genes, fitness, tournament_size=2,
-                               sigma=0.1, rate=0.5)
+        _, parents = reproduce(
+            jax.random.key(seed), genes, fitness, tournament_size=2, sigma=0.1, rate=0.5
+        )
         assert int(parents[0]) == 3  # the elite
         assert not set(np.asarray(parents).tolist()) & {0, 2}
 
@@ -87,7 +88,9 @@ def test_mutate_noise_scale_statistics_untouched_and_deterministic():
     ratio = float(jnp.std(delta) / jnp.std(gene["stage2/conv1"]["kernel"]))
     assert 0.07 < ratio < 0.13  # sigma relative to the tensor's std
     # A constant tensor (std 0) is left as is.
-    np.testing.assert_array_equal(out["stage2/conv1"]["bias"], gene["stage2/conv1"]["bias"])
+    np.testing.assert_array_equal(
+        out["stage2/conv1"]["bias"], gene["stage2/conv1"]["bias"]
+    )
 
 
 def test_mutate_rate_applies_per_tensor():
@@ -95,23 +98,32 @@ def test_mutate_rate_applies_per_tensor():
     changed = []
     for seed in range(40):
         out = mutate(jax.random.key(seed), gene, sigma=0.1, rate=0.5)
-        changed.append(not np.array_equal(out["stage1/conv1"]["kernel"],
-                                          gene["stage1/conv1"]["kernel"]))
+        changed.append(
+            not np.array_equal(
+                out["stage1/conv1"]["kernel"], gene["stage1/conv1"]["kernel"]
+            )
+        )
     assert 8 < sum(changed) < 32
 
 
 def test_reproduce_keeps_size_elite_and_lineage():
     genes = _learngene(jax.random.key(0), pop=6)
     fitness = jnp.array([0.2, 0.9, 0.1, 0.5, 0.4, 0.3])
-    nxt, parents = jax.jit(reproduce, static_argnames=("tournament_size", "sigma", "rate"))(
-        jax.random.key(2), genes, fitness, tournament_size=3, sigma=0.1, rate=1.0
-    )
+    nxt, parents = jax.jit(
+        reproduce, static_argnames=("tournament_size", "sigma", "rate")
+    )(jax.random.key(2), genes, fitness, tournament_size=3, sigma=0.1, rate=1.0)
     assert parents.shape == (6,)
-    assert jax.tree.map(lambda x: x.shape, nxt) == jax.tree.map(lambda x: x.shape, genes)
+    assert jax.tree.map(lambda x: x.shape, nxt) == jax.tree.map(
+        lambda x: x.shape, genes
+    )
     assert int(parents[0]) == 1
     jax.tree.map(lambda n, g: np.testing.assert_array_equal(n[0], g[1]), nxt, genes)
     # Children are mutated copies of their recorded parents.
     for i in range(1, 6):
         p = int(parents[i])
-        np.testing.assert_array_equal(nxt["stage1/conv1"]["mean"][i], genes["stage1/conv1"]["mean"][p])
-        assert not np.array_equal(nxt["stage1/conv1"]["kernel"][i], genes["stage1/conv1"]["kernel"][p])
+        np.testing.assert_array_equal(
+            nxt["stage1/conv1"]["mean"][i], genes["stage1/conv1"]["mean"][p]
+        )
+        assert not np.array_equal(
+            nxt["stage1/conv1"]["kernel"][i], genes["stage1/conv1"]["kernel"][p]
+        )

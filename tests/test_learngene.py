@@ -15,8 +15,9 @@ def _variables(model, key, size=28):
 
 def _conv_outputs(model, variables, x):
     """Output of every ConvBN (after BN, before the nonlinearity), by layer name."""
-    _, state = model.apply(variables, x, train=False, capture_intermediates=True,
-                           mutable=["intermediates"])
+    _, state = model.apply(
+        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+    )
     out = {}
     for node in model.conv_graph():
         module = state["intermediates"]
@@ -44,8 +45,9 @@ def test_bad_ratio_is_refused(ratio):
         lg.make_spec(build_model("vgg11", 5, width=0.125), ratio, 1)
 
 
-@pytest.mark.parametrize("name,target_width", [("vgg11", 1 / 16), ("vgg11", 1 / 8),
-                                                ("resnet12", 1 / 16)])
+@pytest.mark.parametrize(
+    "name,target_width", [("vgg11", 1 / 16), ("vgg11", 1 / 8), ("resnet12", 1 / 16)]
+)
 def test_inherited_circuit_is_closed(name, target_width):
     """With zeroed cross weights the gene channels of every layer depend on the learngene alone:
     descendants with different random rests, of the ancestor's width or wider, compute the same
@@ -54,24 +56,36 @@ def test_inherited_circuit_is_closed(name, target_width):
     spec = lg.make_spec(ancestor, 0.45, 1)
     a_vars = _variables(ancestor, jax.random.key(0))
     # Make the running statistics non-trivial so that their inheritance matters.
-    a_vars = {**a_vars, "batch_stats": jax.tree.map(
-        lambda v: v + 0.3 * jax.random.uniform(jax.random.key(5), v.shape), a_vars["batch_stats"]
-    )}
+    a_vars = {
+        **a_vars,
+        "batch_stats": jax.tree.map(
+            lambda v: v + 0.3 * jax.random.uniform(jax.random.key(5), v.shape),
+            a_vars["batch_stats"],
+        ),
+    }
     gene = lg.extract_learngene(spec, a_vars["params"], a_vars["batch_stats"])
     x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
 
     def gene_outputs(model, key, zero_cross=True):
         fresh = _variables(model, key)
-        params, stats = lg.insert_learngene(gene, fresh["params"], fresh["batch_stats"],
-                                            zero_cross=zero_cross)
+        params, stats = lg.insert_learngene(
+            gene, fresh["params"], fresh["batch_stats"], zero_cross=zero_cross
+        )
         out = _conv_outputs(model, {"params": params, "batch_stats": stats}, x)
-        return {layer.name: out[layer.name][..., : layer.k_out] for layer in spec.layers}
+        return {
+            layer.name: out[layer.name][..., : layer.k_out] for layer in spec.layers
+        }
 
     same_width = gene_outputs(ancestor, jax.random.key(1))
     wider = gene_outputs(build_model(name, 5, width=target_width), jax.random.key(3))
     for layer in spec.layers:
-        np.testing.assert_allclose(wider[layer.name], same_width[layer.name],
-                                   rtol=1e-4, atol=1e-5, err_msg=layer.name)
+        np.testing.assert_allclose(
+            wider[layer.name],
+            same_width[layer.name],
+            rtol=1e-4,
+            atol=1e-5,
+            err_msg=layer.name,
+        )
     # Without zeroing, the random non-gene inputs leak into the circuit.
     leaky = gene_outputs(ancestor, jax.random.key(3), zero_cross=False)
     last = spec.layers[-1].name
@@ -87,14 +101,20 @@ def test_extract_insert_roundtrip_and_rest_untouched():
     params, stats = lg.insert_learngene(gene, b["params"], b["batch_stats"])
     again = lg.extract_learngene(spec, params, stats)
     jax.tree.map(np.testing.assert_array_equal, gene, again)
-    np.testing.assert_array_equal(params["head"]["kernel"], b["params"]["head"]["kernel"])
+    np.testing.assert_array_equal(
+        params["head"]["kernel"], b["params"]["head"]["kernel"]
+    )
     layer = spec.layers[3]
     kernel = params["stage3"]["conv2"]["conv"]["kernel"]
     assert layer.name == "stage3/conv2"
-    np.testing.assert_array_equal(kernel[:, :, layer.k_in:, : layer.k_out], 0.0)
-    np.testing.assert_array_equal(kernel[..., layer.k_out:],
-                                  b["params"]["stage3"]["conv2"]["conv"]["kernel"][..., layer.k_out:])
-    assert lg.learngene_size(gene) == lg.parameter_share(spec, a["params"])["gene_params"]
+    np.testing.assert_array_equal(kernel[:, :, layer.k_in :, : layer.k_out], 0.0)
+    np.testing.assert_array_equal(
+        kernel[..., layer.k_out :],
+        b["params"]["stage3"]["conv2"]["conv"]["kernel"][..., layer.k_out :],
+    )
+    assert (
+        lg.learngene_size(gene) == lg.parameter_share(spec, a["params"])["gene_params"]
+    )
 
 
 def test_insert_is_jittable_and_vmappable():
@@ -102,9 +122,12 @@ def test_insert_is_jittable_and_vmappable():
     spec = lg.make_spec(model, 0.45, 1)
     keys = jax.random.split(jax.random.key(0), 3)
     variables = jax.vmap(lambda k: _variables(model, k))(keys)
-    genes = jax.vmap(lambda v: lg.extract_learngene(spec, v["params"], v["batch_stats"]))(variables)
-    params, _ = jax.jit(jax.vmap(lg.insert_learngene))(genes, variables["params"],
-                                                        variables["batch_stats"])
+    genes = jax.vmap(
+        lambda v: lg.extract_learngene(spec, v["params"], v["batch_stats"])
+    )(variables)
+    params, _ = jax.jit(jax.vmap(lg.insert_learngene))(
+        genes, variables["params"], variables["batch_stats"]
+    )
     assert params["stage1"]["conv1"]["conv"]["kernel"].shape[0] == 3
 
 
@@ -118,5 +141,8 @@ def test_check_fits_lists_every_mismatch():
     narrow = lg.make_spec(build_model("vgg11", 5, width=1 / 8), 0.45, 1)
     lg.check_fits(narrow, build_model("vgg11", 5, width=1 / 4), 1)  # wider fits
     with pytest.raises(ValueError, match="channels <"):
-        lg.check_fits(lg.make_spec(build_model("vgg11", 5, width=1), 0.45, 1),
-                      build_model("vgg11", 5, width=1 / 16), 1)
+        lg.check_fits(
+            lg.make_spec(build_model("vgg11", 5, width=1), 0.45, 1),
+            build_model("vgg11", 5, width=1 / 16),
+            1,
+        )

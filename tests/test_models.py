@@ -18,13 +18,19 @@ def test_shifted_matmul_conv_equals_lax_conv(size, kernel_size):
     expected = jax.lax.conv_general_dilated(
         x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    np.testing.assert_allclose(shifted_matmul_conv(x, kernel), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        shifted_matmul_conv(x, kernel), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
     "name,width,size,convs",
-    [("vgg11", 1 / 16, 28, 8), ("vgg13", 1 / 16, 32, 10), ("vgg16", 1 / 16, 28, 13),
-     ("resnet12", 1 / 16, 28, 16)],
+    [
+        ("vgg11", 1 / 16, 28, 8),
+        ("vgg13", 1 / 16, 32, 10),
+        ("vgg16", 1 / 16, 28, 13),
+        ("resnet12", 1 / 16, 28, 16),
+    ],
 )
 def test_models_shapes_and_named_layers(name, width, size, convs):
     model = build_model(name, 7, width=width)
@@ -50,8 +56,10 @@ def test_vgg_small_map_form_matches_conv_form():
     slow = fast.clone(small_map_pixels=0)
     variables = fast.init(jax.random.key(0), x, train=False)
     np.testing.assert_allclose(
-        fast.apply(variables, x, train=False), slow.apply(variables, x, train=False),
-        rtol=1e-4, atol=1e-5,
+        fast.apply(variables, x, train=False),
+        slow.apply(variables, x, train=False),
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 

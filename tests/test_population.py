@@ -31,12 +31,20 @@ def test_strategies_agree_on_a_train_step():
     tx = make_optimizer("sgd", 0.1, weight_decay=1e-4)
     keys = jax.random.split(jax.random.key(0), 3)
     state = stack([init_network(model, tx, k, (28, 28, 1)) for k in keys])
-    x = jax.random.randint(jax.random.key(1), (3, 4, 28, 28, 1), 0, 256).astype(jnp.uint8)
+    x = jax.random.randint(jax.random.key(1), (3, 4, 28, 28, 1), 0, 256).astype(
+        jnp.uint8
+    )
     y = jnp.array([[0, 1, 2, 0]] * 3)
     step = functools.partial(train_step, model, tx)
-    outs = {s: population_map(step, (0, 0, 0), strategy=s)(state, x, y) for s in ("vmap", "loop")}
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
-                 outs["vmap"], outs["loop"])
+    outs = {
+        s: population_map(step, (0, 0, 0), strategy=s)(state, x, y)
+        for s in ("vmap", "loop")
+    }
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+        outs["vmap"],
+        outs["loop"],
+    )
     # Members are independent: member 1 alone gives member 1's result.
     single, loss = jax.jit(step)(jax.tree.map(lambda a: a[1], state), x[1], y[1])
     np.testing.assert_allclose(loss, outs["loop"][1][1], rtol=1e-5)

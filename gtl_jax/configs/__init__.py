@@ -27,7 +27,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         try:
             module = importlib.import_module(f"gtl_jax.configs.{name}")
         except ModuleNotFoundError:
-            known = sorted(p.stem for p in pathlib.Path(__file__).parent.glob("[a-z]*.py"))
+            known = sorted(
+                p.stem for p in pathlib.Path(__file__).parent.glob("[a-z]*.py")
+            )
             raise ValueError(
                 f"unknown config {name!r}; known configs: {', '.join(known)} (or a path to a .py)"
             ) from None

@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tournament_size = 3
     c.generations = 8
     c.life_way = 5
-    c.life_steps = 100
+    c.life_steps = 60
     c.life_batch = 32
     c.life_lr = 0.05
     c.life_momentum = 0.9
@@ -90,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.head = "random"
     c.optimizer = "adam"
     c.learning_rate = 1e-3
-    c.steps = 30
+    c.steps = 20
     c.eval_every = 5
 
     c.strategy = "auto"
@@ -107,5 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.steps = 2
         c.eval_every = 1
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of the omniglot config (known: smoke)")
+        raise ValueError(
+            f"unknown variant {arg!r} of the omniglot config (known: smoke)"
+        )
     return c

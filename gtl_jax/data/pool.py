@@ -61,7 +61,9 @@ class Episode:
 def sample_classes(key: jax.Array, num_classes: int, n_way: int) -> jax.Array:
     """Draws ``n_way`` distinct class indices out of ``num_classes``: i32[N]."""
     if n_way > num_classes:
-        raise ValueError(f"n_way={n_way} is more than the {num_classes} classes of the pool")
+        raise ValueError(
+            f"n_way={n_way} is more than the {num_classes} classes of the pool"
+        )
     return jax.random.choice(key, num_classes, (n_way,), replace=False)
 
 
@@ -84,7 +86,9 @@ def sample_episode(
         jax.random.split(image_key, n_way)
     )[:, : k_shot + n_query]
     chosen = images[classes[:, None], perms]  # [N, K+Q, H, W, Ch]
-    labels = jnp.broadcast_to(jnp.arange(n_way, dtype=jnp.int32)[:, None], (n_way, k_shot + n_query))
+    labels = jnp.broadcast_to(
+        jnp.arange(n_way, dtype=jnp.int32)[:, None], (n_way, k_shot + n_query)
+    )
     shape = images.shape[2:]
     return Episode(
         support_x=chosen[:, :k_shot].reshape(n_way * k_shot, *shape),
@@ -95,7 +99,11 @@ def sample_episode(
 
 
 def sample_batch(
-    key: jax.Array, images: jax.Array, classes: jax.Array, *, batch_size: int,
+    key: jax.Array,
+    images: jax.Array,
+    classes: jax.Array,
+    *,
+    batch_size: int,
     image_slice: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Samples a labelled batch from the classes of a task, with replacement.

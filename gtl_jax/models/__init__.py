@@ -21,7 +21,9 @@ MODELS = {
 def build_model(name: str, num_classes: int, *, width: float = 1.0) -> nn.Module:
     """Builds a registered model, e.g. ``build_model("vgg11", 5, width=0.25)``."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+        raise ValueError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
+        )
     return MODELS[name](num_classes=num_classes, width=width)
 
 

@@ -40,7 +40,9 @@ def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
         for j in range(kw):
             if j + w <= pw or j >= pw + w:
                 continue
-            term = jnp.einsum("bhwi,io->bhwo", xp[:, i : i + h, j : j + w], kernel[i, j])
+            term = jnp.einsum(
+                "bhwi,io->bhwo", xp[:, i : i + h, j : j + w], kernel[i, j]
+            )
             out = term if out is None else out + term
     return out
 
@@ -73,7 +75,9 @@ class Conv(nn.Module):
                 x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(
+                dtype
+            )
         return y
 
 
@@ -91,8 +95,12 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = Conv(self.features, self.kernel_size, small_map_pixels=self.small_map_pixels,
-                 name="conv")(x)
+        x = Conv(
+            self.features,
+            self.kernel_size,
+            small_map_pixels=self.small_map_pixels,
+            name="conv",
+        )(x)
         return nn.BatchNorm(
             use_running_average=not train, momentum=self.bn_momentum, name="bn"
         )(x)

@@ -32,9 +32,9 @@ class ResidualStage(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         shortcut = ConvBN(self.width, 1, name="shortcut")(x, train=train)
         for i in (1, 2, 3):
-            x = ConvBN(self.width, small_map_pixels=self.small_map_pixels, name=f"conv{i}")(
-                x, train=train
-            )
+            x = ConvBN(
+                self.width, small_map_pixels=self.small_map_pixels, name=f"conv{i}"
+            )(x, train=train)
             if i < 3:
                 x = leaky_relu(x)
         x = leaky_relu(x + shortcut)
@@ -77,7 +77,9 @@ class ResNet12(nn.Module):
     ) -> jax.Array:
         """Maps ``x: f32[B, H, W, Ch]`` to logits f32[B, num_classes] (or features f32[B, D])."""
         for s, c in enumerate(self.stage_widths(), start=1):
-            x = ResidualStage(c, self.small_map_pixels, name=f"stage{s}")(x, train=train)
+            x = ResidualStage(c, self.small_map_pixels, name=f"stage{s}")(
+                x, train=train
+            )
         features = jnp.mean(x, axis=(1, 2))
         if return_features and not self.is_initializing():
             return features

@@ -55,8 +55,12 @@ class VGG(nn.Module):
 
     def stage_widths(self) -> tuple[tuple[int, ...], ...]:
         if self.depth not in VGG_STAGES:
-            raise ValueError(f"VGG depth must be one of {sorted(VGG_STAGES)}, got {self.depth}")
-        return tuple(tuple(scaled(c, self.width) for c in s) for s in VGG_STAGES[self.depth])
+            raise ValueError(
+                f"VGG depth must be one of {sorted(VGG_STAGES)}, got {self.depth}"
+            )
+        return tuple(
+            tuple(scaled(c, self.width) for c in s) for s in VGG_STAGES[self.depth]
+        )
 
     def conv_graph(self) -> tuple[ConvNode, ...]:
         nodes, previous = [], None
@@ -72,7 +76,9 @@ class VGG(nn.Module):
     ) -> jax.Array:
         """Maps ``x: f32[B, H, W, Ch]`` to logits f32[B, num_classes] (or features f32[B, D])."""
         for s, widths in enumerate(self.stage_widths(), start=1):
-            x = VGGStage(widths, self.small_map_pixels, name=f"stage{s}")(x, train=train)
+            x = VGGStage(widths, self.small_map_pixels, name=f"stage{s}")(
+                x, train=train
+            )
             if x.shape[1] > 2 and x.shape[2] > 2:
                 x = nn.max_pool(x, (2, 2), (2, 2))
         features = jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,159 @@
+"""The command line end to end on real Omniglot (smoke sizes), resume, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gtl_jax.checkpoint import load_learngene
+from gtl_jax.configs import load_config
+from gtl_jax.descendants import Recipe
+from gtl_jax.evolution import Evolution, EvolutionConfig
+from gtl_jax.evolve import main
+from gtl_jax.learngene import make_spec
+from gtl_jax.models import build_model
+
+SMOKE = ["--config", "omniglot:smoke", "--quiet"]
+
+
+def test_help_documents_every_config_field(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for field in load_config("omniglot"):
+        assert f"--{field}" in text, field
+
+
+@pytest.mark.parametrize(
+    "flags,field",
+    [
+        (["--pop_size", "4"], "pop_size"),
+        (["--ratio", "1.5"], "ratio"),
+        (["--model", "vgg12"], "model"),
+        (["--eval_shots", "1,x"], "eval_shots"),
+        (["--head", "linear"], "head"),
+    ],
+)
+def test_impossible_config_names_the_field(flags, field, capsys, tmp_path):
+    assert main(SMOKE + ["--workdir", str(tmp_path)] + flags) == 2
+    assert field in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_more_ways_than_classes_names_the_field(capsys, tmp_path):
+    assert main(SMOKE + ["--workdir", str(tmp_path), "--eval_way", "700"]) == 2
+    assert "eval_way" in capsys.readouterr().err
+
+
+def test_missing_dataset_says_where_it_looked(capsys, tmp_path):
+    missing = tmp_path / "no_such_dir"
+    assert (
+        main(SMOKE + ["--workdir", str(tmp_path / "w"), "--data_dir", str(missing)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert str(missing) in err and "GTL_DATA_DIR" in err
+
+
+def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
+    # Uninterrupted: 2 generations.
+    full = tmp_path / "full"
+    assert main(SMOKE + ["--workdir", str(full)]) == 0
+    out = capsys.readouterr().out
+    assert "| learngene |" in out and "| scratch |" in out
+    for name in (
+        "results.md",
+        "results.json",
+        "metrics.jsonl",
+        "fitness.png",
+        "curves.png",
+    ):
+        assert (full / name).is_file(), name
+    metrics = [
+        json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["generation"] for m in metrics] == [1, 2]
+    results = json.loads((full / "results.json").read_text())["results"]
+    assert set(results) == {
+        "1-shot/learngene",
+        "1-shot/scratch",
+        "5-shot/learngene",
+        "5-shot/scratch",
+    }
+    gene, meta = load_learngene(full / "learngene")
+    assert meta["generation"] == 2 and meta["model"]["name"] == "vgg11"
+    assert 0.15 < meta["parameter_share"]["share_of_network"] < 0.25
+
+    # Interrupted after generation 1, then resumed from the workdir to 2.
+    part = tmp_path / "part"
+    assert main(SMOKE + ["--workdir", str(part), "--generations", "1"]) == 0
+    assert main(SMOKE + ["--workdir", str(part)]) == 0
+    resumed, _ = load_learngene(part / "learngene")
+    jax.tree.map(np.testing.assert_array_equal, resumed, gene)
+    lines = (part / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["generation"] for line in lines] == [1, 2]
+
+    # A different evolution config in the same workdir is refused, nothing destroyed.
+    assert main(SMOKE + ["--workdir", str(part), "--life_lr", "0.3"]) == 2
+    assert "life_lr" in capsys.readouterr().err
+    assert (part / "learngene" / "metadata.json").is_file()
+
+
+def test_two_generations_compile_once(omniglot):
+    config = EvolutionConfig(pop_size=3, tournament_size=3, life_steps=2, num_critics=1)
+    model = build_model("vgg11", 5, width=1 / 16)
+    train, val = (jnp.asarray(omniglot[s].images[:20]) for s in ("train", "val"))
+    evo = Evolution(
+        model,
+        model,
+        make_spec(model, 0.45, 1),
+        config,
+        Recipe(steps=1, eval_every=1),
+        train,
+        val,
+        strategy="loop",
+    )
+    key = jax.random.key(0)
+    state = evo.init(key)
+    for _ in range(2):
+        state, metrics = evo.generation(key, state)
+    assert int(state.generation) == 2 and metrics["generation"] == 2
+    compiled = {
+        "hosts": evo.hosts.member,
+        "life_step": evo.life_step.member,
+        "extract": evo.extract.member,
+        "critic_init": evo.critics.init.member,
+        "critic_step": evo.critics.step.member,
+        "critic_accuracy": evo.critics.accuracy.member,
+        "reproduce": evo.reproduce,
+    }
+    for name, fn in compiled.items():
+        assert fn._cache_size() == 1, name
+
+
+def test_a_diverging_individual_is_never_selected(omniglot):
+    config = EvolutionConfig(pop_size=3, tournament_size=3, life_steps=2, num_critics=1)
+    model = build_model("vgg11", 5, width=1 / 16)
+    train, val = (jnp.asarray(omniglot[s].images[:20]) for s in ("train", "val"))
+    evo = Evolution(
+        model,
+        model,
+        make_spec(model, 0.45, 1),
+        config,
+        Recipe(steps=1, eval_every=1),
+        train,
+        val,
+        strategy="loop",
+    )
+    key = jax.random.key(0)
+    state = evo.init(key)
+    poison = lambda step, loss: loss.at[1].set(jnp.nan)  # noqa: E731
+    state, metrics = evo.generation(key, state, loss_hook=poison)
+    assert metrics["diverged"] == 1 and np.isnan(metrics["fitness"][1])
+    assert 1 not in metrics["parents"] and metrics["best_index"] != 1
+    assert np.isfinite(metrics["fitness_max"])
