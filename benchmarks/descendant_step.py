@@ -1,0 +1,75 @@
+"""Time one fine-tuning step of a population of descendants, per execution strategy.
+
+Run: python benchmarks/descendant_step.py [--episodes 50] [--width 0.125]
+Prints one JSON line per (strategy, shot): ms per member-step in steady state and the time of
+the first (compiling) call. Run it alone: the machine's 2 cores are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+from gtl_jax.data import load_omniglot
+from gtl_jax.descendants import DescendantEvaluator, Recipe
+from gtl_jax.evolve import configure_jax, fixed_episodes
+from gtl_jax.models import build_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    configure_jax()
+    test = jnp.asarray(load_omniglot()["test"].images)
+    model = build_model("vgg11", 5, width=args.width)
+    for shot in (1, 5):
+        episodes, keys = fixed_episodes(
+            jax.random.key(0),
+            test,
+            episodes=args.episodes,
+            n_way=5,
+            k_shot=shot,
+            n_query=15,
+        )
+        for strategy in ("loop", "vmap"):
+            evaluator = DescendantEvaluator(
+                model, Recipe(steps=1), n_way=5, strategy=strategy
+            )
+            state = evaluator.init_scratch(keys, episodes)
+            start = time.perf_counter()
+            state, _ = evaluator.step(state, episodes)
+            jax.block_until_ready(state)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(args.repeats):
+                state, _ = evaluator.step(state, episodes)
+            jax.block_until_ready(state)
+            steady = (time.perf_counter() - start) / args.repeats / args.episodes
+            print(
+                json.dumps(
+                    {
+                        "benchmark": "descendant_step",
+                        "strategy": strategy,
+                        "shot": shot,
+                        "episodes": args.episodes,
+                        "width": args.width,
+                        "ms_per_member_step": round(1e3 * steady, 3),
+                        "first_call_s": round(first, 2),
+                        "backend": jax.default_backend(),
+                        "jax": jax.__version__,
+                        "machine": platform.machine(),
+                    }
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()
