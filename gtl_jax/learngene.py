@@ -190,7 +190,11 @@ def insert_learngene(
 
 
 def check_fits(
-    spec: LearngeneSpec, model: nn.Module, in_channels: int, **kwargs
+    spec: LearngeneSpec,
+    model: nn.Module,
+    in_channels: int,
+    *,
+    layer_map: dict[str, str] | None = None,
 ) -> None:
     """Raises ValueError, listing every mismatch, if a learngene of ``spec`` cannot go into ``model``.
 
@@ -201,7 +205,7 @@ def check_fits(
             f"the learngene was made for {spec.in_channels} image channels, the target has "
             f"{in_channels}"
         )
-    layer_map = kwargs.get("layer_map") or {}
+    layer_map = layer_map or {}
     target = {node.name: node for node in model.conv_graph()}
     problems = []
     for layer in spec.layers:

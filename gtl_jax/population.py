@@ -173,11 +173,5 @@ def stack(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def unstack(tree: Any) -> list[Any]:
-    """Inverse of ``stack``."""
-    size = jax.tree.leaves(tree)[0].shape[0]
-    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(size)]
-
-
 def population_size(tree: Any) -> int:
     return jax.tree.leaves(tree)[0].shape[0]
