@@ -104,20 +104,18 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert (part / "learngene" / "metadata.json").is_file()
 
 
-def test_two_generations_compile_once(omniglot):
+def _tiny_evolution(omniglot) -> Evolution:
+    """3 VGG11 x1/16 on the first 20 classes of each split, a few steps each."""
     config = EvolutionConfig(pop_size=3, tournament_size=3, life_steps=2, num_critics=1)
     model = build_model("vgg11", 5, width=1 / 16)
     train, val = (jnp.asarray(omniglot[s].images[:20]) for s in ("train", "val"))
-    evo = Evolution(
-        model,
-        model,
-        make_spec(model, 0.45, 1),
-        config,
-        Recipe(steps=1, eval_every=1),
-        train,
-        val,
-        strategy="loop",
-    )
+    spec = make_spec(model, 0.45, 1)
+    recipe = Recipe(steps=1, eval_every=1)
+    return Evolution(model, model, spec, config, recipe, train, val, strategy="loop")
+
+
+def test_two_generations_compile_once(omniglot):
+    evo = _tiny_evolution(omniglot)
     key = jax.random.key(0)
     state = evo.init(key)
     for _ in range(2):
@@ -137,19 +135,7 @@ def test_two_generations_compile_once(omniglot):
 
 
 def test_a_diverging_individual_is_never_selected(omniglot):
-    config = EvolutionConfig(pop_size=3, tournament_size=3, life_steps=2, num_critics=1)
-    model = build_model("vgg11", 5, width=1 / 16)
-    train, val = (jnp.asarray(omniglot[s].images[:20]) for s in ("train", "val"))
-    evo = Evolution(
-        model,
-        model,
-        make_spec(model, 0.45, 1),
-        config,
-        Recipe(steps=1, eval_every=1),
-        train,
-        val,
-        strategy="loop",
-    )
+    evo = _tiny_evolution(omniglot)
     key = jax.random.key(0)
     state = evo.init(key)
     poison = lambda step, loss: loss.at[1].set(jnp.nan)  # noqa: E731
