@@ -140,12 +140,21 @@ def reproduce(
     return next_learngenes, parents
 
 
+def all_finite(learngenes: Learngene) -> jax.Array:
+    """bool[P]: whether every value of each individual's learngene is finite."""
+    return jnp.stack(
+        [
+            jnp.isfinite(x).reshape(x.shape[0], -1).all(1)
+            for x in jax.tree.leaves(learngenes)
+        ]
+    ).all(0)
+
+
 def diversity(learngenes: Learngene) -> jax.Array:
-    """Mean over parameter tensors of the across-population std, relative to the tensor's std."""
+    """Mean over layers of the across-population std of the kernel, relative to its std."""
     values = [
-        jnp.mean(jnp.std(gene[k], axis=0)) / (jnp.std(gene[k]) + 1e-12)
+        jnp.mean(jnp.std(gene["kernel"], axis=0)) / (jnp.std(gene["kernel"]) + 1e-12)
         for gene in learngenes.values()
-        for k in ("kernel",)
     ]
     return jnp.mean(jnp.stack(values))
 
@@ -303,7 +312,6 @@ class Evolution:
         root_key: jax.Array,
         state: EvolutionState,
         on_step: Callable[[int], Any] | None = None,
-        loss_hook: Callable[[int, jax.Array], jax.Array] | None = None,
     ) -> tuple[EvolutionState, dict[str, Any]]:
         """Runs one generation: ``(key, state) -> (state, metrics)``.
 
@@ -311,8 +319,6 @@ class Evolution:
           root_key: the run's root key; the generation's key is ``fold_in(root_key, g)``.
           state: the state after ``g`` generations.
           on_step: called after each lifetime or critic step (progress bars).
-          loss_hook: test hook to tamper with the per-individual lifetime losses f32[P] of a
-            step (e.g. inject a NaN); returns the losses to use.
         """
         c = self.config
         g = int(state.generation)
@@ -324,19 +330,18 @@ class Evolution:
         hosts = self.hosts(jax.random.split(host_key, size), state.learngenes)
         # 2. Lifetime learning: each individual its own life_way-way task of meta-train classes.
         classes = self.sample_tasks(jax.random.split(task_key, size))
-        diverged = jnp.zeros(size, bool)
         life_losses = []
         for step in range(c.life_steps):
             step_keys = jax.random.split(jax.random.fold_in(life_key, step), size)
             hosts, loss = self.life_step(step_keys, hosts, classes, self.train_images)
-            if loss_hook is not None:
-                loss = loss_hook(step, loss)
-            diverged = diverged | ~jnp.isfinite(loss)
             life_losses.append(loss)
             if on_step is not None:
                 on_step(step)
+        life_losses = jnp.stack(life_losses) if life_losses else jnp.zeros((1, size))
         # 3. Extraction: what was learned in life is inherited.
         trained = self.extract(hosts)
+        # A diverged individual (non-finite loss or learngene) gets NaN fitness: never selected.
+        diverged = ~jnp.all(jnp.isfinite(life_losses), axis=0) | ~all_finite(trained)
         # 4. Fitness by critics: the same critic tasks and keys for every individual.
         episode_key, init_key = jax.random.split(critic_key)
         episodes = self.sample_critic_episodes(
@@ -364,7 +369,6 @@ class Evolution:
             best_learngene=jax.tree.map(lambda x: x[best], trained),
             best_fitness=fitness[best],
         )
-        life_losses = jnp.stack(life_losses)
         finite = np.asarray(jnp.isfinite(fitness))
         fit = np.asarray(fitness)
         metrics = {

@@ -12,6 +12,7 @@ Workdir contents: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``learng
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -28,12 +29,12 @@ from tqdm.auto import tqdm
 from gtl_jax import checkpoint, plots
 from gtl_jax.configs import load_config
 from gtl_jax.configs.omniglot import FIELD_HELP
-from gtl_jax.data import DataError, load_dataset, sample_episode
+from gtl_jax.data import DATASETS, DataError, load_dataset, sample_episode
 from gtl_jax.descendants import DescendantEvaluator, Recipe, mean_confidence
 from gtl_jax.evolution import Evolution, EvolutionConfig
 from gtl_jax.learngene import make_spec, parameter_share
 from gtl_jax.models import MODELS, build_model
-from gtl_jax.population import STRATEGIES, init_network, make_optimizer
+from gtl_jax.population import STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,7 @@ def validate_config(c: ml_collections.ConfigDict, pools: dict | None = None) -> 
         if not ok:
             raise ConfigError(f"config field {field}={c.get(field)!r}: {why}")
 
+    need(c.dataset in DATASETS, "dataset", f"known datasets: {', '.join(DATASETS)}")
     need(c.model in MODELS, "model", f"known models: {', '.join(sorted(MODELS))}")
     need(0 < c.ratio <= 1, "ratio", "must be in (0, 1]")
     need(c.width > 0, "width", "must be > 0")
@@ -158,13 +160,21 @@ def evolution_config(c: ml_collections.ConfigDict) -> EvolutionConfig:
     )
 
 
-def descendant_recipe(c: ml_collections.ConfigDict, steps: int | None = None) -> Recipe:
+def descendant_recipe(c: ml_collections.ConfigDict) -> Recipe:
+    """How test descendants fine-tune (with a learning curve every ``eval_every`` steps)."""
     return Recipe(
         head=c.head,
         optimizer=c.optimizer,
         learning_rate=c.learning_rate,
-        steps=c.steps if steps is None else steps,
+        steps=c.steps,
         eval_every=c.eval_every,
+    )
+
+
+def critic_recipe(c: ml_collections.ConfigDict) -> Recipe:
+    """Critics fine-tune like descendants; only their final accuracy is needed (fitness)."""
+    return dataclasses.replace(
+        descendant_recipe(c), steps=c.critic_steps, eval_every=max(1, c.critic_steps)
     )
 
 
@@ -328,8 +338,8 @@ def configure_jax() -> None:
     """Process-wide JAX settings of the command line.
 
     - Non-partitionable threefry: with the partitionable form (JAX's default) XLA CPU took
-      12.4 s to compile one network's init, against 2.5 s (benchmarks/README.md). Random streams
-      are fixed by this setting, so runs stay reproducible; sharded runs still work.
+      several times longer to compile a network's init (benchmarks/population_step.py prints
+      both). Random streams are fixed by this setting, so runs stay reproducible.
     - A persistent compilation cache: a second run (or the tests) skips most compilation.
     """
     jax.config.update("jax_threefry_partitionable", False)
@@ -366,7 +376,7 @@ def run(
     config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True))
 
     train, val, test = (jnp.asarray(pools[s].images) for s in ("train", "val", "test"))
-    image_shape = tuple(train.shape[2:])
+    image_shape = pools["train"].image_shape
     life_model = build_model(c.model, c.life_way, width=c.width)
     critic_model = build_model(c.model, c.critic_way, width=c.width)
     spec = make_spec(life_model, c.ratio, image_shape[-1])
@@ -376,7 +386,7 @@ def run(
         critic_model,
         spec,
         ec,
-        descendant_recipe(c, c.critic_steps),
+        critic_recipe(c),
         train,
         val,
         strategy=c.strategy,
@@ -384,11 +394,12 @@ def run(
     init_key, root_key = jax.random.split(jax.random.key(c.seed))
 
     manager = checkpoint.state_manager(workdir)
-    state = evo.init(init_key)
-    restored = checkpoint.restore_state(manager, state)
+    restored = checkpoint.restore_state(manager, jax.eval_shape(evo.init, init_key))
     metrics_path = workdir / "metrics.jsonl"
     history = []
-    if restored is not None:
+    if restored is None:
+        state = evo.init(init_key)
+    else:
         state = restored[0]
         done = int(state.generation)
         if metrics_path.exists():
@@ -402,6 +413,7 @@ def run(
             print(f"resuming {workdir} after generation {done}", file=sys.stderr)
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
 
+    evolve_start = time.perf_counter()
     steps_per_generation = ec.life_steps + c.critic_steps
     with tqdm(
         total=c.generations * steps_per_generation,
@@ -426,12 +438,13 @@ def run(
             )
             with metrics_path.open("a") as f:
                 f.write(json.dumps(m) + "\n")
-    evolve_seconds = time.perf_counter() - start
+    evolve_seconds = time.perf_counter() - evolve_start
 
-    fresh = init_network(
-        critic_model, make_optimizer("sgd", 0.1), jax.random.key(0), image_shape
+    shapes = jax.eval_shape(
+        lambda k: critic_model.init(k, jnp.zeros((1, *image_shape)), train=False),
+        jax.random.key(0),
     )
-    share = parameter_share(spec, fresh.params)
+    share = parameter_share(spec, shapes["params"])
     checkpoint.save_learngene(
         workdir / "learngene",
         state.best_learngene,
@@ -481,8 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(defaults).parse_args(argv)
     try:
         c = resolve_config(args)
-        validate_config(c)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     workdir = pathlib.Path(args.workdir or f"runs/{args.config.replace(':', '_')}")

@@ -6,11 +6,13 @@ Its semantics is always ``jax.vmap``; how it runs is an execution strategy:
 
 - ``"vmap"``: ``jax.vmap``. Expected best on GPU/TPU, where batched convs are fast.
 - ``"loop"``: one compiled function of one member, called for each member index from a host
-  loop, outputs stacked. On XLA CPU vmap turns every conv into a grouped conv that runs 2-4x
-  slower than P separate convs (`../shared/MEASURED.md`); unrolling the members inside one jit
-  ran no faster than this loop here and compiled 30 s longer at P=8, so the loop is the CPU form:
-  its compile time does not grow with P.
-- ``"auto"``: ``"vmap"`` on GPU/TPU, ``"loop"`` on CPU (benchmarks/population_step.py).
+  loop, outputs stacked. On XLA CPU vmap turns every conv into a grouped conv, which runs slower
+  than P separate convs (`../shared/MEASURED.md`). benchmarks/population_step.py, P=8 VGG11 x1/8,
+  batch 32: loop 2238 images/s, vmap 1367; members unrolled inside one jit 2244, but its first
+  call took 27.6 s against 9.7 s, as its compile time grows with P. So the loop is the CPU form.
+- ``"auto"``: ``"vmap"`` on GPU/TPU, ``"loop"`` on CPU.
+
+benchmarks/population_step.py and benchmarks/descendant_step.py measure the strategies.
 """
 
 from __future__ import annotations
@@ -54,11 +56,6 @@ def _take(tree: Any, i: jax.Array) -> Any:
     )
 
 
-@jax.jit
-def _stack(trees: list[Any]) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
 def population_map(
     fn: Callable, in_axes: Sequence[int | None], *, strategy: str = "auto"
 ) -> Callable:
@@ -86,7 +83,7 @@ def population_map(
     def looped(*args):
         size = population_size([a for a, axis in zip(args, in_axes) if axis == 0])
         # The member index is traced (an array), so one compilation serves every member.
-        return _stack([member(jnp.int32(i), *args) for i in range(size)])
+        return _stack_jit([member(jnp.int32(i), *args) for i in range(size)])
 
     looped.member = member  # exposed for compile-count tests
     return looped
@@ -147,30 +144,25 @@ def predict(
     )
 
 
-def make_sgd(learning_rate: float, momentum: float, weight_decay: float):
-    """SGD with momentum and decoupled-from-loss (L2-into-gradient) weight decay."""
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay),
-        optax.sgd(learning_rate, momentum=momentum),
-    )
-
-
 def make_optimizer(
     name: str, learning_rate: float, *, momentum: float = 0.9, weight_decay: float = 0.0
 ) -> optax.GradientTransformation:
-    """``"sgd"`` (momentum, weight decay) or ``"adam"``."""
+    """``"sgd"`` (with momentum) or ``"adam"``; weight decay is added to the gradient (L2)."""
     if name == "sgd":
-        return make_sgd(learning_rate, momentum, weight_decay)
-    if name == "adam":
-        return optax.chain(
-            optax.add_decayed_weights(weight_decay), optax.adam(learning_rate)
-        )
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+        base = optax.sgd(learning_rate, momentum=momentum)
+    elif name == "adam":
+        base = optax.adam(learning_rate)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+    return optax.chain(optax.add_decayed_weights(weight_decay), base)
 
 
 def stack(trees: Sequence[Any]) -> Any:
     """Stacks P pytrees of one structure into one pytree with a leading P axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+_stack_jit = jax.jit(stack)
 
 
 def population_size(tree: Any) -> int:

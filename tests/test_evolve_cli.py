@@ -12,7 +12,7 @@ import pytest
 from gtl_jax.checkpoint import load_learngene
 from gtl_jax.configs import load_config
 from gtl_jax.descendants import Recipe
-from gtl_jax.evolution import Evolution, EvolutionConfig
+from gtl_jax.evolution import Evolution, EvolutionConfig, all_finite
 from gtl_jax.evolve import main
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
@@ -138,8 +138,18 @@ def test_a_diverging_individual_is_never_selected(omniglot):
     evo = _tiny_evolution(omniglot)
     key = jax.random.key(0)
     state = evo.init(key)
-    poison = lambda step, loss: loss.at[1].set(jnp.nan)  # noqa: E731
-    state, metrics = evo.generation(key, state, loss_hook=poison)
+    # Individual 1's learngene carries a NaN: its host's loss and learngene go non-finite.
+    layer = sorted(state.learngenes)[0]
+    kernel = state.learngenes[layer]["kernel"]
+    poisoned = {
+        **state.learngenes,
+        layer: {
+            **state.learngenes[layer],
+            "kernel": kernel.at[1, 0, 0, 0, 0].set(jnp.nan),
+        },
+    }
+    state, metrics = evo.generation(key, state.replace(learngenes=poisoned))
     assert metrics["diverged"] == 1 and np.isnan(metrics["fitness"][1])
     assert 1 not in metrics["parents"] and metrics["best_index"] != 1
     assert np.isfinite(metrics["fitness_max"])
+    assert bool(all_finite(state.learngenes).all())  # the NaN did not spread

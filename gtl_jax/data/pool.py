@@ -104,7 +104,6 @@ def sample_batch(
     classes: jax.Array,
     *,
     batch_size: int,
-    image_slice: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Samples a labelled batch from the classes of a task, with replacement.
 
@@ -113,16 +112,13 @@ def sample_batch(
       images: u8[C, M, H, W, Ch], the pool.
       classes: i32[N], the task's classes; a sampled image of ``classes[n]`` gets label ``n``.
       batch_size: B.
-      image_slice: ``(start, stop)``: only images ``start..stop-1`` of each class are used
-        (e.g. the first ones for training, the rest held out).
 
     Returns:
       ``(x: u8[B, H, W, Ch], y: i32[B])``.
     """
-    start, stop = image_slice or (0, images.shape[1])
     label_key, image_key = jax.random.split(key)
     y = jax.random.randint(label_key, (batch_size,), 0, classes.shape[0])
-    idx = jax.random.randint(image_key, (batch_size,), start, stop)
+    idx = jax.random.randint(image_key, (batch_size,), 0, images.shape[1])
     return images[classes[y], idx], y.astype(jnp.int32)
 
 

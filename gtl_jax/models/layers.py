@@ -12,9 +12,16 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-# Feature maps with at most this many pixels use the shifted-matmul form (measured in
-# benchmarks/conv_small_maps.py: on XLA CPU it wins up to 4x4 maps; lax.conv wins from 7x7 on).
-SMALL_MAP_PIXELS = 16
+# On CPU, feature maps of at most this many pixels (2x2 and 1x1) use the shifted-matmul form.
+# benchmarks/conv_small_maps.py (forward + backward, batch 32): on a 2x2 map it was 3.3x faster
+# than lax.conv at 64 channels and 12x at 256; on 3x3 and 4x4 maps the winner depends on the
+# width (lax.conv at 64 channels, shifted matmuls at 256), so those stay with lax.conv.
+SMALL_MAP_PIXELS = 4
+
+
+def default_small_map_pixels() -> int:
+    """SMALL_MAP_PIXELS on CPU; 0 (always lax.conv) on GPU/TPU, where it was not measured."""
+    return SMALL_MAP_PIXELS if jax.default_backend() == "cpu" else 0
 
 
 def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -53,7 +60,7 @@ class Conv(nn.Module):
     features: int
     kernel_size: int = 3
     use_bias: bool = False
-    small_map_pixels: int = SMALL_MAP_PIXELS
+    small_map_pixels: int | None = None  # None: default_small_map_pixels()
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -68,7 +75,11 @@ class Conv(nn.Module):
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         if k == 1:
             y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
-        elif x.shape[1] * x.shape[2] <= self.small_map_pixels:
+        elif x.shape[1] * x.shape[2] <= (
+            default_small_map_pixels()
+            if self.small_map_pixels is None
+            else self.small_map_pixels
+        ):
             y = shifted_matmul_conv(x, kernel)
         else:
             y = jax.lax.conv_general_dilated(
@@ -91,7 +102,7 @@ class ConvBN(nn.Module):
     features: int
     kernel_size: int = 3
     bn_momentum: float = 0.9
-    small_map_pixels: int = SMALL_MAP_PIXELS
+    small_map_pixels: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
-from gtl_jax.models.layers import SMALL_MAP_PIXELS, ConvBN, scaled
+from gtl_jax.models.layers import ConvBN, scaled
 
 RESNET12_WIDTHS = (64, 160, 320, 640)
 
@@ -26,7 +26,7 @@ def leaky_relu(x: jax.Array) -> jax.Array:
 
 class ResidualStage(nn.Module):
     width: int
-    small_map_pixels: int = SMALL_MAP_PIXELS
+    small_map_pixels: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -55,7 +55,7 @@ class ResNet12(nn.Module):
     num_classes: int
     widths: Sequence[int] = RESNET12_WIDTHS
     width: float = 1.0
-    small_map_pixels: int = SMALL_MAP_PIXELS
+    small_map_pixels: int | None = None
 
     def stage_widths(self) -> tuple[int, ...]:
         return tuple(scaled(c, self.width) for c in self.widths)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
-from gtl_jax.models.layers import SMALL_MAP_PIXELS, ConvBN, scaled
+from gtl_jax.models.layers import ConvBN, scaled
 
 # Widths of the convs of each stage; a max-pool follows every stage.
 VGG_STAGES = {
@@ -27,7 +27,7 @@ VGG_STAGES = {
 
 class VGGStage(nn.Module):
     widths: Sequence[int]
-    small_map_pixels: int = SMALL_MAP_PIXELS
+    small_map_pixels: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -51,7 +51,7 @@ class VGG(nn.Module):
     num_classes: int
     depth: int = 11
     width: float = 1.0
-    small_map_pixels: int = SMALL_MAP_PIXELS
+    small_map_pixels: int | None = None
 
     def stage_widths(self) -> tuple[tuple[int, ...], ...]:
         if self.depth not in VGG_STAGES:
