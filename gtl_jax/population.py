@@ -8,8 +8,9 @@ Its semantics is always ``jax.vmap``; how it runs is an execution strategy:
 - ``"loop"``: one compiled function of one member, called for each member index from a host
   loop, outputs stacked. On XLA CPU vmap turns every conv into a grouped conv, which runs slower
   than P separate convs (`../shared/MEASURED.md`). benchmarks/population_step.py, P=8 VGG11 x1/8,
-  batch 32: loop 2238 images/s, vmap 1367; members unrolled inside one jit 2244, but its first
-  call took 27.6 s against 9.7 s, as its compile time grows with P. So the loop is the CPU form.
+  batch 32 (benchmarks/results/): loop 2373 images/s, vmap 1117; members unrolled inside one jit
+  2259, but its first call took 20.9 s against 7.4 s, as its compile time grows with P. So the
+  loop is the CPU form.
 - ``"auto"``: ``"vmap"`` on GPU/TPU, ``"loop"`` on CPU.
 
 benchmarks/population_step.py and benchmarks/descendant_step.py measure the strategies.
