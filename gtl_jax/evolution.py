@@ -183,12 +183,13 @@ class EvolutionState:
 
 @dataclasses.dataclass(frozen=True)
 class EvolutionConfig:
-    """The static sizes and knobs of the loop (validated once by the CLI's config check)."""
+    """The static sizes and knobs of the loop; defaults are the omniglot config's (the CLI builds
+    it from the config fields of the same names and validates them)."""
 
     pop_size: int = 9
     tournament_size: int = 3
     life_way: int = 5
-    life_steps: int = 100
+    life_steps: int = 60
     life_batch: int = 32
     life_lr: float = 0.05
     life_momentum: float = 0.9

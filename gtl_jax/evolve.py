@@ -140,35 +140,14 @@ def validate_config(c: ml_collections.ConfigDict, pools: dict | None = None) -> 
         )
 
 
-def evolution_config(c: ml_collections.ConfigDict) -> EvolutionConfig:
-    return EvolutionConfig(
-        pop_size=c.pop_size,
-        tournament_size=c.tournament_size,
-        life_way=c.life_way,
-        life_steps=c.life_steps,
-        life_batch=c.life_batch,
-        life_lr=c.life_lr,
-        life_momentum=c.life_momentum,
-        life_weight_decay=c.life_weight_decay,
-        num_critics=c.num_critics,
-        critic_way=c.critic_way,
-        critic_shot=c.critic_shot,
-        critic_query=c.critic_query,
-        mutation_sigma=c.mutation_sigma,
-        mutation_rate=c.mutation_rate,
-        zero_cross=c.zero_cross,
-    )
+def from_config(cls: type, c: ml_collections.ConfigDict) -> Any:
+    """A dataclass of the library built from the config fields of the same names."""
+    return cls(**{field.name: c[field.name] for field in dataclasses.fields(cls)})
 
 
 def descendant_recipe(c: ml_collections.ConfigDict) -> Recipe:
     """How test descendants fine-tune (with a learning curve every ``eval_every`` steps)."""
-    return Recipe(
-        head=c.head,
-        optimizer=c.optimizer,
-        learning_rate=c.learning_rate,
-        steps=c.steps,
-        eval_every=c.eval_every,
-    )
+    return from_config(Recipe, c)
 
 
 def critic_recipe(c: ml_collections.ConfigDict) -> Recipe:
@@ -379,7 +358,7 @@ def run(
     life_model = build_model(c.model, c.life_way, width=c.width)
     critic_model = build_model(c.model, c.critic_way, width=c.width)
     spec = make_spec(life_model, c.ratio, image_shape[-1])
-    ec = evolution_config(c)
+    ec = from_config(EvolutionConfig, c)
     evo = Evolution(
         life_model,
         critic_model,

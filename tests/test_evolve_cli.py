@@ -13,7 +13,7 @@ from gtl_jax.checkpoint import load_learngene
 from gtl_jax.configs import load_config
 from gtl_jax.descendants import Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig, all_finite
-from gtl_jax.evolve import main
+from gtl_jax.evolve import from_config, main
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
 
@@ -153,3 +153,7 @@ def test_a_diverging_individual_is_never_selected(omniglot):
     assert 1 not in metrics["parents"] and metrics["best_index"] != 1
     assert np.isfinite(metrics["fitness_max"])
     assert bool(all_finite(state.learngenes).all())  # the NaN did not spread
+
+
+def test_library_defaults_are_the_default_config():
+    assert from_config(EvolutionConfig, load_config("omniglot")) == EvolutionConfig()
