@@ -227,16 +227,16 @@ class DescendantEvaluator:
         else:
             state = self.init(keys, episodes, learngene)
         instinct = self.instinct(state, episodes)
+        curve_steps = set(self.recipe.curve_steps)
         curve, losses = [], []
-        for step in range(self.recipe.steps + 1):
-            if step in self.recipe.curve_steps:
+        for step in range(self.recipe.steps):
+            if step in curve_steps:
                 curve.append(self.accuracy(state, episodes))
-            if step == self.recipe.steps:
-                break
             state, loss = self.step(state, episodes)
             losses.append(loss)
             if on_step is not None:
                 on_step(step)
+        curve.append(self.accuracy(state, episodes))  # the last curve step is always `steps`
         curve = jnp.stack(curve, axis=1)
         losses = jnp.stack(losses) if losses else jnp.zeros((0, keys.shape[0]))
         return DescendantResult(instinct, curve, curve[:, -1], losses)
