@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from gtl_jax.data.augment import AUGMENTATIONS, augment_fn, random_crop_flip
+from gtl_jax.data.cifar_fs import load_cifar_fs
+from gtl_jax.data.mini_imagenet import load_mini_imagenet
+from gtl_jax.data.npz import load_npz
 from gtl_jax.data.omniglot import find_omniglot_dir, load_omniglot
 from gtl_jax.data.pool import (
     ClassPool,
@@ -17,13 +21,19 @@ from gtl_jax.data.pool import (
 )
 
 __all__ = [
+    "AUGMENTATIONS",
     "DATASETS",
     "ClassPool",
     "DataError",
     "Episode",
+    "augment_fn",
     "find_omniglot_dir",
+    "load_cifar_fs",
     "load_dataset",
+    "load_mini_imagenet",
+    "load_npz",
     "load_omniglot",
+    "random_crop_flip",
     "sample_batch",
     "sample_classes",
     "sample_episode",
@@ -31,7 +41,12 @@ __all__ = [
 ]
 
 # name -> loader(data_dir, *, image_size, cache_dir) -> {split: ClassPool}.
-DATASETS: dict[str, Callable[..., dict[str, ClassPool]]] = {"omniglot": load_omniglot}
+DATASETS: dict[str, Callable[..., dict[str, ClassPool]]] = {
+    "omniglot": load_omniglot,
+    "cifar_fs": load_cifar_fs,
+    "mini_imagenet": load_mini_imagenet,
+    "npz": load_npz,
+}
 
 
 def load_dataset(
@@ -46,7 +61,8 @@ def load_dataset(
     Args:
       name: a key of ``DATASETS``.
       data_dir: passed to the loader (None: the loader searches).
-      image_size: S; None means the dataset's default (28 for omniglot).
+      image_size: S; None means the dataset's default (28 for omniglot, 32 for cifar_fs,
+        84 for mini_imagenet, the file's own for npz).
       cache_dir: passed to the loader (None: its default).
 
     Returns:

@@ -1,0 +1,417 @@
+"""What the class-pool loaders share: finding data, split lists, safe pickles, checksums, the cache.
+
+A shell module (I/O, no jit). Each dataset loader (``cifar_fs.py``, ``mini_imagenet.py``,
+``npz.py``) reads its source files into ``{split: ClassPool}`` through these helpers, so every
+loader checks, names files in its errors and caches the same way as ``omniglot.py``: uint8 pools in
+one ``.npz`` per (dataset, image size, sources, split lists) in ``$GTL_CACHE_DIR`` or
+``~/.cache/gtl_jax``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pathlib
+import pickle
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from gtl_jax.data.omniglot import area_resize_matrix
+from gtl_jax.data.pool import ClassPool, DataError
+
+SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
+SPLITS = ("train", "val", "test")
+# The parent of the ``gtl_jax`` package folder: the repository root in a checkout.
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Bumped whenever a loader's output or the cache layout changes.
+CACHE_VERSION = "v1"
+_RESIZE_CHUNK = 512
+
+
+# --------------------------------------------------------------------------- finding data
+
+
+def candidate_dirs(name: str, data_dir: str | os.PathLike | None) -> list[pathlib.Path]:
+    """Folders that may hold the files of dataset ``name``, in the order they are tried.
+
+    An explicit ``data_dir`` is the only place looked at (itself, then its ``name/``
+    subfolder); otherwise ``$GTL_DATA_DIR`` (and its ``name/``), then ``../shared/data/name``
+    relative to the working directory and to the repository root.
+    """
+    if data_dir is not None:
+        base = pathlib.Path(data_dir).expanduser()
+        return [base, base / name]
+    found: list[pathlib.Path] = []
+    env_dir = os.environ.get("GTL_DATA_DIR")
+    if env_dir:
+        base = pathlib.Path(env_dir).expanduser()
+        found += [base, base / name]
+    shared = pathlib.Path("..", "shared", "data", name)
+    found += [pathlib.Path.cwd() / shared, _REPO_ROOT / shared]
+    unique: list[pathlib.Path] = []
+    for path in found:
+        if path.resolve() not in [p.resolve() for p in unique]:
+            unique.append(path)
+    return unique
+
+
+# --------------------------------------------------------------------------- split lists
+
+
+def read_class_list(path: pathlib.Path) -> list[str]:
+    """Class names of a split file: one per line; ``#`` starts a comment.
+
+    Raises:
+      DataError: if the file is missing or lists a class twice.
+    """
+    if not path.is_file():
+        raise DataError(f"split file {path} is missing (it ships with the package)")
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            names.append(name)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"split file {path} lists {repeated} more than once")
+    return names
+
+
+def read_split_lists(
+    prefix: str, sizes: dict[str, int], *, splits_dir: pathlib.Path | None = None
+) -> dict[str, list[str]]:
+    """Reads ``{splits_dir}/{prefix}_{split}.txt`` for every split and checks the sizes.
+
+    Args:
+      prefix: e.g. ``"cifar_fs"``.
+      sizes: the expected class count of each split, e.g. ``{"train": 64, ...}``.
+      splits_dir: default: the package's ``splits/``.
+
+    Raises:
+      DataError: on a missing file, a wrong class count or splits that share a class.
+    """
+    splits_dir = SPLITS_DIR if splits_dir is None else splits_dir
+    lists = {}
+    for split, size in sizes.items():
+        path = splits_dir / f"{prefix}_{split}.txt"
+        names = read_class_list(path)
+        if len(names) != size:
+            raise DataError(
+                f"split file {path} lists {len(names)} classes; expected {size}"
+            )
+        lists[split] = names
+    seen: dict[str, str] = {}
+    for split, names in lists.items():
+        for name in names:
+            if name in seen:
+                raise DataError(
+                    f"class {name!r} is in both the {seen[name]!r} and {split!r} split "
+                    f"files of {prefix} in {splits_dir}"
+                )
+            seen[name] = split
+    return lists
+
+
+def split_lists_digest(prefix: str, splits_dir: pathlib.Path | None = None) -> bytes:
+    """The bytes of the split files, for cache keys: an edited split never reuses a cache."""
+    splits_dir = SPLITS_DIR if splits_dir is None else splits_dir
+    return b"\0".join(
+        (splits_dir / f"{prefix}_{s}.txt").read_bytes()
+        for s in SPLITS
+        if (splits_dir / f"{prefix}_{s}.txt").is_file()
+    )
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Builds only numpy arrays and plain containers: a data file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        ("collections", "defaultdict"),
+        ("builtins", "list"),
+        ("__builtin__", "list"),
+        # Bytes pickled by Python 3 at protocol 2 (e.g. re-saved caches).
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a dataset pickle holds only arrays, "
+            "lists and dicts"
+        )
+
+
+def load_pickle(
+    path: pathlib.Path | None, *, data: bytes | None = None, what: str = ""
+):
+    """Unpickles a dataset file (Python 2 pickles too: ``encoding="latin1"``).
+
+    Dict keys that are ``bytes`` (Python 2 ``str``) become ``str``, so ``b'data'`` and
+    ``'data'`` read alike.
+
+    Args:
+      path: the file (named in errors).
+      data: the file's bytes, if already read (e.g. from an archive member).
+      what: a description of the expected content, for the error message.
+
+    Raises:
+      DataError: naming the file if it is missing, truncated or not a data pickle.
+    """
+    name = str(path)
+    try:
+        if data is None:
+            # Streamed from the file: a pickle of the real data is about a gigabyte.
+            with open(path, "rb") as f:
+                obj = _ArrayUnpickler(f, encoding="latin1").load()
+        else:
+            obj = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except FileNotFoundError:
+        raise DataError(f"{name} is missing; expected {what}") from None
+    except Exception as e:  # EOFError (truncated), UnpicklingError, ...
+        raise DataError(
+            f"{name} cannot be read as a pickle ({type(e).__name__}: {e}); the file is "
+            f"truncated or not the expected format. Expected {what}."
+        ) from e
+    if isinstance(obj, dict):
+        obj = {
+            k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()
+        }
+    return obj
+
+
+def require_keys(obj, keys: Sequence[str], *, name: str, what: str) -> None:
+    """Raises DataError unless ``obj`` is a dict holding every key."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{name} holds a {type(obj).__name__}; expected {what}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(
+            f"{name} has no key(s) {missing} (found {sorted(map(str, obj))}); expected {what}"
+        )
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def file_digest(path: pathlib.Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_digest(
+    path: pathlib.Path, expected: str, *, algorithm: str = "md5", how_to_fix: str = ""
+) -> None:
+    """Raises DataError naming the file unless its digest is ``expected``."""
+    actual = file_digest(path, algorithm)
+    if actual != expected.lower():
+        raise DataError(
+            f"{path}: {algorithm} checksum mismatch: expected {expected}, got {actual}. "
+            f"The file is corrupt, truncated or another version. {how_to_fix}"
+        )
+
+
+def sources_fingerprint(paths: Iterable[pathlib.Path]) -> str:
+    """A cheap identity of source files (path, size, modification time) for cache keys.
+
+    Hashing gigabytes of pickles on every load would cost seconds; a replaced or edited file
+    changes its size or mtime, and the checksums that exist are verified whenever a cache is
+    (re)built.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(pathlib.Path(p).resolve() for p in paths):
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- pools
+
+
+def check_image_array(
+    images, *, name: str, ndim: int = 4, shape: tuple = ()
+) -> np.ndarray:
+    """Checks an image array read from ``name``: uint8, ``ndim`` axes, trailing ``shape``."""
+    array = np.asarray(images) if isinstance(images, np.ndarray) else None
+    if array is None:
+        raise DataError(
+            f"{name}: images are a {type(images).__name__}; expected a uint8 array"
+        )
+    tail_ok = not shape or tuple(array.shape[-len(shape) :]) == tuple(shape)
+    if array.dtype != np.uint8 or array.ndim != ndim or not tail_ok:
+        want = f"(N, {', '.join(map(str, shape))})" if shape else f"{ndim} axes"
+        raise DataError(
+            f"{name}: images have dtype {array.dtype} and shape {array.shape}; "
+            f"expected uint8 of shape {want}"
+        )
+    return array
+
+
+def group_by_class(
+    images: np.ndarray,
+    labels: Sequence,
+    class_names: Sequence[str],
+    *,
+    name: str,
+    what: str,
+) -> np.ndarray:
+    """Stacks labelled images into a pool, in the order of ``class_names``.
+
+    Args:
+      images: u8[N, H, W, Ch].
+      labels: N class names (one per image).
+      class_names: the C classes the file must hold, exactly.
+      name: the source file(s), for errors.
+      what: which split list ``class_names`` come from, for errors.
+
+    Returns:
+      u8[C, M, H, W, Ch]; within a class, images keep their file order.
+
+    Raises:
+      DataError: if the file's classes are not exactly ``class_names`` or the classes do
+        not all have the same number of images.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != (images.shape[0],):
+        raise DataError(
+            f"{name}: {labels.shape[0] if labels.ndim else 0} labels for "
+            f"{images.shape[0]} images; expected one label per image"
+        )
+    found = set(labels.tolist())
+    expected = set(class_names)
+    if found != expected:
+        raise DataError(
+            f"{name} holds {len(found)} classes, expected the {len(expected)} classes of "
+            f"{what}; missing {sorted(expected - found)[:5]}, unexpected "
+            f"{sorted(map(str, found - expected))[:5]}"
+        )
+    rows = [np.flatnonzero(labels == c) for c in class_names]
+    counts = {len(r) for r in rows}
+    if len(counts) != 1:
+        raise DataError(
+            f"{name}: classes have different numbers of images ({sorted(counts)}); "
+            "a class pool needs the same number for every class"
+        )
+    return images[np.stack(rows)]
+
+
+def check_same_count(pools: dict[str, ClassPool], *, name: str) -> None:
+    """Every split of a dataset must have the same images per class (600 in the real files)."""
+    counts = {s: p.images_per_class for s, p in pools.items()}
+    if len(set(counts.values())) != 1:
+        raise DataError(f"{name}: images per class differ between splits: {counts}")
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Area-resizes ``u8[..., H, W, Ch]`` square images to ``u8[..., S, S, Ch]``."""
+    h, w = images.shape[-3:-1]
+    if h == size and w == size:
+        return images
+    rows = area_resize_matrix(h, size)
+    cols = area_resize_matrix(w, size)
+    flat = images.reshape(-1, h, w, images.shape[-1])
+    out = np.empty((flat.shape[0], size, size, flat.shape[-1]), np.uint8)
+    for start in range(0, flat.shape[0], _RESIZE_CHUNK):
+        x = flat[start : start + _RESIZE_CHUNK].astype(np.float32)
+        y = np.einsum("ih,nhwc,jw->nijc", rows, x, cols, optimize=True)
+        out[start : start + _RESIZE_CHUNK] = np.clip(np.rint(y), 0, 255)
+    return out.reshape(*images.shape[:-3], size, size, images.shape[-1])
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> pathlib.Path:
+    """``$GTL_CACHE_DIR`` or ``~/.cache/gtl_jax`` (the convention of ``omniglot.py``)."""
+    env = os.environ.get("GTL_CACHE_DIR")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "gtl_jax"
+
+
+def cache_path(
+    cache_dir: str | os.PathLike | None, dataset: str, image_size: int | None, key: str
+) -> pathlib.Path:
+    directory = (
+        pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    )
+    size = "native" if image_size is None else f"s{image_size}"
+    return directory / f"{dataset}_{CACHE_VERSION}_{size}_{key[:16]}.npz"
+
+
+def read_cache(path: pathlib.Path) -> dict[str, ClassPool] | None:
+    """The pools of a cache file, or None (with a warning) if it is unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            pools = {}
+            for split in SPLITS:
+                images = data[f"{split}_images"]
+                names = tuple(str(n) for n in data[f"{split}_class_names"])
+                if images.dtype != np.uint8 or images.ndim != 5:
+                    raise ValueError(f"{split} images {images.dtype}{images.shape}")
+                if images.shape[0] != len(names):
+                    raise ValueError(
+                        f"{split}: {len(names)} names, {images.shape[0]} classes"
+                    )
+                pools[split] = ClassPool(images=images, class_names=names)
+        return pools
+    except Exception as e:  # Any damage means: rebuild from the sources.
+        warnings.warn(f"ignoring unreadable dataset cache {path}: {e}", stacklevel=3)
+        return None
+
+
+def write_cache(path: pathlib.Path, pools: dict[str, ClassPool]) -> None:
+    """Writes the cache atomically; failing to write only costs a warning."""
+    arrays = {}
+    for split, pool in pools.items():
+        arrays[f"{split}_images"] = np.asarray(pool.images)
+        arrays[f"{split}_class_names"] = np.asarray(pool.class_names, dtype=str)
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Temp file + os.replace: a concurrent reader sees no cache or a whole one.
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False
+        ) as f:
+            tmp_name = f.name
+            np.savez(f, **arrays)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except OSError as e:
+        warnings.warn(f"could not write the dataset cache {path}: {e}", stacklevel=3)
+        if tmp_name is not None:
+            pathlib.Path(tmp_name).unlink(missing_ok=True)
+
+
+def cached_pools(
+    path: pathlib.Path, build_fn: Callable[[], dict[str, ClassPool]]
+) -> dict[str, ClassPool]:
+    """The pools of the cache file ``path``, built by ``build_fn`` and written if absent."""
+    if path.is_file():
+        pools = read_cache(path)
+        if pools is not None:
+            return pools
+    pools = build_fn()
+    write_cache(path, pools)
+    return pools
+
+
+def check_image_size(image_size) -> int:
+    if not isinstance(image_size, int | np.integer) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return int(image_size)
