@@ -20,6 +20,7 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
+from gtl_jax.data.augment import augment_fn
 from gtl_jax.data.pool import sample_batch, sample_classes, sample_episode
 from gtl_jax.descendants import DescendantEvaluator, Recipe
 from gtl_jax.learngene import (
@@ -201,6 +202,7 @@ class EvolutionConfig:
     mutation_sigma: float = 0.1
     mutation_rate: float = 0.5
     zero_cross: bool = True
+    augment: str = "none"
 
 
 class Evolution:
@@ -248,9 +250,18 @@ class Evolution:
             state = init_network(life_model, tx, key, self.image_shape)
             return extract_learngene(spec, state.params, state.batch_stats)
 
+        augment = augment_fn(c.augment, self.image_shape[0])
+
         def life_step_fn(key, state, classes, images):
-            x, y = sample_batch(key, images, classes, batch_size=c.life_batch)
-            return train_step(life_model, tx, state, x, y)
+            if augment is None:
+                # No augmentation: the key stream is exactly what it was before augment existed.
+                x, y = sample_batch(key, images, classes, batch_size=c.life_batch)
+                return train_step(life_model, tx, state, x, y)
+            batch_key, augment_key = jax.random.split(key)
+            x, y = sample_batch(batch_key, images, classes, batch_size=c.life_batch)
+            return train_step(
+                life_model, tx, state, x, y, key=augment_key, augment_fn=augment
+            )
 
         self.random_genes = population_map(random_gene_fn, (0,), strategy=strategy)
         self.hosts = population_map(host_fn, (0, 0), strategy=strategy)

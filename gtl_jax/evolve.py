@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 from gtl_jax import checkpoint, plots
 from gtl_jax.configs import load_config
 from gtl_jax.configs.omniglot import FIELD_HELP
-from gtl_jax.data import DATASETS, DataError, load_dataset, sample_episode
+from gtl_jax.data import (
+    AUGMENTATIONS,
+    DATASETS,
+    DataError,
+    load_dataset,
+    sample_episode,
+)
 from gtl_jax.descendants import DescendantEvaluator, Recipe, mean_confidence
 from gtl_jax.evolution import Evolution, EvolutionConfig
 from gtl_jax.learngene import make_spec, parameter_share
@@ -115,6 +121,7 @@ def validate_config(c: ml_collections.ConfigDict, pools: dict | None = None) -> 
     )
     need(c.optimizer in ("adam", "sgd"), "optimizer", "must be adam or sgd")
     need(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
+    need(c.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}")
     shots = parse_shots(c.eval_shots)
     if pools is not None:
         for split, field, way in (

@@ -112,11 +112,21 @@ def train_step(
     state: TrainState,
     x: jax.Array,
     y: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """One optimiser step of one network on ``x: u8[B, H, W, Ch]``, ``y: i32[B]``.
 
+    With ``augment_fn`` (e.g. ``gtl_jax.data.augment_fn("crop_flip", S)``) the batch is first
+    augmented on the device with ``key``; without it no key is used.
+
     Returns the new state and the loss (f32[]) before the step.
     """
+    if augment_fn is not None:
+        if key is None:
+            raise ValueError("train_step: augment_fn needs a key")
+        x = augment_fn(key, x)
 
     def loss_fn(params):
         logits, updates = model.apply(

@@ -17,7 +17,7 @@ import ml_collections
 
 # One line per field: what `--help` prints for the flag of the same name.
 FIELD_HELP = {
-    "dataset": "dataset name (omniglot)",
+    "dataset": "dataset name: omniglot, cifar_fs, mini_imagenet or npz",
     "data_dir": "dataset folder; default: $GTL_DATA_DIR or ../shared/data/<dataset>",
     "image_size": "images are resized to image_size x image_size",
     "model": "architecture: vgg11, vgg13, vgg16 or resnet12",
@@ -33,6 +33,7 @@ FIELD_HELP = {
     "life_lr": "lifetime SGD learning rate",
     "life_momentum": "lifetime SGD momentum",
     "life_weight_decay": "lifetime weight decay",
+    "augment": "lifetime augmentation, on device: none or crop_flip (pad S//8, crop, flip)",
     "num_critics": "critic networks per individual (C)",
     "critic_way": "ways of critic episodes (meta-validation classes)",
     "critic_shot": "shots of critic episodes",
@@ -74,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.life_lr = 0.05
     c.life_momentum = 0.9
     c.life_weight_decay = 5e-4
+    c.augment = "none"
     c.num_critics = 2
     c.critic_way = 5
     c.critic_shot = 1
