@@ -23,6 +23,7 @@ from __future__ import annotations
 import ml_collections
 
 from gtl_jax.configs import omniglot
+from gtl_jax.data.augment import DATASET_AUGMENT
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.image_size = 32
     c.model = "vgg11"
     c.width = 1.0
-    c.augment = "crop_flip"
+    c.augment = DATASET_AUGMENT[c.dataset]
 
     c.pop_size = 12
     c.generations = 20

@@ -164,7 +164,7 @@ def _metaoptnet_split(
     )
 
 
-def _cifar100_pickles(read, where: str, names: list[str]):
+def _cifar100_pickles(read, names: list[str]):
     """Train+test of the CIFAR-100 python version: ``(u8[N, 32, 32, 3], N names)``.
 
     ``read(member)`` returns ``(bytes, display name)`` of ``train``, ``test`` or ``meta``.
@@ -245,7 +245,7 @@ def _read_archive(path: pathlib.Path, names: list[str], md5: str | None):
             f"truncated or not the CIFAR-100 python archive. {_HOW_TO_PROVIDE}"
         ) from e
     return _cifar100_pickles(
-        lambda part: (members[part], f"{path}:{FOLDER}/{part}"), str(path), names
+        lambda part: (members[part], f"{path}:{FOLDER}/{part}"), names
     )
 
 
@@ -259,7 +259,7 @@ def _read_folder(folder: pathlib.Path, names: list[str]):
             )
         return path.read_bytes(), path
 
-    return _cifar100_pickles(read, str(folder), names)
+    return _cifar100_pickles(read, names)
 
 
 def _read_tfds(directory: pathlib.Path, names: list[str]):

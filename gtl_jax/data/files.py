@@ -249,11 +249,11 @@ def check_image_array(
     images, *, name: str, ndim: int = 4, shape: tuple = ()
 ) -> np.ndarray:
     """Checks an image array read from ``name``: uint8, ``ndim`` axes, trailing ``shape``."""
-    array = np.asarray(images) if isinstance(images, np.ndarray) else None
-    if array is None:
+    if not isinstance(images, np.ndarray):
         raise DataError(
             f"{name}: images are a {type(images).__name__}; expected a uint8 array"
         )
+    array = images
     tail_ok = not shape or tuple(array.shape[-len(shape) :]) == tuple(shape)
     if array.dtype != np.uint8 or array.ndim != ndim or not tail_ok:
         want = f"(N, {', '.join(map(str, shape))})" if shape else f"{ndim} axes"
