@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -30,14 +31,25 @@ class LearngeneFileError(ValueError):
     """A learngene file is missing, corrupt, or does not match its metadata or target."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint of the workdir cannot be restored; the message names its directory."""
+
+
 def state_manager(
     workdir: str | pathlib.Path, max_to_keep: int = 2
 ) -> ocp.CheckpointManager:
-    """The manager of ``<workdir>/checkpoints``; keeps the last ``max_to_keep`` generations."""
+    """The manager of ``<workdir>/checkpoints``; keeps the last ``max_to_keep`` generations.
+
+    Orbax writes each checkpoint into a temporary directory and renames it when complete, so
+    a kill mid-save leaves the previous checkpoints intact; the partial directory it leaves is
+    removed when the next run opens the workdir.
+    """
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
     return ocp.CheckpointManager(
         directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+        ),
     )
 
 
@@ -55,19 +67,43 @@ def save_state(
 
 
 def restore_state(
-    manager: ocp.CheckpointManager, template: Any
+    manager: ocp.CheckpointManager, template: Any, shardings: Any = None
 ) -> tuple[Any, dict] | None:
-    """The latest state restored into ``template``'s structure (None if there is none)."""
+    """The latest state restored into ``template``'s structure (None if there is none).
+
+    Args:
+      manager: from ``state_manager``.
+      template: the state's structure, shapes and dtypes (e.g. ``jax.eval_shape`` of init).
+      shardings: optional pytree of ``jax.sharding.Sharding`` like ``template``: where each
+        array goes. A checkpoint written on N devices restores onto these M devices.
+
+    Raises:
+      CheckpointError: the latest checkpoint is damaged or does not fit ``template``.
+    """
     step = manager.latest_step()
     if step is None:
         return None
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-        ),
-    )
+    if shardings is None:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    else:
+        target = jax.tree.map(
+            lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s),
+            template,
+            shardings,
+        )
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            ),
+        )
+    except Exception as e:  # Orbax raises many types for damaged files; name the dir.
+        path = pathlib.Path(manager.directory) / str(step)
+        raise CheckpointError(
+            f"cannot restore checkpoint {path}: {type(e).__name__}: {e}. Nothing was "
+            "changed; move that directory away to resume from the previous checkpoint"
+        ) from None
     return restored.state, restored.meta
 
 
@@ -77,12 +113,26 @@ def save_learngene(
     """Writes a learngene file: ``path/arrays`` (Orbax) and ``path/metadata.json``.
 
     ``metadata`` must hold at least ``spec`` (``LearngeneSpec.to_json()``) and ``model``.
+    The file is written whole into ``<path>.tmp`` and then renamed to ``path``, so a killed
+    write never leaves a half-written file under ``path``; an older file at ``path`` is moved
+    to ``<path>.old`` for the instant of the swap and then removed. With several processes
+    only process 0 writes (host arrays); the others return at once.
     """
     path = pathlib.Path(path).absolute()
-    path.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() != 0:
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a killed write
+    tmp.mkdir(parents=True)
     arrays = jax.tree.map(np.asarray, learngene)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path / "arrays", arrays, force=True)
+    checkpointer = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
+    )
+    checkpointer.save(tmp / "arrays", arrays)
     checkpointer.wait_until_finished()
     meta = {
         "format": FORMAT,
@@ -92,13 +142,27 @@ def save_learngene(
         },
         **metadata,
     }
-    (path / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
     return path
 
 
 def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
     path = pathlib.Path(path)
     meta_path = path / "metadata.json"
+    old = path.with_name(path.name + ".old")
+    if not meta_path.is_file() and (old / "metadata.json").is_file():
+        raise LearngeneFileError(
+            f"{meta_path} not found: a write of {path} was interrupted; the previous "
+            f"learngene file is {old} (rerun the evolve command on its workdir to rewrite "
+            "it from the last checkpoint)"
+        )
     if not meta_path.is_file():
         raise LearngeneFileError(
             f"{meta_path} not found: {path} is not a learngene file "
@@ -143,6 +207,15 @@ def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]
             f"cannot read the arrays of learngene file {path}: {type(e).__name__}: {e}"
         ) from None
     problems = []
+    # Orbax restores the shapes it finds: hold them against the metadata's.
+    for name, gene in learngene.items():
+        for k, x in gene.items():
+            expected = tuple(meta["shapes"].get(name, {}).get(k, ()))
+            if tuple(x.shape) != expected:
+                problems.append(
+                    f"{name}/{k}: the arrays hold shape {tuple(x.shape)}, the "
+                    f"metadata says {expected}"
+                )
     for layer in spec.layers:
         gene = learngene.get(layer.name)
         if gene is None:

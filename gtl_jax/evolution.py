@@ -35,6 +35,10 @@ from gtl_jax.population import (
     init_network,
     make_optimizer,
     population_map,
+    population_mesh,
+    population_sharding,
+    replicate,
+    replicated_sharding,
     train_step,
 )
 
@@ -160,6 +164,18 @@ def diversity(learngenes: Learngene) -> jax.Array:
     return jnp.mean(jnp.stack(values))
 
 
+def _replicated_then_sharded(fn: Callable, mesh: Any) -> Callable:
+    """``fn`` run on replicated inputs (each device computes it whole, with the program of one
+    device, so its numbers are one device's; a partitioned ``mutate`` rounded differently),
+    its outputs then split over the ``"pop"`` axis. For the small, cheap reproduction step."""
+    rep, pop = replicated_sharding(mesh), population_sharding(mesh)
+
+    def placed(*args):
+        return jax.device_put(fn(*jax.device_put(args, rep)), pop)
+
+    return placed
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -232,6 +248,10 @@ class Evolution:
         strategy: str = "auto",
     ):
         self.config, self.spec = config, spec
+        # Several devices: the population is sharded over them (population_map) and the pools,
+        # which every member samples from, are replicated onto each device once.
+        self.mesh = population_mesh()
+        train_images, val_images = replicate((train_images, val_images), self.mesh)
         self.train_images, self.val_images = train_images, val_images
         self.image_shape = tuple(train_images.shape[2:])
         c = config
@@ -304,6 +324,8 @@ class Evolution:
                 rate=c.mutation_rate,
             )
         )
+        if self.mesh is not None:
+            self.reproduce = _replicated_then_sharded(self.reproduce, self.mesh)
         self.diversity = jax.jit(diversity)
 
     def init(self, key: jax.Array) -> EvolutionState:
@@ -317,6 +339,23 @@ class Evolution:
             parents=jnp.arange(size, dtype=jnp.int32),
             best_learngene=best,
             best_fitness=jnp.float32(-jnp.inf),
+        )
+
+    def state_shardings(self, state: Any) -> Any:
+        """Where each leaf of an ``EvolutionState`` (or its ``eval_shape``) belongs: the
+        population (``learngenes``, ``parents``) sharded over the mesh, the rest replicated;
+        on one device, the default device. Restores place a checkpoint written on any number
+        of devices by these."""
+        if self.mesh is None:
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            return jax.tree.map(lambda _: device, state)
+        pop, rep = population_sharding(self.mesh), replicated_sharding(self.mesh)
+        return state.replace(
+            generation=rep,
+            learngenes=jax.tree.map(lambda _: pop, state.learngenes),
+            parents=pop,
+            best_learngene=jax.tree.map(lambda _: rep, state.best_learngene),
+            best_fitness=rep,
         )
 
     def generation(

@@ -62,6 +62,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval_every",
         "strategy",
         "data_dir",
+        "distributed",
     }
 )
 
@@ -78,8 +79,17 @@ def parse_shots(value: str) -> tuple[int, ...]:
     return shots
 
 
-def validate_config(c: ml_collections.ConfigDict, pools: dict | None = None) -> None:
-    """Raises ConfigError naming the first impossible field."""
+def validate_config(
+    c: ml_collections.ConfigDict,
+    pools: dict | None = None,
+    *,
+    num_devices: int = 1,
+) -> None:
+    """Raises ConfigError naming the first impossible field.
+
+    ``num_devices``: the devices the population is sharded over; ``pop_size`` must be a
+    multiple of it (refused rather than padded: a padded member would cost a whole network).
+    """
 
     def need(ok: bool, field: str, why: str):
         if not ok:
@@ -111,6 +121,12 @@ def validate_config(c: ml_collections.ConfigDict, pools: dict | None = None) -> 
         c.pop_size % c.tournament_size == 0,
         "pop_size",
         f"must be divisible by tournament_size={c.tournament_size}",
+    )
+    need(
+        c.pop_size % num_devices == 0,
+        "pop_size",
+        f"must be divisible by the {num_devices} devices the population is sharded "
+        f"over (jax.device_count() = {num_devices})",
     )
     need(c.mutation_sigma >= 0, "mutation_sigma", "must be >= 0")
     need(0 <= c.mutation_rate <= 1, "mutation_rate", "must be in [0, 1]")
@@ -335,15 +351,76 @@ def configure_jax() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def read_metrics(path: pathlib.Path) -> list[dict]:
+    """The metrics of ``metrics.jsonl``; a line cut short by a kill is skipped, not fatal."""
+    if not path.exists():
+        return []
+    history = []
+    for line in path.read_text().splitlines():
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(m, dict):
+            history.append(m)
+    return history
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes ``text`` to a sibling temporary file, then renames it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of a pytree's arrays, gathered from every process when there are several."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
+def initialize_distributed() -> None:
+    """Joins the processes of a multi-host run (``--distributed true``).
+
+    ``jax.distributed.initialize()`` detects SLURM, Open MPI, Kubernetes and Cloud TPU
+    clusters by itself. Elsewhere set ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0)
+    and, for every process, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+    """
+    env = {
+        "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
+        "process_id": os.environ.get("JAX_PROCESS_ID"),
+    }
+    jax.distributed.initialize(**{k: int(v) for k, v in env.items() if v is not None})
+
+
 def run(
     c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False
 ) -> dict:
-    """Evolution, learngene file, evaluation; returns the results (also written to workdir)."""
+    """Evolution, learngene file, evaluation; returns the results (also written to workdir).
+
+    Every check (config, data, the workdir's previous config, its checkpoint) runs before
+    anything in the workdir is written, so a refused run leaves the workdir as it was.
+
+    Several processes (``distributed``): every process runs the same program on its own
+    devices and loads the whole class pools (they are small, and every device samples
+    episodes from all classes); only process 0 writes ``config.json``, metrics, plots, the
+    learngene file and results; checkpoints are written by Orbax, which coordinates the
+    processes.
+    """
     start = time.perf_counter()
-    validate_config(c)
+    if c.get("distributed", False) and not jax.distributed.is_initialized():
+        initialize_distributed()
+    writer = jax.process_index() == 0
+    quiet = quiet or not writer
+    validate_config(c, num_devices=jax.device_count())
     pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
-    validate_config(c, pools)
-    workdir.mkdir(parents=True, exist_ok=True)
+    validate_config(c, pools, num_devices=jax.device_count())
     config_path = workdir / "config.json"
     config_json = json.loads(c.to_json())
     if config_path.exists():
@@ -358,7 +435,6 @@ def run(
                 f"workdir {workdir} holds a run with another config (fields differ: "
                 f"{', '.join(sorted(differ))}); use another --workdir or the same config"
             )
-    config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True))
 
     train, val, test = (jnp.asarray(pools[s].images) for s in ("train", "val", "test"))
     image_shape = pools["train"].image_shape
@@ -378,8 +454,18 @@ def run(
     )
     init_key, root_key = jax.random.split(jax.random.key(c.seed))
 
+    if (workdir / "checkpoints").is_dir():
+        template = jax.eval_shape(evo.init, init_key)
+        restored = checkpoint.restore_state(
+            checkpoint.state_manager(workdir), template, evo.state_shardings(template)
+        )
+    else:
+        restored = None
+    # The checks are done: from here on the workdir is written.
+    workdir.mkdir(parents=True, exist_ok=True)
     manager = checkpoint.state_manager(workdir)
-    restored = checkpoint.restore_state(manager, jax.eval_shape(evo.init, init_key))
+    if writer:
+        config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True))
     metrics_path = workdir / "metrics.jsonl"
     history = []
     if restored is None:
@@ -387,16 +473,13 @@ def run(
     else:
         state = restored[0]
         done = int(state.generation)
-        if metrics_path.exists():
-            history = [
-                json.loads(line)
-                for line in metrics_path.read_text().splitlines()
-                if line.strip()
-            ]
-            history = [m for m in history if m.get("generation", 0) <= done]
+        history = [
+            m for m in read_metrics(metrics_path) if m.get("generation", 0) <= done
+        ]
         if not quiet:
             print(f"resuming {workdir} after generation {done}", file=sys.stderr)
-    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+    if writer:
+        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
     evolve_start = time.perf_counter()
     steps_per_generation = ec.life_steps + c.critic_steps
@@ -415,14 +498,17 @@ def run(
                 best=f"{m['fitness_max']:.3f}", mean=f"{m['fitness_mean']:.3f}"
             )
             history.append(m)
+            # Metrics first: a kill between the two writes leaves a metrics line beyond the
+            # checkpoint, which the resume drops and rewrites; the other order would lose it.
+            if writer:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(m) + "\n")
             checkpoint.save_state(
                 manager,
                 int(state.generation),
                 state,
                 {"generation": int(state.generation)},
             )
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(m) + "\n")
     evolve_seconds = time.perf_counter() - evolve_start
 
     shapes = jax.eval_shape(
@@ -430,9 +516,9 @@ def run(
         jax.random.key(0),
     )
     share = parameter_share(spec, shapes["params"])
-    checkpoint.save_learngene(
+    checkpoint.save_learngene(  # by process 0 only
         workdir / "learngene",
-        state.best_learngene,
+        to_host(state.best_learngene),
         {
             "model": {"name": c.model, "width": c.width},
             "spec": spec.to_json(),
@@ -448,12 +534,11 @@ def run(
             "config": config_json,
         },
     )
-    if history:
+    if writer and history:
         plots.plot_fitness(history, workdir / "fitness.png")
 
     results = evaluate(c, critic_model, state.best_learngene, test, quiet=quiet)
     table = results_table(c, results, share)
-    (workdir / "results.md").write_text(table + "\n")
     summary = {
         "results": results,
         "parameter_share": share,
@@ -462,14 +547,16 @@ def run(
         "backend": jax.default_backend(),
         "devices": len(jax.devices()),
     }
-    (workdir / "results.json").write_text(json.dumps(summary, indent=1))
     curves = {}
     for r in results.values():
         setting = f"{c.eval_way}-way {r['shot']}-shot"
         curves.setdefault(setting, {"steps": r["curve_steps"]})[r["method"]] = r[
             "curve"
         ]
-    plots.plot_curves(curves, workdir / "curves.png")
+    if writer:
+        (workdir / "results.md").write_text(table + "\n")
+        (workdir / "results.json").write_text(json.dumps(summary, indent=1))
+        plots.plot_curves(curves, workdir / "curves.png")
     summary["table"] = table
     return summary
 
@@ -486,7 +573,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_jax()
     try:
         summary = run(c, workdir, quiet=args.quiet)
-    except (ConfigError, DataError, checkpoint.LearngeneFileError) as e:
+    except (
+        ConfigError,
+        DataError,
+        checkpoint.LearngeneFileError,
+        checkpoint.CheckpointError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()

@@ -52,6 +52,7 @@ FIELD_HELP = {
     "steps": "descendant fine-tuning steps S_d",
     "eval_every": "learning-curve resolution in steps",
     "strategy": "population execution: auto (vmap on GPU/TPU, loop on CPU), vmap or loop",
+    "distributed": "call jax.distributed.initialize() to join the processes of several hosts",
     "seed": "seed of the evolution",
 }
 
@@ -96,6 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every = 5
 
     c.strategy = "auto"
+    c.distributed = False
     c.seed = 0
 
     if arg == "smoke":

@@ -1,0 +1,201 @@
+"""Runs that resume from their workdir: killed with SIGKILL at several moments, or moved
+across device counts (8 -> 1 -> 4), they end like an uninterrupted run (DESIGN 1.3, step 7).
+
+Every run is a subprocess of ``python -m gtl_jax.evolve`` on a tiny config whose population
+(8) every tested device count divides; the CPU device count is fixed when JAX starts
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Subprocesses inherit
+``GTL_JAX_CACHE_DIR``, so restarts load their compilations from the persistent cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from gtl_jax.checkpoint import load_learngene
+
+GENERATIONS = 3
+TINY = [
+    "--config",
+    "omniglot:smoke",
+    "--quiet",
+    "--pop_size",
+    "8",
+    "--tournament_size",
+    "4",
+    "--life_steps",
+    "1",
+    "--life_batch",
+    "8",
+    "--critic_steps",
+    "1",
+    "--critic_query",
+    "5",
+    "--steps",
+    "1",
+    "--eval_shots",
+    "1",
+    "--eval_episodes",
+    "8",
+    "--eval_query",
+    "5",
+]
+TIMEOUT = 300  # seconds for one process
+
+
+def evolve(workdir, generations: int = GENERATIONS) -> list[str]:
+    return [sys.executable, "-m", "gtl_jax.evolve", *TINY] + [
+        "--workdir",
+        str(workdir),
+        "--generations",
+        str(generations),
+    ]
+
+
+def env(devices: int = 1) -> dict[str, str]:
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+
+
+def run_to_end(workdir, generations: int = GENERATIONS, devices: int = 1) -> None:
+    done = subprocess.run(
+        evolve(workdir, generations),
+        env=env(devices),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def metrics(workdir) -> list[dict]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run on one device."""
+    workdir = tmp_path_factory.mktemp("reference") / "w"
+    run_to_end(workdir)
+    return workdir
+
+
+# --------------------------------------------------------------------------- kills
+
+
+def run_and_kill(workdir, when) -> bool:
+    """Starts a run and SIGKILLs it once ``when()`` is true; False if it finished first."""
+    proc = subprocess.Popen(
+        evolve(workdir),
+        env=env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if when():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.0005)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 0, err[-3000:]
+    return False
+
+
+def test_killed_runs_resume_to_the_same_learngene(reference, tmp_path):
+    """Three kills, seeded: at a random moment of the evolution, the instant Orbax's
+    temporary directory of a checkpoint appears (mid-save), and the instant the learngene
+    file's temporary directory appears (mid-write). Before the last resume a metrics line cut
+    short (as a kill mid-write leaves it) is appended."""
+    workdir = tmp_path / "w"
+    rng = random.Random(6)
+    started = {}
+
+    def at_a_random_moment():
+        # A random moment once the evolution is under way (its first metrics line is out).
+        path = workdir / "metrics.jsonl"
+        if not path.exists() or not path.read_text().strip():
+            return False
+        started.setdefault("t", time.monotonic() + rng.uniform(0.0, 2.0))
+        return time.monotonic() >= started["t"]
+
+    def mid_checkpoint_save():
+        directory = workdir / "checkpoints"
+        return directory.is_dir() and any(
+            "orbax-checkpoint-tmp" in p.name for p in directory.iterdir()
+        )
+
+    kills = {
+        "random moment": at_a_random_moment,
+        "checkpoint save": mid_checkpoint_save,
+        "learngene write": lambda: (workdir / "learngene.tmp").exists(),
+    }
+    killed = [name for name, when in kills.items() if run_and_kill(workdir, when)]
+    assert killed == list(kills), f"killed only at {killed}"
+    with (workdir / "metrics.jsonl").open("a") as f:
+        f.write('{"generation": 2, "fitness_m')
+    run_to_end(workdir)
+
+    resumed, meta = load_learngene(workdir / "learngene")
+    expected, _ = load_learngene(reference / "learngene")
+    assert meta["generation"] == GENERATIONS
+    jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+    assert metrics(workdir) == [
+        {**m, "seconds": n["seconds"]}
+        for m, n in zip(metrics(reference), metrics(workdir))
+    ]
+    leftovers = [p.name for p in workdir.iterdir() if p.name.endswith((".tmp", ".old"))]
+    leftovers += [
+        p.name for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name
+    ]
+    assert not leftovers
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_checkpoint_restores_across_8_1_4_devices(reference, tmp_path):
+    workdir = tmp_path / "w"
+    # Generation 1 on 8 devices, 2 on 1 device, 3 on 4 devices: each resumes the last.
+    for devices, generations in ((8, 1), (1, 2), (4, 3)):
+        run_to_end(workdir, generations, devices)
+        summary = json.loads((workdir / "results.json").read_text())
+        assert summary["devices"] == devices
+        assert [m["generation"] for m in metrics(workdir)] == list(
+            range(1, generations + 1)
+        )
+    # Sharded runs equal one device's to float tolerance (tests/test_sharding.py); fitness,
+    # a query accuracy, can flip one near-tied query (1/25 of a 5-way x 5-query critic).
+    for m, n in zip(metrics(workdir), metrics(reference)):
+        np.testing.assert_allclose(m["fitness"], n["fitness"], atol=1.5 / 25)
+        assert m["parents"] == n["parents"]
+    gene, meta = load_learngene(workdir / "learngene")
+    expected, _ = load_learngene(reference / "learngene")
+    assert meta["generation"] == GENERATIONS
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        gene,
+        expected,
+    )

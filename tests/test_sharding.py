@@ -1,0 +1,83 @@
+"""The population sharded over 8 CPU devices gives one device's results (to float tolerance).
+
+The device count is fixed when JAX starts, so each run is a subprocess of
+tests/scripts/sharded_evolution.py with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``;
+it inherits ``GTL_JAX_CACHE_DIR``, so its compilations are cached like the tests'. Checkpoints
+restored across device counts: tests/test_resume.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from gtl_jax.configs import load_config
+from gtl_jax.evolve import ConfigError, validate_config
+
+SCRIPT = ROOT / "tests" / "scripts" / "sharded_evolution.py"
+
+
+def run_on(devices: int, args: list[str]) -> None:
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_sharded_evolution_over_8_devices_matches_one_device(tmp_path):
+    # Two generations of 8 individuals (tournaments of 4), the loop strategy (the CPU
+    # default). The script asserts the layout: P split over the 8 devices, 1 member each.
+    results = {}
+    for devices in (1, 8):
+        out = tmp_path / f"{devices}.npz"
+        run_on(devices, ["--strategy", "loop", "--out", str(out)])
+        results[devices] = dict(np.load(out))
+    one, sharded = results[1], results[8]
+    assert int(one["devices"]) == 1 and int(sharded["devices"]) == 8
+    assert one.keys() == sharded.keys()
+    for g in range(2):
+        # Fitness is a query accuracy: a float-level difference can flip a near-tied query,
+        # 1/75 of one critic's accuracy (5 ways x 15 queries), no more.
+        np.testing.assert_allclose(
+            sharded[f"fitness/{g}"], one[f"fitness/{g}"], atol=1.5 / 75
+        )
+        np.testing.assert_array_equal(sharded[f"parents/{g}"], one[f"parents/{g}"])
+    genes = [k for k in one if k.startswith("learngenes/")]
+    assert len(genes) == 2 * 8 * 5  # generations x layers x tensors
+    for k in genes:
+        np.testing.assert_allclose(sharded[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_sharded_vmap_over_8_devices_matches_one_device(tmp_path):
+    # Eight networks trained by the vmap strategy, sharded over 8 devices and on one; no
+    # selection, so nothing discrete can amplify a float-level difference.
+    out = tmp_path / "result.npz"
+    run_on(8, ["--strategy", "vmap", "--lifetime_only", "--out", str(out)])
+    result = dict(np.load(out))
+    single = [k[len("single/") :] for k in result if k.startswith("single/")]
+    assert "losses" in single and len(single) > 10
+    for k in single:
+        np.testing.assert_allclose(
+            result[f"sharded/{k}"], result[f"single/{k}"], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_population_not_divisible_by_devices_is_refused():
+    c = load_config("omniglot")  # pop_size 9
+    with pytest.raises(ConfigError, match=r"pop_size=9: .*the 8 devices"):
+        validate_config(c, num_devices=8)
+    validate_config(c, num_devices=3)
