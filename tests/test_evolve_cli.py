@@ -78,6 +78,7 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
         json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()
     ]
     assert [m["generation"] for m in metrics] == [1, 2]
+    assert [m["diverged"] for m in metrics] == [0, 0]  # counted every generation
     results = json.loads((full / "results.json").read_text())["results"]
     assert set(results) == {
         "1-shot/learngene",
@@ -134,18 +135,20 @@ def test_two_generations_compile_once(omniglot):
         assert fn._cache_size() == 1, name
 
 
-def test_a_diverging_individual_is_never_selected(omniglot):
+@pytest.mark.parametrize("poison", [jnp.nan, jnp.inf])
+def test_a_diverging_individual_is_never_selected(poison, omniglot):
     evo = _tiny_evolution(omniglot)
     key = jax.random.key(0)
     state = evo.init(key)
-    # Individual 1's learngene carries a NaN: its host's loss and learngene go non-finite.
+    # Individual 1's learngene carries a NaN (or inf): its host's loss and learngene go
+    # non-finite.
     layer = sorted(state.learngenes)[0]
     kernel = state.learngenes[layer]["kernel"]
     poisoned = {
         **state.learngenes,
         layer: {
             **state.learngenes[layer],
-            "kernel": kernel.at[1, 0, 0, 0, 0].set(jnp.nan),
+            "kernel": kernel.at[1, 0, 0, 0, 0].set(poison),
         },
     }
     state, metrics = evo.generation(key, state.replace(learngenes=poisoned))
