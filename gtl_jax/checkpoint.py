@@ -240,3 +240,33 @@ def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]
             + "\n  ".join(problems)
         )
     return learngene, meta
+
+
+def save_network(path: str | pathlib.Path, variables: Any, metadata: dict) -> None:
+    """Writes a trained network (``{"params", "batch_stats"}``) and its metadata.
+
+    The arrays go to ``path/arrays`` first and ``metadata.json`` last, so a directory with
+    ``metadata.json`` is complete (``load_network`` ignores one without it).
+    """
+    path = pathlib.Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path / "arrays", jax.tree.map(np.asarray, variables), force=True)
+    checkpointer.wait_until_finished()
+    (path / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+
+
+def load_network(path: str | pathlib.Path, template: Any) -> tuple[Any, dict] | None:
+    """The network saved at ``path`` restored into ``template``'s structure, or None."""
+    path = pathlib.Path(path).absolute()
+    if not (path / "metadata.json").is_file():
+        return None
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+        variables = ocp.StandardCheckpointer().restore(path / "arrays", target)
+    except Exception as e:  # Orbax raises many types for damaged files; name the file.
+        raise LearngeneFileError(
+            f"cannot read the saved network {path}: {type(e).__name__}: {e}; delete "
+            "the directory to retrain it"
+        ) from None
+    return variables, json.loads((path / "metadata.json").read_text())

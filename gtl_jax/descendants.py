@@ -18,20 +18,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import linen as nn
 
 from gtl_jax.data.pool import Episode
 from gtl_jax.learngene import Learngene, insert_learngene
 from gtl_jax.population import (
     TrainState,
+    cross_entropy,
     init_network,
     make_optimizer,
     population_map,
     predict,
+    resolve_strategy,
     train_step,
 )
 
 HEADS = ("random", "zero", "prototype")
+BATCH_NORM = ("batch", "frozen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,9 @@ class Recipe:
       learning_rate: step size.
       steps: S_d, full-batch steps on the support set.
       eval_every: query accuracy is also recorded every this many steps (learning curve).
+      batch_norm: "batch": fine-tuning steps normalise with the support batch's statistics
+        and update the running ones (Flax ``train=True``); "frozen": they normalise with the
+        inherited running statistics and leave them as they are.
     """
 
     head: str = "random"
@@ -52,10 +59,15 @@ class Recipe:
     learning_rate: float = 1e-3
     steps: int = 50
     eval_every: int = 10
+    batch_norm: str = "frozen"
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.batch_norm not in BATCH_NORM:
+            raise ValueError(
+                f"batch_norm must be one of {BATCH_NORM}, got {self.batch_norm!r}"
+            )
         if self.steps < 0 or self.eval_every < 1:
             raise ValueError("recipe steps must be >= 0 and eval_every >= 1")
 
@@ -65,7 +77,18 @@ class Recipe:
         return tuple(sorted({*range(0, self.steps, self.eval_every), self.steps}))
 
     def describe(self) -> str:
-        return f"{self.head} head, {self.optimizer} {self.learning_rate:g}, {self.steps} steps"
+        bn = "" if self.batch_norm == "batch" else ", frozen BN statistics"
+        return (
+            f"{self.head} head, {self.optimizer} {self.learning_rate:g}, "
+            f"{self.steps} steps{bn}"
+        )
+
+
+def _member(tree: Any, i: jax.Array) -> Any:
+    """Member ``i`` (traced) of a stacked pytree."""
+    return jax.tree.map(
+        lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree
+    )
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -118,6 +141,24 @@ def new_descendant(
             "head": {"kernel": 2.0 * prototypes.T, "bias": -jnp.sum(prototypes**2, -1)},
         }
     return TrainState(params, batch_stats, tx.init(params))
+
+
+def frozen_bn_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    x: jax.Array,
+    y: jax.Array,
+) -> tuple[TrainState, jax.Array]:
+    """``train_step`` with BatchNorm on its running statistics, which stay unchanged."""
+
+    def loss_fn(params):
+        return cross_entropy(predict(model, params, state.batch_stats, x), y)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, state.batch_stats, opt_state), loss
 
 
 def instinct_accuracy(
@@ -188,9 +229,42 @@ class DescendantEvaluator:
                 zero_cross=zero_cross,
             )
 
-        def step_fn(state, episode):
-            return train_step(model, tx, state, episode.support_x, episode.support_y)
+        step = frozen_bn_step if recipe.batch_norm == "frozen" else train_step
 
+        def step_fn(state, episode):
+            return step(model, tx, state, episode.support_x, episode.support_y)
+
+        self.strategy = resolve_strategy(strategy)
+        self.shared_learngene = shared_learngene
+        if self.strategy == "loop":
+            # member_init, member_instinct, member_step, member_accuracy: compiled
+            # functions of descendant i (i traced), used by the loop strategy.
+            # Member-major: one descendant at a time through its whole fine-tuning, so no
+            # stacked state is sliced and re-stacked at every step (with 600 episodes the
+            # stacking alone compiled for minutes). The member index is traced: one
+            # compilation serves every descendant.
+            def gene_of(learngene, i):
+                return learngene if shared_learngene else _member(learngene, i)
+
+            self.member_init = jax.jit(
+                lambda i, keys, episodes, learngene: init_fn(
+                    keys[i], _member(episodes, i), gene_of(learngene, i)
+                )
+            )
+            self.member_instinct = jax.jit(
+                lambda state, i, episodes: instinct_accuracy(
+                    model, state, _member(episodes, i), n_way=n_way
+                )
+            )
+            self.member_step = jax.jit(
+                lambda state, i, episodes: step_fn(state, _member(episodes, i)),
+                donate_argnums=0,
+            )
+            self.member_accuracy = jax.jit(
+                lambda state, i, episodes: query_accuracy(
+                    model, state, _member(episodes, i)
+                )
+            )
         self.init = population_map(init_fn, (0, 0, gene_axis), strategy=strategy)
         self.init_scratch = population_map(
             lambda key, episode: init_fn(key, episode, None), (0, 0), strategy=strategy
@@ -211,7 +285,8 @@ class DescendantEvaluator:
         episodes: Episode,
         learngene: Learngene | None,
         *,
-        on_step: Callable[[int], Any] | None = None,
+        on_step: Callable[[float], Any] | None = None,
+        instinct: jax.Array | None = None,
     ) -> DescendantResult:
         """Fine-tunes and scores one descendant per episode.
 
@@ -220,25 +295,73 @@ class DescendantEvaluator:
           episodes: an Episode whose arrays have a leading E.
           learngene: one learngene shared by all descendants, a stacked one with a leading E
             (if built with ``shared_learngene=False``), or None for scratch.
-          on_step: called after each step (e.g. to advance a progress bar).
+          on_step: called with the number of population steps just completed (1.0 after
+            each step of all descendants; ``steps / E`` after each descendant when they run
+            one at a time), e.g. ``tqdm.update``.
+          instinct: the instinct of these descendants if already known (it does not depend
+            on the head, so an evaluation of the same keys, episodes and learngene with another
+            head gives it); computed if None.
         """
+        if self.strategy == "loop":
+            return self._member_major(keys, episodes, learngene, on_step, instinct)
         if learngene is None:
             state = self.init_scratch(keys, episodes)
         else:
             state = self.init(keys, episodes, learngene)
-        instinct = self.instinct(state, episodes)
+        if instinct is None:
+            instinct = self.instinct(state, episodes)
         curve_steps = set(self.recipe.curve_steps)
         curve, losses = [], []
         for step in range(self.recipe.steps):
-            if step in curve_steps:
+            if step == 0 and self.recipe.head == "prototype":
+                # A prototype head is the nearest-prototype readout: its step-0 accuracy is
+                # the instinct (the same ranking of classes), so it is not computed twice.
+                curve.append(instinct)
+            elif step in curve_steps:
                 curve.append(self.accuracy(state, episodes))
             state, loss = self.step(state, episodes)
             losses.append(loss)
             if on_step is not None:
-                on_step(step)
-        curve.append(self.accuracy(state, episodes))  # the last curve step is always `steps`
+                on_step(1.0)
+        curve.append(self.accuracy(state, episodes))  # the last curve step is `steps`
         curve = jnp.stack(curve, axis=1)
         losses = jnp.stack(losses) if losses else jnp.zeros((0, keys.shape[0]))
+        return DescendantResult(instinct, curve, curve[:, -1], losses)
+
+    def _member_major(self, keys, episodes, learngene, on_step, instinct):
+        """The loop strategy: each descendant through all its steps, then the next."""
+        size = keys.shape[0]
+        curve_steps = set(self.recipe.curve_steps)
+        instincts, curves, losses = [], [], []
+        for i in range(size):
+            index = jnp.int32(i)
+            state = self.member_init(index, keys, episodes, learngene)
+            if instinct is None:
+                member_instinct = self.member_instinct(state, index, episodes)
+            else:
+                member_instinct = instinct[i]
+            curve, member_losses = [], []
+            for step in range(self.recipe.steps):
+                if step == 0 and self.recipe.head == "prototype":
+                    curve.append(member_instinct)  # as in __call__
+                elif step in curve_steps:
+                    curve.append(self.member_accuracy(state, index, episodes))
+                state, loss = self.member_step(state, index, episodes)
+                member_losses.append(loss)
+            curve.append(self.member_accuracy(state, index, episodes))
+            instincts.append(member_instinct)
+            curves.append(curve)
+            losses.append(member_losses)
+            if on_step is not None:
+                on_step(self.recipe.steps / size)
+        # One transfer of all the scalars at the end (no host sync per descendant).
+        instinct = jnp.stack(instincts)
+        curve = jnp.asarray(jax.device_get(curves), jnp.float32)
+        losses = (
+            jnp.asarray(jax.device_get(losses), jnp.float32).T
+            if self.recipe.steps
+            else jnp.zeros((0, size))
+        )
         return DescendantResult(instinct, curve, curve[:, -1], losses)
 
 

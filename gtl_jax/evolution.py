@@ -362,14 +362,15 @@ class Evolution:
         self,
         root_key: jax.Array,
         state: EvolutionState,
-        on_step: Callable[[int], Any] | None = None,
+        on_step: Callable[[float], Any] | None = None,
     ) -> tuple[EvolutionState, dict[str, Any]]:
         """Runs one generation: ``(key, state) -> (state, metrics)``.
 
         Args:
           root_key: the run's root key; the generation's key is ``fold_in(root_key, g)``.
           state: the state after ``g`` generations.
-          on_step: called after each lifetime or critic step (progress bars).
+          on_step: called with the number of lifetime or critic steps (of the whole
+            population) just completed, e.g. ``tqdm.update``.
         """
         c = self.config
         g = int(state.generation)
@@ -387,7 +388,7 @@ class Evolution:
             hosts, loss = self.life_step(step_keys, hosts, classes, self.train_images)
             life_losses.append(loss)
             if on_step is not None:
-                on_step(step)
+                on_step(1.0)
         life_losses = jnp.stack(life_losses) if life_losses else jnp.zeros((1, size))
         # 3. Extraction: what was learned in life is inherited.
         trained = self.extract(hosts)

@@ -42,6 +42,13 @@ from gtl_jax.learngene import make_spec, parameter_share
 from gtl_jax.models import MODELS, build_model
 from gtl_jax.population import STRATEGIES
 
+FITNESS_KEYS = ("fitness_max", "fitness_mean", "fitness_min")
+# Descendant progress advances by fractions of a step when descendants run one at a time.
+PROGRESS_FORMAT = (
+    "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} steps "
+    "[{elapsed}<{remaining}{postfix}]"
+)
+
 
 class ConfigError(ValueError):
     """A config value is impossible; the message names the field."""
@@ -63,6 +70,17 @@ RESUMABLE_CHANGES = frozenset(
         "strategy",
         "data_dir",
         "distributed",
+        # Fields of python -m gtl_jax.inherit.
+        "methods",
+        "heads",
+        "inherit_episodes",
+        "eval_split",
+        "heur_layers",
+        "pretrain_steps",
+        "pretrain_batch",
+        "pretrain_lr",
+        "pretrain_weight_decay",
+        "workers",
     }
 )
 
@@ -136,6 +154,7 @@ def validate_config(
         "must be random, zero or prototype",
     )
     need(c.optimizer in ("adam", "sgd"), "optimizer", "must be adam or sgd")
+    need(c.batch_norm in ("batch", "frozen"), "batch_norm", "must be batch or frozen")
     need(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
     need(c.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}")
     shots = parse_shots(c.eval_shots)
@@ -222,7 +241,9 @@ def evaluate(
     results = {}
     shots = parse_shots(c.eval_shots)
     total = len(shots) * 2 * recipe.steps
-    with tqdm(total=total, desc="descendants", disable=quiet, unit="step") as bar:
+    with tqdm(
+        total=total, desc="descendants", disable=quiet, bar_format=PROGRESS_FORMAT
+    ) as bar:
         for shot in shots:
             key = jax.random.fold_in(jax.random.key(c.eval_seed), shot)
             episodes, keys = fixed_episodes(
@@ -236,7 +257,7 @@ def evaluate(
             for method, gene in (("learngene", learngene), ("scratch", None)):
                 bar.set_postfix_str(f"{c.eval_way}-way {shot}-shot, {method}")
                 start = time.perf_counter()
-                r = evaluator(keys, episodes, gene, on_step=lambda _: bar.update())
+                r = evaluator(keys, episodes, gene, on_step=bar.update)
                 final, instinct = np.asarray(r.final), np.asarray(r.instinct)
                 results[f"{shot}-shot/{method}"] = {
                     "shot": shot,
@@ -492,7 +513,7 @@ def run(
     ) as bar:
         while int(state.generation) < c.generations:
             t = time.perf_counter()
-            state, m = evo.generation(root_key, state, on_step=lambda _: bar.update())
+            state, m = evo.generation(root_key, state, on_step=bar.update)
             m["seconds"] = time.perf_counter() - t
             bar.set_postfix(
                 best=f"{m['fitness_max']:.3f}", mean=f"{m['fitness_mean']:.3f}"
@@ -532,6 +553,20 @@ def run(
             "fitness": float(state.best_fitness),
             "parameter_share": share,
             "config": config_json,
+            # What the learngene cost, and its fitness over generations (for plots).
+            "cost": {
+                "generations": int(state.generation),
+                "lifetime_steps": int(state.generation) * c.pop_size * c.life_steps,
+                "critic_steps": int(state.generation)
+                * c.pop_size
+                * c.num_critics
+                * c.critic_steps,
+                "seconds": sum(m.get("seconds", 0.0) for m in history),
+            },
+            "history": [
+                {k: m[k] for k in ("generation", *FITNESS_KEYS) if k in m}
+                for m in history
+            ],
         },
     )
     if writer and history:

@@ -198,7 +198,10 @@ def check_fits(
 ) -> None:
     """Raises ValueError, listing every mismatch, if a learngene of ``spec`` cannot go into ``model``.
 
-    Accepts a target of the same architecture or a wider one (at least as many channels per layer).
+    Accepts a target of the same architecture, a wider one (at least as many channels per
+    layer) or a deeper one that has every gene layer's name: in VGG, ``stage{s}/conv{i}`` of a
+    VGG11 gene goes to the same conv of a VGG13 or VGG16, so each gene layer sits in the first
+    convs of the stage with its resolution and the extra convs are random (DESIGN 1.2).
     """
     if in_channels != spec.in_channels:
         raise ValueError(
@@ -212,10 +215,17 @@ def check_fits(
         name = layer_map.get(layer.name, layer.name)
         if name not in target:
             problems.append(f"{layer.name}: no layer {name!r} in the target")
-        elif target[name].channels < layer.k_out:
-            problems.append(
-                f"{layer.name}: target has {target[name].channels} channels < gene {layer.k_out}"
-            )
+        else:
+            node = target[name]
+            inputs = in_channels if node.input is None else target[node.input].channels
+            if node.channels < layer.k_out:
+                problems.append(
+                    f"{layer.name}: target has {node.channels} channels < gene {layer.k_out}"
+                )
+            if inputs < layer.k_in:
+                problems.append(
+                    f"{layer.name}: target layer reads {inputs} channels < gene {layer.k_in}"
+                )
     if problems:
         raise ValueError(
             "learngene does not fit the target network:\n  "

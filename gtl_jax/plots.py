@@ -58,3 +58,37 @@ def plot_curves(curves: dict[str, dict], path: str | pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_share(rows: Sequence[dict], path: str | pathlib.Path) -> None:
+    """Accuracy (mean, 95% CI) against the share of parameters transferred, per method.
+
+    Args:
+      rows: result rows of ``python -m gtl_jax.inherit`` (method, head, shot, accuracy,
+        params_transferred).
+    """
+    shots = sorted({r["shot"] for r in rows})
+    fig, axes = plt.subplots(
+        1, len(shots), figsize=(4.6 * len(shots), 3.6), dpi=120, squeeze=False
+    )
+    heads = sorted({r["head"] for r in rows})
+    markers = dict(zip(heads, "os^Dv"))
+    for ax, shot in zip(axes[0], shots):
+        for r in (r for r in rows if r["shot"] == shot):
+            mean, half = (100 * v for v in r["accuracy"])
+            x = 100 * r["params_transferred"]
+            ax.errorbar(x, mean, yerr=half, fmt=markers[r["head"]], capsize=3)
+            ax.annotate(
+                f"{r['method']} ({r['head'].split()[0]})",
+                (x, mean),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set_title(f"{rows[0]['way']}-way {shot}-shot")
+        ax.set_xlabel("parameters transferred (%)")
+        ax.set_ylabel("query accuracy after fine-tuning (%)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -104,3 +104,33 @@ def test_evaluator_learngene_vs_scratch_same_keys(omniglot):
     np.testing.assert_array_equal(scratch.final, again.final)
     assert not np.array_equal(with_gene.losses, scratch.losses)
     assert np.all((with_gene.final >= 0) & (with_gene.final <= 1))
+
+
+def test_frozen_batch_norm_step_keeps_running_statistics():
+    """ "frozen" fine-tunes through the inherited running statistics and leaves them as they
+    are; "batch" normalises with the support batch and moves them."""
+    from gtl_jax.descendants import frozen_bn_step
+    from gtl_jax.population import cross_entropy, make_optimizer, train_step
+
+    model = build_model("vgg11", 5, width=1 / 16)
+    images = jax.random.randint(jax.random.key(0), (8, 6, 28, 28, 1), 0, 256).astype(
+        jnp.uint8
+    )
+    episode = sample_episode(jax.random.key(1), images, n_way=5, k_shot=2, n_query=3)
+    state = new_descendant(model, jax.random.key(2), episode, None, Recipe(), n_way=5)
+    tx = make_optimizer("adam", 1e-3)
+    x, y = episode.support_x, episode.support_y
+    frozen, loss = frozen_bn_step(model, tx, state, x, y)
+    expected = cross_entropy(predict(model, state.params, state.batch_stats, x), y)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    jax.tree.map(np.testing.assert_array_equal, frozen.batch_stats, state.batch_stats)
+    assert not np.allclose(
+        frozen.params["head"]["kernel"], state.params["head"]["kernel"]
+    )
+    moved, _ = train_step(model, tx, state, x, y)
+    assert not np.allclose(
+        moved.batch_stats["stage1"]["conv1"]["bn"]["mean"],
+        state.batch_stats["stage1"]["conv1"]["bn"]["mean"],
+    )
+    with pytest.raises(ValueError, match="batch_norm must be one of"):
+        Recipe(batch_norm="sometimes")

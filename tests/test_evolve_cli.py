@@ -126,9 +126,11 @@ def test_two_generations_compile_once(omniglot):
         "hosts": evo.hosts.member,
         "life_step": evo.life_step.member,
         "extract": evo.extract.member,
-        "critic_init": evo.critics.init.member,
-        "critic_step": evo.critics.step.member,
-        "critic_accuracy": evo.critics.accuracy.member,
+        # Critics run member-major: one compiled function per phase for all descendants.
+        "critic_init": evo.critics.member_init,
+        "critic_instinct": evo.critics.member_instinct,
+        "critic_step": evo.critics.member_step,
+        "critic_accuracy": evo.critics.member_accuracy,
         "reproduce": evo.reproduce,
     }
     for name, fn in compiled.items():

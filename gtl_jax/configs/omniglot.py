@@ -51,6 +51,20 @@ FIELD_HELP = {
     "learning_rate": "descendant (and critic) learning rate",
     "steps": "descendant fine-tuning steps S_d",
     "eval_every": "learning-curve resolution in steps",
+    "batch_norm": "descendant BatchNorm while fine-tuning: batch (support statistics, "
+    "running ones updated) or frozen (inherited running statistics)",
+    "methods": "inherit: comma-separated methods (learngene, scratch, pretrain-full, "
+    "pretrain-circuit, heur-lg, proto-frozen)",
+    "heads": "inherit: comma-separated descendant heads to compare (random, zero, prototype)",
+    "inherit_episodes": "inherit: test episodes per shot setting (at least 600 for the tables)",
+    "eval_split": "inherit: split the episodes come from: test (report) or val (tuning)",
+    "heur_layers": "inherit: Heur-LG transfers the last this many conv layers",
+    "pretrain_steps": "inherit: Adam steps of the pretrained baseline network",
+    "pretrain_batch": "inherit: batch size of pre-training (all meta-train classes)",
+    "pretrain_lr": "inherit: Adam learning rate of pre-training",
+    "pretrain_weight_decay": "inherit: L2 weight decay of pre-training",
+    "workers": "inherit: processes that evaluate descendants (0: one per CPU core on CPU, "
+    "1 on GPU/TPU)",
     "strategy": "population execution: auto (vmap on GPU/TPU, loop on CPU), vmap or loop",
     "distributed": "call jax.distributed.initialize() to join the processes of several hosts",
     "seed": "seed of the evolution",
@@ -94,7 +108,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer = "adam"
     c.learning_rate = 1e-3
     c.steps = 20
-    c.eval_every = 5
+    c.eval_every = 10
+    c.batch_norm = "frozen"
+
+    # The evidence suite (python -m gtl_jax.inherit); descendants use the recipe above.
+    c.methods = "learngene,scratch,pretrain-full,pretrain-circuit,heur-lg,proto-frozen"
+    c.heads = "random,prototype"
+    c.inherit_episodes = 600
+    c.eval_split = "test"
+    c.heur_layers = 3
+    c.pretrain_steps = 2000
+    c.pretrain_batch = 64
+    c.pretrain_lr = 1e-3
+    c.pretrain_weight_decay = 0.0
+    c.workers = 0
 
     c.strategy = "auto"
     c.distributed = False
@@ -110,6 +137,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_episodes = 3
         c.steps = 2
         c.eval_every = 1
+        c.inherit_episodes = 3
+        c.pretrain_steps = 3
     elif arg:
         raise ValueError(
             f"unknown variant {arg!r} of the omniglot config (known: smoke)"

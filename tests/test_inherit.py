@@ -1,0 +1,248 @@
+"""The evidence suite: every method on tiny shapes, fixed episodes, other shapes, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gtl_jax import inherit
+from gtl_jax import learngene as lg
+from gtl_jax.checkpoint import save_learngene
+from gtl_jax.configs import load_config
+from gtl_jax.models import build_model
+
+
+def _variables(model, key):
+    return model.init(key, jnp.zeros((1, 28, 28, 1)), train=False)
+
+
+def _write_learngene(path, name="vgg11", width=1 / 16):
+    model = build_model(name, 5, width=width)
+    spec = lg.make_spec(model, 0.45, 1)
+    v = _variables(model, jax.random.key(11))
+    gene = lg.extract_learngene(spec, v["params"], v["batch_stats"])
+    save_learngene(
+        path,
+        gene,
+        {
+            "model": {"name": name, "width": width},
+            "spec": spec.to_json(),
+            "cost": {
+                "what": "evolution",
+                "lifetime_steps": 6,
+                "critic_steps": 4,
+                "seconds": 1.0,
+            },
+            "history": [
+                {
+                    "generation": 1,
+                    "fitness_max": 0.3,
+                    "fitness_mean": 0.2,
+                    "fitness_min": 0.1,
+                }
+            ],
+        },
+    )
+    return gene, spec
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """The whole suite (every method, two heads) on tiny shapes, run twice in one workdir:
+    the second run reuses the cached pretrained network."""
+    tmp = tmp_path_factory.mktemp("inherit")
+    _write_learngene(tmp / "learngene")
+    c = load_config("omniglot:smoke")
+    c.model, c.width = "vgg11", 1 / 16
+    c.inherit_episodes, c.eval_query, c.eval_shots = 4, 3, "1"
+    c.workers = 1
+    first = inherit.run(c, tmp / "learngene", tmp / "a", quiet=True)
+    # The second run: the cached pretrained network, and two worker processes.
+    c.workers = 2
+    second = inherit.run(c, tmp / "learngene", tmp / "a", quiet=True)
+    c.workers = 1
+    return c, first, second, tmp
+
+
+def test_every_method_and_head_is_reported(suite):
+    c, first, _, tmp = suite
+    got = {(r["method"], r["head"], r["shot"]) for r in first["rows"]}
+    for method in inherit.METHODS[:-1]:
+        for head in ("random", "prototype"):
+            assert (method, head, 1) in got
+    assert ("proto-frozen", "frozen features", 1) in got
+    assert len(got) == len(first["rows"]) == 11
+    for r in first["rows"]:
+        assert 0.0 <= r["accuracy"][0] <= 1.0 and r["accuracy"][1] >= 0.0
+        assert len(r["per_episode"]) == c.inherit_episodes
+        assert r["curve_steps"][-1] == (0 if r["method"] == "proto-frozen" else c.steps)
+        # The curve's last point is the reported accuracy.
+        assert r["curve"][-1] == pytest.approx(r["accuracy"][0], abs=1e-6)
+    lines = (tmp / "a" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(first["rows"])
+    for name in (
+        "results.md",
+        "results.json",
+        "curves.png",
+        "share.png",
+        "fitness.png",
+    ):
+        assert (tmp / "a" / name).stat().st_size > 0
+    assert "| pretrain-circuit | prototype |" in first["table"]
+
+
+def test_shares_and_costs(suite):
+    _, first, _, _ = suite
+    share = {r["method"]: r["params_transferred"] for r in first["rows"]}
+    assert share["scratch"] == 0.0
+    assert share["learngene"] == pytest.approx(share["pretrain-circuit"])
+    assert 0.15 < share["learngene"] < 0.25
+    assert (
+        share["pretrain-full"] > 0.95
+        and share["proto-frozen"] == share["pretrain-full"]
+    )
+    assert share["pretrain-circuit"] < share["heur-lg"] < share["pretrain-full"]
+    cost = {r["method"]: r["cost"] for r in first["rows"]}
+    assert cost["learngene"]["lifetime_steps"] == 6
+    assert cost["pretrain-full"]["steps"] == 3 and cost["scratch"] == {"what": "none"}
+
+
+def test_proto_frozen_is_the_pretrained_networks_instinct(suite):
+    _, first, _, _ = suite
+    rows = {(r["method"], r["head"], r["shot"]): r for r in first["rows"]}
+    frozen = rows["proto-frozen", "frozen features", 1]
+    full = rows["pretrain-full", "prototype", 1]
+    assert frozen["accuracy"] == pytest.approx(full["instinct"])
+    # A prototype head starts where the nearest-prototype readout is.
+    assert full["curve"][0] == pytest.approx(full["instinct"][0], abs=1e-6)
+
+
+def test_episodes_identical_across_methods_and_runs(suite):
+    _, first, second, _ = suite
+    prints = {r["episode_fingerprint"] for r in first["rows"] + second["rows"]}
+    assert len(prints) == 1
+    # Same seed, same episodes, same keys, same (cached) pretrained network: the second run,
+    # whose jobs ran in two worker processes, reproduces every number, and its costs are
+    # those recorded when pre-training ran.
+    assert (first["workers"], second["workers"]) == (1, 2)
+    for a, b in zip(first["rows"], second["rows"]):
+        assert (a["method"], a["head"], a["shot"]) == (
+            b["method"],
+            b["head"],
+            b["shot"],
+        )
+        assert a["per_episode"] == b["per_episode"]
+        assert a["cost"] == b["cost"]
+
+
+def test_fixed_episodes_depend_on_the_seed_only(omniglot):
+    images = jnp.asarray(omniglot["test"].images[:20])
+
+    def fingerprint(seed):
+        episodes, _ = inherit.fixed_episodes(
+            jax.random.key(seed), images, episodes=2, n_way=5, k_shot=1, n_query=2
+        )
+        return inherit.episode_fingerprint(episodes)
+
+    assert fingerprint(3) == fingerprint(3) != fingerprint(4)
+
+
+def test_heur_spec_takes_the_last_layers_whole():
+    model = build_model("vgg11", 5, width=1 / 16)
+    spec = inherit.heur_spec(model, 1, 3)
+    graph = model.conv_graph()
+    assert spec.names == tuple(n.name for n in graph[-3:])
+    channels = {n.name: n.channels for n in graph}
+    for layer, node in zip(spec.layers, graph[-3:]):
+        assert layer.k_out == node.channels and layer.k_in == channels[node.input]
+
+
+@pytest.mark.parametrize(
+    "name,width", [("vgg13", 1 / 16), ("vgg16", 1 / 16), ("vgg11", 1 / 32 * 1.5)]
+)
+def test_deeper_or_other_width_descendants_inherit(name, width):
+    """A VGG11 x1/16 learngene goes into VGG13/VGG16 (gene layers keep their names, the extra
+    convs stay as initialised) and into a narrower x0.75 network (k <= C still)."""
+    ancestor = build_model("vgg11", 5, width=1 / 16)
+    spec = lg.make_spec(ancestor, 0.45, 1)
+    v = _variables(ancestor, jax.random.key(0))
+    gene = lg.extract_learngene(spec, v["params"], v["batch_stats"])
+    target = build_model(name, 5, width=width)
+    lg.check_fits(spec, target, 1)
+    fresh = _variables(target, jax.random.key(1))
+    params, stats = lg.insert_learngene(gene, fresh["params"], fresh["batch_stats"])
+    np.testing.assert_equal(
+        jax.tree.map(np.asarray, lg.extract_learngene(spec, params, stats)),
+        jax.tree.map(np.asarray, gene),
+    )
+    gene_layers = set(spec.names)
+    for node in target.conv_graph():
+        if node.name not in gene_layers:
+            s, c = node.name.split("/")
+            np.testing.assert_array_equal(
+                params[s][c]["conv"]["kernel"], fresh["params"][s][c]["conv"]["kernel"]
+            )
+    logits = target.apply(
+        {"params": params, "batch_stats": stats}, jnp.ones((2, 28, 28, 1)), train=False
+    )
+    assert logits.shape == (2, 5) and bool(jnp.isfinite(logits).all())
+
+
+def test_shallower_or_narrower_target_is_refused():
+    spec = lg.make_spec(build_model("vgg13", 5, width=1 / 8), 0.45, 1)
+    with pytest.raises(ValueError, match="stage1/conv2: no layer"):
+        lg.check_fits(spec, build_model("vgg11", 5, width=1 / 8), 1)
+    spec = lg.make_spec(build_model("vgg11", 5, width=1 / 4), 0.45, 1)
+    with pytest.raises(ValueError, match="channels < gene"):
+        lg.check_fits(spec, build_model("vgg11", 5, width=1 / 16), 1)
+
+
+def test_learngene_of_another_architecture_is_a_clear_error(tmp_path, capsys):
+    _write_learngene(tmp_path / "resnet_gene", name="resnet12", width=1 / 16)
+    code = inherit.main(
+        [
+            "--config",
+            "omniglot:smoke",
+            "--learngene",
+            str(tmp_path / "resnet_gene"),
+            "--model",
+            "vgg11",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot be inherited by vgg11" in err and "stage1/shortcut: no layer" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "w" / "results.md").exists()
+
+
+def test_missing_learngene_and_bad_fields(tmp_path, capsys):
+    assert inherit.main(["--learngene", str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert "metadata.json not found" in capsys.readouterr().err
+    _write_learngene(tmp_path / "g")
+    for flags, field in (
+        (["--methods", "learngene,magic"], "methods"),
+        (["--heads", "clever"], "heads"),
+        (["--eval_split", "train"], "eval_split"),
+        (["--heur_layers", "99"], "heur_layers"),
+    ):
+        argv = ["--config", "omniglot:smoke", "--learngene", str(tmp_path / "g")]
+        code = inherit.main(
+            [*argv, "--workdir", str(tmp_path / "w"), "--quiet", *flags]
+        )
+        assert code == 2
+        assert f"config field {field}=" in capsys.readouterr().err
+
+
+def test_results_jsonl_rows_are_json(suite):
+    _, _, _, tmp = suite
+    for line in (tmp / "a" / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert {"method", "head", "accuracy", "instinct", "cost"} <= set(row)
