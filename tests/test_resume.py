@@ -98,10 +98,31 @@ def reference(tmp_path_factory):
 # --------------------------------------------------------------------------- kills
 
 
-def run_and_kill(workdir, when) -> bool:
-    """Starts a run and SIGKILLs it once ``when()`` is true; False if it finished first."""
+# Runs the CLI with Orbax's CheckpointManager.save patched to SIGKILL the process as soon as
+# save() returns, while Orbax may still be writing and renaming in its background thread: a
+# kill during a checkpoint save at a deterministic moment (polling for the temporary directory
+# from outside missed it when saves were fast, and the test failed in CI).
+KILL_MID_SAVE = """
+import os, runpy, signal, sys
+import orbax.checkpoint as ocp
+save = ocp.CheckpointManager.save
+def save_then_die(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+ocp.CheckpointManager.save = save_then_die
+sys.argv = ["gtl_jax.evolve", *sys.argv[1:]]
+runpy.run_module("gtl_jax.evolve", run_name="__main__")
+"""
+
+
+def run_and_kill(workdir, when, *, mid_save: bool = False) -> bool:
+    """Starts a run and SIGKILLs it once ``when()`` is true (or, with ``mid_save``, lets it
+    kill itself during its first checkpoint save); False if it finished unkilled."""
+    command = evolve(workdir)
+    if mid_save:
+        command = [sys.executable, "-c", KILL_MID_SAVE, *command[3:]]
     proc = subprocess.Popen(
-        evolve(workdir),
+        command,
         env=env(),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -120,13 +141,15 @@ def run_and_kill(workdir, when) -> bool:
             proc.kill()
             proc.wait()
     err = proc.stderr.read().decode()
+    if mid_save and proc.returncode == -signal.SIGKILL:
+        return True
     assert proc.returncode == 0, err[-3000:]
     return False
 
 
 def test_killed_runs_resume_to_the_same_learngene(reference, tmp_path):
-    """Three kills, seeded: at a random moment of the evolution, the instant Orbax's
-    temporary directory of a checkpoint appears (mid-save), and the instant the learngene
+    """Three kills, seeded: during the first checkpoint save (right after save() returns),
+    at a random moment of the evolution, and the instant the learngene
     file's temporary directory appears (mid-write). Before the last resume a metrics line cut
     short (as a kill mid-write leaves it) is appended."""
     workdir = tmp_path / "w"
@@ -141,18 +164,17 @@ def test_killed_runs_resume_to_the_same_learngene(reference, tmp_path):
         started.setdefault("t", time.monotonic() + rng.uniform(0.0, 2.0))
         return time.monotonic() >= started["t"]
 
-    def mid_checkpoint_save():
-        directory = workdir / "checkpoints"
-        return directory.is_dir() and any(
-            "orbax-checkpoint-tmp" in p.name for p in directory.iterdir()
-        )
-
+    # The mid-save kill comes first: a later run may have no generation left to save.
     kills = {
-        "random moment": at_a_random_moment,
-        "checkpoint save": mid_checkpoint_save,
-        "learngene write": lambda: (workdir / "learngene.tmp").exists(),
+        "checkpoint save": (lambda: False, True),
+        "random moment": (at_a_random_moment, False),
+        "learngene write": (lambda: (workdir / "learngene.tmp").exists(), False),
     }
-    killed = [name for name, when in kills.items() if run_and_kill(workdir, when)]
+    killed = [
+        name
+        for name, (when, mid_save) in kills.items()
+        if run_and_kill(workdir, when, mid_save=mid_save)
+    ]
     assert killed == list(kills), f"killed only at {killed}"
     with (workdir / "metrics.jsonl").open("a") as f:
         f.write('{"generation": 2, "fitness_m')
