@@ -6,8 +6,9 @@ learngene written in, a new N-way head (random, zero, or the support prototypes)
 full-batch optimiser steps on the support set, query accuracy with running BatchNorm statistics.
 ``scratch`` is the same with no learngene and the same keys (common random numbers).
 
-Everything here is written for one descendant; ``evaluate_descendants`` maps it over the episode
-axis with ``population_map``, so many episodes train as one population.
+Everything here is written for one descendant; ``DescendantEvaluator`` runs it for one
+descendant per episode: as a population (``population_map``) with vmap, or, with the CPU loop
+strategy, one descendant at a time through all its steps (member-major).
 """
 
 from __future__ import annotations
@@ -241,8 +242,8 @@ class DescendantEvaluator:
             # functions of descendant i (i traced), used by the loop strategy.
             # Member-major: one descendant at a time through its whole fine-tuning, so no
             # stacked state is sliced and re-stacked at every step (with 600 episodes the
-            # stacking alone compiled for minutes). The member index is traced: one
-            # compilation serves every descendant.
+            # population-major loop had not finished its first step after 4 minutes). The
+            # member index is traced: one compilation serves every descendant.
             def gene_of(learngene, i):
                 return learngene if shared_learngene else _member(learngene, i)
 
