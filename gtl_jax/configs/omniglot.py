@@ -11,7 +11,7 @@ the meta-train alphabets, 2 critics on 5-way 1-shot meta-validation episodes per
 the best learngene (r = 0.45, about 20% of the parameters) and scratch are compared on the same
 5-way 1-shot and 5-shot episodes of the evaluation alphabets. On 2 CPU cores evolve takes about
 5 minutes with a warm compilation cache and the learngene beats scratch by about 7 points at
-1-shot; inherit (600 episodes, six methods, two heads) takes about half an hour. README,
+1-shot; inherit (600 episodes, six methods, two heads) takes about 24 minutes. README,
 "Results", has the measured tables.
 """
 
