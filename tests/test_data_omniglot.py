@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from gtl_jax.data import DataError, load_dataset, omniglot
+from gtl_jax.data import DataError, files, load_dataset, omniglot
 from gtl_jax.data.omniglot import (
     BACKGROUND_FILE,
     EVALUATION_FILE,
@@ -271,7 +271,7 @@ def test_unwritable_cache_warns(tmp_path):
     blocker.write_text("")
     pools = {"train": omniglot.ClassPool(np.zeros((1, 20, 2, 2, 1), np.uint8), ("a",))}
     with pytest.warns(UserWarning, match="could not write"):
-        omniglot._write_cache(blocker / "sub" / "cache.npz", pools)
+        files.write_cache(blocker / "sub" / "cache.npz", pools)
     assert not list(tmp_path.glob("**/*.tmp"))
 
 
@@ -279,7 +279,16 @@ def test_damaged_cache_is_ignored(tmp_path):
     path = tmp_path / "cache.npz"
     path.write_bytes(b"not a zip file")
     with pytest.warns(UserWarning, match="ignoring unreadable"):
-        assert omniglot._read_cache(path, 28) is None
+        assert files.read_cache(path, image_shape=(20, 28, 28, 1)) is None
+
+
+def test_cache_of_another_image_shape_is_ignored(tmp_path):
+    path = tmp_path / "cache.npz"
+    pool = omniglot.ClassPool(np.zeros((1, 20, 2, 2, 1), np.uint8), ("a",))
+    files.write_cache(path, dict.fromkeys(("train", "val", "test"), pool))
+    assert files.read_cache(path, image_shape=(20, 2, 2, 1)) is not None
+    with pytest.warns(UserWarning, match="ignoring unreadable"):
+        assert files.read_cache(path, image_shape=(20, 28, 28, 1)) is None
 
 
 def test_cache_name_depends_on_size_and_split():

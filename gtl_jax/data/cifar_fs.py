@@ -23,7 +23,6 @@ hold fewer), and each file must hold exactly the classes its split lists.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import tarfile
@@ -31,6 +30,7 @@ import tarfile
 import numpy as np
 
 from gtl_jax.data.files import (
+    cache_key,
     cache_path,
     cached_pools,
     candidate_dirs,
@@ -42,8 +42,6 @@ from gtl_jax.data.files import (
     read_split_lists,
     require_keys,
     resize_images,
-    sources_fingerprint,
-    split_lists_digest,
     verify_digest,
 )
 from gtl_jax.data.pool import ClassPool, DataError
@@ -352,11 +350,7 @@ def load_cifar_fs(
     names = fine_label_names(lists)
     kind, where = find_source(data_dir)
     files = _source_files(kind, where)
-    key = hashlib.sha256(
-        f"{NAME}\0{kind}\0{archive_md5}\0".encode()
-        + sources_fingerprint(files).encode()
-        + split_lists_digest(NAME)
-    ).hexdigest()
+    key = cache_key((NAME, kind, archive_md5), files, splits=NAME)
 
     def build() -> dict[str, ClassPool]:
         if kind == "metaoptnet":

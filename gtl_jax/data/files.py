@@ -2,9 +2,9 @@
 
 A shell module (I/O, no jit). Each dataset loader (``cifar_fs.py``, ``mini_imagenet.py``,
 ``npz.py``) reads its source files into ``{split: ClassPool}`` through these helpers, so every
-loader checks, names files in its errors and caches the same way as ``omniglot.py``: uint8 pools in
-one ``.npz`` per (dataset, image size, sources, split lists) in ``$GTL_CACHE_DIR`` or
-``~/.cache/gtl_jax``.
+loader checks and names files in its errors the same way; all of them, ``omniglot.py`` included,
+cache through ``cached_pools``: uint8 pools in one ``.npz`` per (dataset, image size, sources,
+split lists) in ``$GTL_CACHE_DIR`` or ``~/.cache/gtl_jax``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from gtl_jax.data.omniglot import area_resize_matrix
 from gtl_jax.data.pool import ClassPool, DataError
 
 SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
@@ -319,6 +318,23 @@ def check_same_count(pools: dict[str, ClassPool], *, name: str) -> None:
         raise DataError(f"{name}: images per class differ between splits: {counts}")
 
 
+def area_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """The row-stochastic matrix of exact area averaging along one axis.
+
+    Output pixel ``i`` covers ``[i, i + 1) * in_size / out_size`` of the input
+    axis; its row holds the overlap of that interval with each input pixel,
+    divided by the interval length.
+
+    Returns:
+      f32[out_size, in_size] whose rows sum to 1.
+    """
+    scale = in_size / out_size
+    lo = np.arange(out_size, dtype=np.float64)[:, None] * scale
+    pixel = np.arange(in_size, dtype=np.float64)[None, :]
+    overlap = np.minimum(lo + scale, pixel + 1) - np.maximum(lo, pixel)
+    return (np.clip(overlap, 0.0, None) / scale).astype(np.float32)
+
+
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """Area-resizes ``u8[..., H, W, Ch]`` square images to ``u8[..., S, S, Ch]``."""
     h, w = images.shape[-3:-1]
@@ -339,23 +355,57 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def default_cache_dir() -> pathlib.Path:
-    """``$GTL_CACHE_DIR`` or ``~/.cache/gtl_jax`` (the convention of ``omniglot.py``)."""
+    """``$GTL_CACHE_DIR`` or ``~/.cache/gtl_jax``."""
     env = os.environ.get("GTL_CACHE_DIR")
     return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "gtl_jax"
+
+
+def cache_key(
+    parts: Sequence[object],
+    files: Iterable[pathlib.Path],
+    *,
+    splits: str | None = None,
+) -> str:
+    """16 hex digits naming a cache: ``parts``, the source ``files`` and split lists.
+
+    Args:
+      parts: what else selects the pools, e.g. ``(dataset, source kind)``.
+      files: the source files (see ``sources_fingerprint``).
+      splits: the prefix of the shipped split files the pools follow, if any.
+    """
+    data = "".join(f"{p}\0" for p in parts).encode()
+    data += sources_fingerprint(files).encode()
+    if splits is not None:
+        data += split_lists_digest(splits)
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def cache_path(
     cache_dir: str | os.PathLike | None, dataset: str, image_size: int | None, key: str
 ) -> pathlib.Path:
-    directory = (
-        pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    )
+    """``{cache_dir}/{dataset}_{CACHE_VERSION}_s{image_size}_{key}.npz``.
+
+    Args:
+      cache_dir: the folder; None or ``""``: ``default_cache_dir()``. A leading ``~``
+        is expanded in either.
+      image_size: None names the size ``native``.
+      key: identifies the sources and splits, e.g. ``cache_key(...)``.
+    """
+    directory = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
     size = "native" if image_size is None else f"s{image_size}"
-    return directory / f"{dataset}_{CACHE_VERSION}_{size}_{key[:16]}.npz"
+    return directory.expanduser() / f"{dataset}_{CACHE_VERSION}_{size}_{key}.npz"
 
 
-def read_cache(path: pathlib.Path) -> dict[str, ClassPool] | None:
-    """The pools of a cache file, or None (with a warning) if it is unusable."""
+def read_cache(
+    path: pathlib.Path, *, image_shape: tuple[int, ...] | None = None
+) -> dict[str, ClassPool] | None:
+    """The pools of a cache file, or None (with a warning) if it is unusable.
+
+    Args:
+      path: the cache file.
+      image_shape: if given, what each pool's images must be after the class axis,
+        ``(M, S, S, Ch)``.
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
             pools = {}
@@ -367,6 +417,11 @@ def read_cache(path: pathlib.Path) -> dict[str, ClassPool] | None:
                 if images.shape[0] != len(names):
                     raise ValueError(
                         f"{split}: {len(names)} names, {images.shape[0]} classes"
+                    )
+                if image_shape is not None and images.shape[1:] != tuple(image_shape):
+                    raise ValueError(
+                        f"{split} images {images.shape}; expected "
+                        f"{(len(names), *image_shape)}"
                     )
                 pools[split] = ClassPool(images=images, class_names=names)
         return pools
@@ -390,6 +445,7 @@ def write_cache(path: pathlib.Path, pools: dict[str, ClassPool]) -> None:
         ) as f:
             tmp_name = f.name
             np.savez(f, **arrays)
+        # NamedTemporaryFile makes the file private (0600); a cache is not secret.
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
     except OSError as e:
@@ -399,11 +455,17 @@ def write_cache(path: pathlib.Path, pools: dict[str, ClassPool]) -> None:
 
 
 def cached_pools(
-    path: pathlib.Path, build_fn: Callable[[], dict[str, ClassPool]]
+    path: pathlib.Path,
+    build_fn: Callable[[], dict[str, ClassPool]],
+    *,
+    image_shape: tuple[int, ...] | None = None,
 ) -> dict[str, ClassPool]:
-    """The pools of the cache file ``path``, built by ``build_fn`` and written if absent."""
+    """The pools of the cache file ``path``, built by ``build_fn`` and written if absent.
+
+    ``image_shape`` is passed to ``read_cache``: a cache that does not match it is rebuilt.
+    """
     if path.is_file():
-        pools = read_cache(path)
+        pools = read_cache(path, image_shape=image_shape)
         if pools is not None:
             return pools
     pools = build_fn()

@@ -20,13 +20,13 @@ the real files; synthetic test files hold fewer).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 
 import numpy as np
 
 from gtl_jax.data.files import (
+    cache_key,
     cache_path,
     cached_pools,
     candidate_dirs,
@@ -38,8 +38,6 @@ from gtl_jax.data.files import (
     read_split_lists,
     require_keys,
     resize_images,
-    sources_fingerprint,
-    split_lists_digest,
 )
 from gtl_jax.data.pool import ClassPool, DataError
 
@@ -229,11 +227,7 @@ def load_mini_imagenet(
     image_size = check_image_size(image_size)
     lists = split_lists()
     kind, where = find_source(data_dir)
-    key = hashlib.sha256(
-        f"{NAME}\0{kind}\0".encode()
-        + sources_fingerprint(_source_files(kind, where)).encode()
-        + split_lists_digest(NAME)
-    ).hexdigest()
+    key = cache_key((NAME, kind), _source_files(kind, where), splits=NAME)
 
     def build() -> dict[str, ClassPool]:
         pools = {}

@@ -24,7 +24,6 @@ no jit); resized pools are cached like the other datasets'.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import re
@@ -34,11 +33,11 @@ import numpy as np
 
 from gtl_jax.data.files import (
     SPLITS,
+    cache_key,
     cache_path,
     cached_pools,
     check_image_size,
     resize_images,
-    sources_fingerprint,
 )
 from gtl_jax.data.pool import ClassPool, DataError
 
@@ -242,9 +241,7 @@ def load_npz(
         return build()
     image_size = check_image_size(image_size)
     files = [path] + ([split_file] if split_file.is_file() else [])
-    key = hashlib.sha256(
-        f"{NAME}\0".encode() + sources_fingerprint(files).encode()
-    ).hexdigest()
+    key = cache_key((NAME,), files)
     if _images_shape(path)[2:4] == (image_size, image_size):
         return build()
     return cached_pools(cache_path(cache_dir, NAME, image_size, key), build)

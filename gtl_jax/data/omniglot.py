@@ -22,12 +22,16 @@ import csv
 import hashlib
 import os
 import pathlib
-import tempfile
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
+from gtl_jax.data.files import (
+    area_resize_matrix,
+    cache_path,
+    cached_pools,
+    check_image_size,
+)
 from gtl_jax.data.pool import ClassPool, DataError
 
 # Checksums of the source arrays, shipped here rather than read from the
@@ -35,6 +39,7 @@ from gtl_jax.data.pool import ClassPool, DataError
 BACKGROUND_SHA256 = "8bf84167413cd00beacdce3fe582f780ab538d8dbef043a6d688f2527bbce199"
 EVALUATION_SHA256 = "0b84c7ffd94c4841c0040e529c86a82eaaccb986d8eadad5673f7991b7475276"
 
+NAME = "omniglot"
 BACKGROUND_FILE = "images_background.npz"
 EVALUATION_FILE = "images_evaluation.npz"
 ALPHABETS_FILE = "alphabets.csv"
@@ -45,15 +50,11 @@ ORIGINAL_SIZE = 105
 
 _SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
 VAL_ALPHABETS_FILE = _SPLITS_DIR / "omniglot_val_alphabets.txt"
-SPLITS = ("train", "val", "test")
 
 # The parent of the ``gtl_jax`` package folder: the repository root in a checkout.
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _SHARED_RELPATH = pathlib.Path("..", "shared", "data", "omniglot")
 _REQUIRED_FILES = (BACKGROUND_FILE, EVALUATION_FILE)
-# Bumped whenever the resizing or the cache layout changes, so old caches are
-# never read by new code.
-_CACHE_VERSION = "v1"
 # 1024 images of 105x105 in float32 are ~45 MB; the whole background set at once
 # would be ~850 MB.
 _RESIZE_CHUNK = 1024
@@ -188,23 +189,6 @@ def _load_images(path: pathlib.Path, num_classes: int) -> np.ndarray:
     return images
 
 
-def area_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """The row-stochastic matrix of exact area averaging along one axis.
-
-    Output pixel ``i`` covers ``[i, i + 1) * in_size / out_size`` of the input
-    axis; its row holds the overlap of that interval with each input pixel,
-    divided by the interval length.
-
-    Returns:
-      f32[out_size, in_size] whose rows sum to 1.
-    """
-    scale = in_size / out_size
-    lo = np.arange(out_size, dtype=np.float64)[:, None] * scale
-    pixel = np.arange(in_size, dtype=np.float64)[None, :]
-    overlap = np.minimum(lo + scale, pixel + 1) - np.maximum(lo, pixel)
-    return (np.clip(overlap, 0.0, None) / scale).astype(np.float32)
-
-
 def ink_to_uint8(images: np.ndarray, image_size: int) -> np.ndarray:
     """Inverts, area-resizes and quantises raw Omniglot images.
 
@@ -320,59 +304,14 @@ def split_background(
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def _default_cache_dir() -> pathlib.Path:
-    env = os.environ.get("GTL_CACHE_DIR")
-    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "gtl_jax"
-
-
-def _cache_path(directory: pathlib.Path, size: int, split_hash: str) -> pathlib.Path:
-    return directory / (
-        f"omniglot_{_CACHE_VERSION}_s{size}_bg{BACKGROUND_SHA256[:12]}"
-        f"_ev{EVALUATION_SHA256[:12]}_split{split_hash[:12]}.npz"
+def _cache_path(
+    cache_dir: str | os.PathLike | None, size: int, split_hash: str
+) -> pathlib.Path:
+    """The cache file, named by both source checksums and the split's hash."""
+    key = (
+        f"bg{BACKGROUND_SHA256[:12]}_ev{EVALUATION_SHA256[:12]}_split{split_hash[:12]}"
     )
-
-
-def _read_cache(path: pathlib.Path, image_size: int) -> dict[str, ClassPool] | None:
-    """The pools of a cache file, or None (with a warning) if it is unusable."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            pools = {}
-            for split in SPLITS:
-                images = data[f"{split}_images"]
-                names = tuple(str(n) for n in data[f"{split}_class_names"])
-                shape = (len(names), IMAGES_PER_CLASS, image_size, image_size, 1)
-                if images.dtype != np.uint8 or images.shape != shape:
-                    raise ValueError(f"{split} images {images.dtype}{images.shape}")
-                pools[split] = ClassPool(images=images, class_names=names)
-        return pools
-    except Exception as e:  # Any damage means: rebuild from the source arrays.
-        warnings.warn(f"ignoring unreadable Omniglot cache {path}: {e}", stacklevel=3)
-        return None
-
-
-def _write_cache(path: pathlib.Path, pools: dict[str, ClassPool]) -> None:
-    """Writes the cache atomically; failing to write only costs a warning."""
-    arrays = {}
-    for split, pool in pools.items():
-        arrays[f"{split}_images"] = pool.images
-        arrays[f"{split}_class_names"] = np.asarray(pool.class_names, dtype=str)
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp file in the same folder + os.replace: a concurrent reader sees
-        # either no cache or a complete one, never a partial file.
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False
-        ) as f:
-            tmp_name = f.name
-            np.savez(f, **arrays)
-        # NamedTemporaryFile makes the file private (0600); a cache is not secret.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except OSError as e:
-        warnings.warn(f"could not write the Omniglot cache {path}: {e}", stacklevel=3)
-        if tmp_name is not None:
-            pathlib.Path(tmp_name).unlink(missing_ok=True)
+    return cache_path(cache_dir, NAME, size, key)
 
 
 def load_omniglot(
@@ -404,9 +343,7 @@ def load_omniglot(
       DataError: if the data is missing, corrupt, or of the wrong shape, or the
         split file names an alphabet that is not in the background set.
     """
-    if not isinstance(image_size, int | np.integer) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    image_size = int(image_size)
+    image_size = check_image_size(image_size)
     root = find_omniglot_dir(data_dir)
     background_path = root / BACKGROUND_FILE
     evaluation_path = root / EVALUATION_FILE
@@ -424,33 +361,32 @@ def load_omniglot(
     split_hash = hashlib.sha256(
         split_file.read_bytes() + b"\0" + (root / ALPHABETS_FILE).read_bytes()
     ).hexdigest()
-    cache_dir = pathlib.Path(cache_dir) if cache_dir else _default_cache_dir()
-    cache_path = _cache_path(cache_dir.expanduser(), image_size, split_hash)
-    if cache_path.is_file():
-        pools = _read_cache(cache_path, image_size)
-        if pools is not None:
-            return pools
 
-    background = ink_to_uint8(
-        _load_images(background_path, NUM_BACKGROUND_CLASSES), image_size
+    def build() -> dict[str, ClassPool]:
+        background = ink_to_uint8(
+            _load_images(background_path, NUM_BACKGROUND_CLASSES), image_size
+        )
+        evaluation = ink_to_uint8(
+            _load_images(evaluation_path, NUM_EVALUATION_CLASSES), image_size
+        )
+        background_names = class_names(alphabets["background"])
+        return {
+            "train": ClassPool(
+                images=background[train_rows],
+                class_names=tuple(background_names[i] for i in train_rows),
+            ),
+            "val": ClassPool(
+                images=background[val_rows],
+                class_names=tuple(background_names[i] for i in val_rows),
+            ),
+            "test": ClassPool(
+                images=evaluation,
+                class_names=tuple(class_names(alphabets["evaluation"])),
+            ),
+        }
+
+    return cached_pools(
+        _cache_path(cache_dir, image_size, split_hash),
+        build,
+        image_shape=(IMAGES_PER_CLASS, image_size, image_size, 1),
     )
-    evaluation = ink_to_uint8(
-        _load_images(evaluation_path, NUM_EVALUATION_CLASSES), image_size
-    )
-    background_names = class_names(alphabets["background"])
-    pools = {
-        "train": ClassPool(
-            images=background[train_rows],
-            class_names=tuple(background_names[i] for i in train_rows),
-        ),
-        "val": ClassPool(
-            images=background[val_rows],
-            class_names=tuple(background_names[i] for i in val_rows),
-        ),
-        "test": ClassPool(
-            images=evaluation,
-            class_names=tuple(class_names(alphabets["evaluation"])),
-        ),
-    }
-    _write_cache(cache_path, pools)
-    return pools
