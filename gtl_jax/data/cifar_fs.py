@@ -30,18 +30,19 @@ import tarfile
 import numpy as np
 
 from gtl_jax.data.files import (
+    build_pools,
     cache_key,
     cache_path,
     cached_pools,
-    candidate_dirs,
     check_image_array,
     check_image_size,
-    check_same_count,
+    find_first_source,
     group_by_class,
+    holds_any,
     load_pickle,
+    load_split_pickle,
     read_split_lists,
     require_keys,
-    resize_images,
     verify_digest,
 )
 from gtl_jax.data.pool import ClassPool, DataError
@@ -110,22 +111,26 @@ def find_source(data_dir: str | os.PathLike | None = None) -> tuple[str, pathlib
     Raises:
       DataError: listing every folder looked at, if none holds a source.
     """
-    looked_at = candidate_dirs(NAME, data_dir)
-    if data_dir is None:
-        looked_at.append(_tfds_default_dir())
-    for d in looked_at:
-        if any((d / f).is_file() for f in METAOPTNET_FILES.values()):
-            return "metaoptnet", d
-        if (d / ARCHIVE).is_file():
-            return "archive", d
+
+    def folder(d: pathlib.Path) -> pathlib.Path | None:
         if (d / FOLDER).is_dir():
-            return "folder", d / FOLDER
-        if d.name == FOLDER and d.is_dir():
-            return "folder", d
-        if _tfds_files(d):
-            return "tfds", d
-    paths = "\n".join(f"  {p}" for p in looked_at)
-    raise DataError(f"CIFAR-FS data not found. Looked at:\n{paths}\n{_HOW_TO_PROVIDE}")
+            return d / FOLDER
+        return d if d.name == FOLDER and d.is_dir() else None
+
+    probes = {
+        "metaoptnet": holds_any(METAOPTNET_FILES.values()),
+        "archive": holds_any([ARCHIVE]),
+        "folder": folder,
+        "tfds": lambda d: d if _tfds_files(d) else None,
+    }
+    return find_first_source(
+        NAME,
+        data_dir,
+        probes,
+        title="CIFAR-FS",
+        how_to_provide=_HOW_TO_PROVIDE,
+        default_dirs=[_tfds_default_dir()],
+    )
 
 
 # --------------------------------------------------------------------------- sources
@@ -138,12 +143,7 @@ def _metaoptnet_split(
         "a dict with 'data' uint8 (N, 32, 32, 3) and 'labels' (N CIFAR-100 fine label "
         f"ints) of the {len(classes)} classes of splits/cifar_fs_{split}.txt"
     )
-    if not path.is_file():
-        raise DataError(
-            f"{path} is missing (the MetaOptNet files come as three); expected {what}"
-        )
-    obj = load_pickle(path, what=what)
-    require_keys(obj, ("data", "labels"), name=str(path), what=what)
+    obj = load_split_pickle(path, ("data", "labels"), what=what, files="MetaOptNet")
     images = check_image_array(obj["data"], name=str(path), shape=(32, 32, 3))
     labels = np.asarray(obj["labels"]).reshape(-1)
     if (
@@ -354,32 +354,32 @@ def load_cifar_fs(
 
     def build() -> dict[str, ClassPool]:
         if kind == "metaoptnet":
-            pools = {
-                s: _metaoptnet_split(where / METAOPTNET_FILES[s], s, lists[s], names)
-                for s in SPLIT_SIZES
-            }
+            return build_pools(
+                lambda s: _metaoptnet_split(
+                    where / METAOPTNET_FILES[s], s, lists[s], names
+                ),
+                lists,
+                image_size,
+                name=str(where),
+            )
+        if kind == "archive":
+            images, labels = _read_archive(where / ARCHIVE, names, archive_md5)
+            source = str(where / ARCHIVE)
+        elif kind == "folder":
+            images, labels = _read_folder(where, names)
+            source = str(where)
         else:
-            if kind == "archive":
-                images, labels = _read_archive(where / ARCHIVE, names, archive_md5)
-                source = str(where / ARCHIVE)
-            elif kind == "folder":
-                images, labels = _read_folder(where, names)
-                source = str(where)
-            else:
-                images, labels = _read_tfds(where, names)
-                source = f"tensorflow-datasets {TFDS_NAME} in {where}"
-            every = group_by_class(
-                images, labels, names, name=source, what="the 100 CIFAR-100 classes"
-            )
-            row = {n: i for i, n in enumerate(names)}
-            pools = {s: every[[row[n] for n in lists[s]]] for s in SPLIT_SIZES}
-        pools = {
-            s: ClassPool(
-                images=resize_images(x, image_size), class_names=tuple(lists[s])
-            )
-            for s, x in pools.items()
-        }
-        check_same_count(pools, name=str(where))
-        return pools
+            images, labels = _read_tfds(where, names)
+            source = f"tensorflow-datasets {TFDS_NAME} in {where}"
+        every = group_by_class(
+            images, labels, names, name=source, what="the 100 CIFAR-100 classes"
+        )
+        row = {n: i for i, n in enumerate(names)}
+        return build_pools(
+            lambda s: every[[row[n] for n in lists[s]]],
+            lists,
+            image_size,
+            name=str(where),
+        )
 
     return cached_pools(cache_path(cache_dir, NAME, image_size, key), build)

@@ -58,6 +58,50 @@ def candidate_dirs(name: str, data_dir: str | os.PathLike | None) -> list[pathli
     return unique
 
 
+def find_first_source(
+    name: str,
+    data_dir: str | os.PathLike | None,
+    probes: dict[str, Callable[[pathlib.Path], pathlib.Path | None]],
+    *,
+    title: str,
+    how_to_provide: str,
+    default_dirs: Sequence[pathlib.Path] = (),
+) -> tuple[str, pathlib.Path]:
+    """The first source of dataset ``name``: ``(kind, folder)``.
+
+    Each folder of ``candidate_dirs`` (then ``default_dirs``, unless ``data_dir`` is given)
+    is offered to every probe in turn; the first probe to return a folder wins.
+
+    Args:
+      name: the dataset, e.g. ``"cifar_fs"``.
+      data_dir: see ``candidate_dirs``.
+      probes: ``{kind: probe}`` in the order tried; ``probe(folder)`` returns where that
+        kind's files are (usually ``folder``) or None.
+      title: the dataset's name in the error, e.g. ``"CIFAR-FS"``.
+      how_to_provide: the end of the error: what to put where.
+      default_dirs: more folders to look at after the usual ones.
+
+    Raises:
+      DataError: listing every folder looked at, if no probe accepts any.
+    """
+    looked_at = candidate_dirs(name, data_dir)
+    if data_dir is None:
+        looked_at += default_dirs
+    for folder in looked_at:
+        for kind, probe in probes.items():
+            where = probe(folder)
+            if where is not None:
+                return kind, where
+    paths = "\n".join(f"  {p}" for p in looked_at)
+    raise DataError(f"{title} data not found. Looked at:\n{paths}\n{how_to_provide}")
+
+
+def holds_any(names: Iterable[str]) -> Callable[[pathlib.Path], pathlib.Path | None]:
+    """A ``find_first_source`` probe: the folder, if it holds any file of ``names``."""
+    names = tuple(names)
+    return lambda folder: folder if any((folder / n).is_file() for n in names) else None
+
+
 # --------------------------------------------------------------------------- split lists
 
 
@@ -193,6 +237,29 @@ def load_pickle(
     return obj
 
 
+def load_split_pickle(
+    path: pathlib.Path, keys: Sequence[str], *, what: str, files: str
+) -> dict:
+    """The dict of one split's pickle, holding ``keys``.
+
+    Args:
+      path: the file.
+      keys: the keys it must hold.
+      what: a description of the expected content, for errors.
+      files: which set of three per-split files it belongs to, e.g. ``"MetaOptNet"``.
+
+    Raises:
+      DataError: naming the file if it is missing, unreadable or lacks a key.
+    """
+    if not path.is_file():
+        raise DataError(
+            f"{path} is missing (the {files} files come as three); expected {what}"
+        )
+    obj = load_pickle(path, what=what)
+    require_keys(obj, keys, name=str(path), what=what)
+    return obj
+
+
 def require_keys(obj, keys: Sequence[str], *, name: str, what: str) -> None:
     """Raises DataError unless ``obj`` is a dict holding every key."""
     if not isinstance(obj, dict):
@@ -316,6 +383,38 @@ def check_same_count(pools: dict[str, ClassPool], *, name: str) -> None:
     counts = {s: p.images_per_class for s, p in pools.items()}
     if len(set(counts.values())) != 1:
         raise DataError(f"{name}: images per class differ between splits: {counts}")
+
+
+def build_pools(
+    read_fn: Callable[[str], np.ndarray],
+    lists: dict[str, list[str]],
+    image_size: int,
+    *,
+    name: str,
+) -> dict[str, ClassPool]:
+    """One resized ``ClassPool`` per split, named by the split lists.
+
+    Args:
+      read_fn: ``read_fn(split)`` returns the split's images, u8[C, M, H, W, Ch] in the
+        order of ``lists[split]``; splits are read one at a time.
+      lists: ``{split: [class name, ...]}``.
+      image_size: S.
+      name: the source, for errors.
+
+    Returns:
+      ``{split: ClassPool}`` with images u8[C, M, S, S, Ch].
+
+    Raises:
+      DataError: if the splits have different numbers of images per class.
+    """
+    pools = {
+        split: ClassPool(
+            images=resize_images(read_fn(split), image_size), class_names=tuple(names)
+        )
+        for split, names in lists.items()
+    }
+    check_same_count(pools, name=name)
+    return pools
 
 
 def area_resize_matrix(in_size: int, out_size: int) -> np.ndarray:

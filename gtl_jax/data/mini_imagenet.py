@@ -26,18 +26,17 @@ import pathlib
 import numpy as np
 
 from gtl_jax.data.files import (
+    build_pools,
     cache_key,
     cache_path,
     cached_pools,
-    candidate_dirs,
     check_image_array,
     check_image_size,
-    check_same_count,
+    find_first_source,
     group_by_class,
-    load_pickle,
+    holds_any,
+    load_split_pickle,
     read_split_lists,
-    require_keys,
-    resize_images,
 )
 from gtl_jax.data.pool import ClassPool, DataError
 
@@ -88,15 +87,12 @@ def find_source(data_dir: str | os.PathLike | None = None) -> tuple[str, pathlib
     Raises:
       DataError: listing every folder looked at, if none holds a source.
     """
-    looked_at = candidate_dirs(NAME, data_dir)
-    for d in looked_at:
-        if any((d / n).is_file() for names in CACHE_FILES.values() for n in names):
-            return "cache", d
-        if any((d / n).is_file() for n in METAOPTNET_FILES.values()):
-            return "metaoptnet", d
-    paths = "\n".join(f"  {p}" for p in looked_at)
-    raise DataError(
-        f"miniImageNet data not found. Looked at:\n{paths}\n{_HOW_TO_PROVIDE}"
+    probes = {
+        "cache": holds_any(n for names in CACHE_FILES.values() for n in names),
+        "metaoptnet": holds_any(METAOPTNET_FILES.values()),
+    }
+    return find_first_source(
+        NAME, data_dir, probes, title="miniImageNet", how_to_provide=_HOW_TO_PROVIDE
     )
 
 
@@ -105,12 +101,9 @@ def _read_cache_split(path: pathlib.Path, split: str, classes: list[str]) -> np.
         "a dict with 'image_data' uint8 (N, 84, 84, 3) and 'class_dict' {wnid: [row, ...]} "
         f"of the {len(classes)} classes of splits/mini_imagenet_{split}.txt"
     )
-    if not path.is_file():
-        raise DataError(
-            f"{path} is missing (the cache files come as three); expected {what}"
-        )
-    obj = load_pickle(path, what=what)
-    require_keys(obj, ("image_data", "class_dict"), name=str(path), what=what)
+    obj = load_split_pickle(
+        path, ("image_data", "class_dict"), what=what, files="cache"
+    )
     images = check_image_array(obj["image_data"], name=str(path), shape=_SHAPE)
     class_dict = obj["class_dict"]
     if not isinstance(class_dict, dict):
@@ -152,12 +145,9 @@ def _read_metaoptnet_split(
         "a dict with 'data' uint8 (N, 84, 84, 3), 'labels' (N ints) and 'catname2label' "
         f"{{wnid: int}} of the {len(classes)} classes of splits/mini_imagenet_{split}.txt"
     )
-    if not path.is_file():
-        raise DataError(
-            f"{path} is missing (the MetaOptNet files come as three); expected {what}"
-        )
-    obj = load_pickle(path, what=what)
-    require_keys(obj, ("data", "labels", "catname2label"), name=str(path), what=what)
+    obj = load_split_pickle(
+        path, ("data", "labels", "catname2label"), what=what, files="MetaOptNet"
+    )
     images = check_image_array(obj["data"], name=str(path), shape=_SHAPE)
     catname2label = obj["catname2label"]
     if not isinstance(catname2label, dict):
@@ -229,22 +219,14 @@ def load_mini_imagenet(
     kind, where = find_source(data_dir)
     key = cache_key((NAME, kind), _source_files(kind, where), splits=NAME)
 
+    def read(split: str) -> np.ndarray:
+        if kind == "cache":
+            return _read_cache_split(_cache_file(where, split), split, lists[split])
+        return _read_metaoptnet_split(
+            where / METAOPTNET_FILES[split], split, lists[split]
+        )
+
     def build() -> dict[str, ClassPool]:
-        pools = {}
-        for split in SPLIT_SIZES:
-            if kind == "cache":
-                images = _read_cache_split(
-                    _cache_file(where, split), split, lists[split]
-                )
-            else:
-                images = _read_metaoptnet_split(
-                    where / METAOPTNET_FILES[split], split, lists[split]
-                )
-            pools[split] = ClassPool(
-                images=resize_images(images, image_size),
-                class_names=tuple(lists[split]),
-            )
-        check_same_count(pools, name=str(where))
-        return pools
+        return build_pools(read, lists, image_size, name=str(where))
 
     return cached_pools(cache_path(cache_dir, NAME, image_size, key), build)
