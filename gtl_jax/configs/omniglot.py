@@ -26,6 +26,8 @@ FIELD_HELP = {
     "image_size": "images are resized to image_size x image_size",
     "model": "architecture: vgg11, vgg13, vgg16 or resnet12",
     "width": "width multiplier of every conv layer",
+    "precision": "computation dtype: float32, or bfloat16 (mixed precision for GPU/TPU: "
+    "bfloat16 convs, float32 parameters, BatchNorm statistics and loss; no faster on CPU)",
     "ratio": "learngene ratio r: each conv layer's gene owns round(r * C) output channels",
     "zero_cross": "zero the weights from non-gene inputs into gene outputs at insertion",
     "pop_size": "population size P (divisible by tournament_size)",
@@ -84,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.width = 0.125
     c.ratio = 0.45
     c.zero_cross = True
+    c.precision = "float32"
 
     c.pop_size = 9
     c.tournament_size = 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
@@ -18,13 +19,28 @@ MODELS = {
 }
 
 
-def build_model(name: str, num_classes: int, *, width: float = 1.0) -> nn.Module:
-    """Builds a registered model, e.g. ``build_model("vgg11", 5, width=0.25)``."""
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    width: float = 1.0,
+    dtype: jnp.dtype = jnp.float32,
+) -> nn.Module:
+    """Builds a registered model, e.g. ``build_model("vgg11", 5, width=0.25)``.
+
+    ``dtype`` is the computation dtype: ``jnp.bfloat16`` (``PRECISIONS["bfloat16"]``) is mixed
+    precision for GPU/TPU (bfloat16 convs and activations, float32 parameters, BatchNorm
+    statistics, head, logits and loss). On this CPU bfloat16 is no faster than float32
+    (benchmarks/results/cpu_explore.md).
+    """
     if name not in MODELS:
         raise ValueError(
             f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
         )
-    return MODELS[name](num_classes=num_classes, width=width)
+    return MODELS[name](num_classes=num_classes, width=width, dtype=dtype)
 
 
-__all__ = ["MODELS", "VGG", "ConvNode", "ResNet12", "build_model"]
+__all__ = ["MODELS", "PRECISIONS", "VGG", "ConvNode", "ResNet12", "build_model"]

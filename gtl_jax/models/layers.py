@@ -1,5 +1,11 @@
 """Building blocks shared by the models: a 3x3/1x1 conv that is fast on small maps, conv+BN.
 
+Mixed precision: ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16`` on GPU/TPU);
+parameters are always created in ``param_dtype`` (float32, the master copy the optimiser
+updates) and cast to ``dtype`` where they are used. BatchNorm computes its batch statistics and
+normalisation in float32 whatever ``dtype`` is (flax promotes them), and keeps its running
+statistics in float32.
+
 XLA's CPU backend runs a 3x3 convolution on a 2x2 or 1x1 feature map about 80x below its matmul
 speed (`../shared/MEASURED.md`). ``Conv`` therefore computes such layers as a sum of shifted matmuls,
 which is exact and keeps the parameter layout of ``flax.linen.Conv`` (``kernel: f32[kh, kw, I, O]``,
@@ -61,7 +67,8 @@ class Conv(nn.Module):
     kernel_size: int = 3
     use_bias: bool = False
     small_map_pixels: int | None = None  # None: default_small_map_pixels()
-    dtype: jnp.dtype | None = None
+    dtype: jnp.dtype | None = None  # computation dtype; None: the input's
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -70,6 +77,7 @@ class Conv(nn.Module):
             "kernel",
             nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
             (k, k, x.shape[-1], self.features),
+            self.param_dtype,
         )
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
@@ -86,9 +94,10 @@ class Conv(nn.Module):
                 x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(
-                dtype
+            bias = self.param(
+                "bias", nn.initializers.zeros, (self.features,), self.param_dtype
             )
+            y = y + bias.astype(dtype)
         return y
 
 
@@ -97,12 +106,15 @@ class ConvBN(nn.Module):
 
     BatchNorm has no ``axis_name``: statistics are per individual (STYLE 5). Momentum 0.9 lets the
     running statistics of a network fine-tuned for a few dozen steps reflect its data.
+    ``dtype`` is the computation dtype of the conv and of BatchNorm's output (its statistics
+    stay float32).
     """
 
     features: int
     kernel_size: int = 3
     bn_momentum: float = 0.9
     small_map_pixels: int | None = None
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -110,10 +122,14 @@ class ConvBN(nn.Module):
             self.features,
             self.kernel_size,
             small_map_pixels=self.small_map_pixels,
+            dtype=self.dtype,
             name="conv",
         )(x)
         return nn.BatchNorm(
-            use_running_average=not train, momentum=self.bn_momentum, name="bn"
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            dtype=self.dtype,
+            name="bn",
         )(x)
 
 

@@ -27,13 +27,19 @@ def leaky_relu(x: jax.Array) -> jax.Array:
 class ResidualStage(nn.Module):
     width: int
     small_map_pixels: int | None = None
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        shortcut = ConvBN(self.width, 1, name="shortcut")(x, train=train)
+        shortcut = ConvBN(self.width, 1, dtype=self.dtype, name="shortcut")(
+            x, train=train
+        )
         for i in (1, 2, 3):
             x = ConvBN(
-                self.width, small_map_pixels=self.small_map_pixels, name=f"conv{i}"
+                self.width,
+                small_map_pixels=self.small_map_pixels,
+                dtype=self.dtype,
+                name=f"conv{i}",
             )(x, train=train)
             if i < 3:
                 x = leaky_relu(x)
@@ -50,12 +56,16 @@ class ResNet12(nn.Module):
       num_classes: width of the linear head.
       widths: the four stage widths before the multiplier.
       width: multiplier of every width (1/8 gives 8-20-40-80).
+      dtype: computation dtype of the convs and BatchNorm outputs (``jnp.bfloat16`` for mixed
+        precision on GPU/TPU). Parameters and running statistics stay float32; the pooled
+        features, the head and the logits are float32.
     """
 
     num_classes: int
     widths: Sequence[int] = RESNET12_WIDTHS
     width: float = 1.0
     small_map_pixels: int | None = None
+    dtype: jnp.dtype = jnp.float32
 
     def stage_widths(self) -> tuple[int, ...]:
         return tuple(scaled(c, self.width) for c in self.widths)
@@ -77,10 +87,10 @@ class ResNet12(nn.Module):
     ) -> jax.Array:
         """Maps ``x: f32[B, H, W, Ch]`` to logits f32[B, num_classes] (or features f32[B, D])."""
         for s, c in enumerate(self.stage_widths(), start=1):
-            x = ResidualStage(c, self.small_map_pixels, name=f"stage{s}")(
+            x = ResidualStage(c, self.small_map_pixels, self.dtype, name=f"stage{s}")(
                 x, train=train
             )
-        features = jnp.mean(x, axis=(1, 2))
+        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if return_features and not self.is_initializing():
             return features
         return nn.Dense(self.num_classes, name="head")(features)

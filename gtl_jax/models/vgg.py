@@ -28,13 +28,17 @@ VGG_STAGES = {
 class VGGStage(nn.Module):
     widths: Sequence[int]
     small_map_pixels: int | None = None
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for i, width in enumerate(self.widths, start=1):
-            x = ConvBN(width, small_map_pixels=self.small_map_pixels, name=f"conv{i}")(
-                x, train=train
-            )
+            x = ConvBN(
+                width,
+                small_map_pixels=self.small_map_pixels,
+                dtype=self.dtype,
+                name=f"conv{i}",
+            )(x, train=train)
             x = nn.relu(x)
         return x
 
@@ -46,12 +50,16 @@ class VGG(nn.Module):
       num_classes: width of the linear head.
       depth: 11, 13 or 16.
       width: multiplier of every conv width (0.25 gives 16-32-64-...).
+      dtype: computation dtype of the convs and BatchNorm outputs (``jnp.bfloat16`` for mixed
+        precision on GPU/TPU). Parameters and running statistics stay float32; the pooled
+        features, the head and the logits are float32.
     """
 
     num_classes: int
     depth: int = 11
     width: float = 1.0
     small_map_pixels: int | None = None
+    dtype: jnp.dtype = jnp.float32
 
     def stage_widths(self) -> tuple[tuple[int, ...], ...]:
         if self.depth not in VGG_STAGES:
@@ -76,12 +84,12 @@ class VGG(nn.Module):
     ) -> jax.Array:
         """Maps ``x: f32[B, H, W, Ch]`` to logits f32[B, num_classes] (or features f32[B, D])."""
         for s, widths in enumerate(self.stage_widths(), start=1):
-            x = VGGStage(widths, self.small_map_pixels, name=f"stage{s}")(
+            x = VGGStage(widths, self.small_map_pixels, self.dtype, name=f"stage{s}")(
                 x, train=train
             )
             if x.shape[1] > 2 and x.shape[2] > 2:
                 x = nn.max_pool(x, (2, 2), (2, 2))
-        features = jnp.mean(x, axis=(1, 2))
+        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if return_features and not self.is_initializing():
             return features
         return nn.Dense(self.num_classes, name="head")(features)
