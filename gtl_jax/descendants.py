@@ -19,10 +19,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import linen as nn
 
 from gtl_jax.data.pool import Episode
+from gtl_jax.distributed import gather_blocks, local, process_block, rows
 from gtl_jax.learngene import Learngene, insert_learngene
 from gtl_jax.population import (
     TrainState,
@@ -266,19 +268,24 @@ class DescendantEvaluator:
                     model, state, _member(episodes, i)
                 )
             )
+        # All descendants at once; the loop strategy uses only init and instinct, which
+        # inherit's frozen-prototype baseline calls.
         self.init = population_map(init_fn, (0, 0, gene_axis), strategy=strategy)
-        self.init_scratch = population_map(
-            lambda key, episode: init_fn(key, episode, None), (0, 0), strategy=strategy
-        )
-        self.step = population_map(step_fn, (0, 0), strategy=strategy)
         self.instinct = population_map(
             lambda s, e: instinct_accuracy(model, s, e, n_way=n_way),
             (0, 0),
             strategy=strategy,
         )
-        self.accuracy = population_map(
-            lambda s, e: query_accuracy(model, s, e), (0, 0), strategy=strategy
-        )
+        if self.strategy != "loop":
+            self.init_scratch = population_map(
+                lambda key, episode: init_fn(key, episode, None),
+                (0, 0),
+                strategy=strategy,
+            )
+            self.step = population_map(step_fn, (0, 0), strategy=strategy)
+            self.accuracy = population_map(
+                lambda s, e: query_accuracy(model, s, e), (0, 0), strategy=strategy
+            )
 
     def __call__(
         self,
@@ -330,11 +337,23 @@ class DescendantEvaluator:
         return DescendantResult(instinct, curve, curve[:, -1], losses)
 
     def _member_major(self, keys, episodes, learngene, on_step, instinct):
-        """The loop strategy: each descendant through all its steps, then the next."""
+        """The loop strategy: each descendant through all its steps, then the next.
+
+        With several processes each runs its own block of descendants (``process_block``) on
+        its own device, and the scalars are gathered at the end.
+        """
         size = keys.shape[0]
+        lo, hi = process_block(size)
+        keys, episodes = rows(keys, lo, hi), jax.tree.map(lambda x: rows(x, lo, hi), episodes)
+        if self.shared_learngene:
+            learngene = jax.tree.map(local, learngene)
+        else:
+            learngene = jax.tree.map(lambda x: rows(x, lo, hi), learngene)
+        if instinct is not None:
+            instinct = rows(instinct, lo, hi)
         curve_steps = set(self.recipe.curve_steps)
         instincts, curves, losses = [], [], []
-        for i in range(size):
+        for i in range(hi - lo):
             index = jnp.int32(i)
             state = self.member_init(index, keys, episodes, learngene)
             if instinct is None:
@@ -354,16 +373,15 @@ class DescendantEvaluator:
             curves.append(curve)
             losses.append(member_losses)
             if on_step is not None:
-                on_step(self.recipe.steps / size)
+                on_step(self.recipe.steps / (hi - lo))
         # One transfer of all the scalars at the end (no host sync per descendant).
-        instinct = jnp.stack(instincts)
-        curve = jnp.asarray(jax.device_get(curves), jnp.float32)
-        losses = (
-            jnp.asarray(jax.device_get(losses), jnp.float32).T
-            if self.recipe.steps
-            else jnp.zeros((0, size))
-        )
-        return DescendantResult(instinct, curve, curve[:, -1], losses)
+        instincts, curves, losses = jax.device_get((instincts, curves, losses))
+        n, width, steps = hi - lo, len(self.recipe.curve_steps), self.recipe.steps
+        instinct = gather_blocks(np.asarray(instincts, np.float32).reshape(n), size)
+        curve = gather_blocks(np.asarray(curves, np.float32).reshape(n, width), size)
+        losses = gather_blocks(np.asarray(losses, np.float32).reshape(n, steps), size)
+        curve = jnp.asarray(curve)
+        return DescendantResult(jnp.asarray(instinct), curve, curve[:, -1], jnp.asarray(losses.T))
 
 
 def mean_confidence(values: Sequence[float] | jax.Array) -> tuple[float, float]:

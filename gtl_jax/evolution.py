@@ -23,6 +23,7 @@ from flax import struct
 from gtl_jax.data.augment import augment_fn
 from gtl_jax.data.pool import sample_batch, sample_classes, sample_episode
 from gtl_jax.descendants import DescendantEvaluator, Recipe
+from gtl_jax.distributed import to_host
 from gtl_jax.learngene import (
     PARAMETER_KEYS,
     Learngene,
@@ -168,10 +169,13 @@ def _replicated_then_sharded(fn: Callable, mesh: Any) -> Callable:
     """``fn`` run on replicated inputs (each device computes it whole, with the program of one
     device, so its numbers are one device's; a partitioned ``mutate`` rounded differently),
     its outputs then split over the ``"pop"`` axis. For the small, cheap reproduction step."""
-    rep, pop = replicated_sharding(mesh), population_sharding(mesh)
+    # Resharding by identity jits, not device_put: with several processes each process
+    # holds only its own devices, and jit moves the data between them.
+    to_replicated = jax.jit(lambda tree: tree, out_shardings=replicated_sharding(mesh))
+    to_population = jax.jit(lambda tree: tree, out_shardings=population_sharding(mesh))
 
     def placed(*args):
-        return jax.device_put(fn(*jax.device_put(args, rep)), pop)
+        return to_population(fn(*to_replicated(args)))
 
     return placed
 
@@ -358,6 +362,14 @@ class Evolution:
             best_fitness=rep,
         )
 
+    def place(self, state: EvolutionState) -> EvolutionState:
+        """``state`` with every leaf where ``state_shardings`` puts it (one jit, so that
+        with several processes host values become global arrays Orbax can save)."""
+        if self.mesh is None:
+            return state
+        shardings = self.state_shardings(state)
+        return jax.jit(lambda s: s, out_shardings=shardings)(state)
+
     def generation(
         self,
         root_key: jax.Array,
@@ -408,10 +420,12 @@ class Evolution:
             jax.tree.map(repeat, trained),
             on_step=on_step,
         )
-        fitness = result.final.reshape(size, c.num_critics).mean(axis=1)
-        fitness = jnp.where(diverged, jnp.nan, fitness)
+        # The per-individual scalars on the host (gathered when processes share the work).
+        diverged, life_losses = to_host((diverged, life_losses))
+        fitness = to_host(result.final.reshape(size, c.num_critics).mean(axis=1))
+        fitness = np.where(diverged, np.float32(np.nan), fitness)
         # 5-6. Tournaments, elitism, mutation, lineage.
-        next_learngenes, parents = self.reproduce(next_key, trained, fitness)
+        next_learngenes, parents = self.reproduce(next_key, trained, jnp.asarray(fitness))
         safe = sanitize_fitness(fitness)
         best = int(jnp.argmax(safe))
         new_state = EvolutionState(
@@ -419,21 +433,22 @@ class Evolution:
             learngenes=next_learngenes,
             parents=parents,
             best_learngene=jax.tree.map(lambda x: x[best], trained),
-            best_fitness=fitness[best],
+            best_fitness=jnp.float32(fitness[best]),
         )
-        finite = np.asarray(jnp.isfinite(fitness))
-        fit = np.asarray(fitness)
+        new_state = self.place(new_state)
+        finite = np.isfinite(fitness)
+        fit = fitness
         metrics = {
             "generation": g + 1,
             "fitness_max": float(fit[finite].max()) if finite.any() else float("nan"),
             "fitness_mean": float(fit[finite].mean()) if finite.any() else float("nan"),
             "fitness_min": float(fit[finite].min()) if finite.any() else float("nan"),
             "fitness": [float(f) for f in fit],
-            "diverged": int(np.asarray(diverged).sum()),
+            "diverged": int(diverged.sum()),
             "life_loss_first": float(jnp.nanmean(life_losses[0])),
             "life_loss_last": float(jnp.nanmean(life_losses[-1])),
-            "critic_instinct_mean": float(result.instinct.mean()),
-            "parents": [int(p) for p in np.asarray(parents)],
+            "critic_instinct_mean": float(to_host(result.instinct).mean()),
+            "parents": [int(p) for p in to_host(parents)],
             "best_index": best,
             "diversity": float(self.diversity(next_learngenes)),
         }

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, plots
+from gtl_jax import checkpoint, distributed, plots
 from gtl_jax.configs import load_config
 from gtl_jax.configs.omniglot import FIELD_HELP
 from gtl_jax.data import (
@@ -70,6 +70,7 @@ RESUMABLE_CHANGES = frozenset(
         "strategy",
         "data_dir",
         "distributed",
+        "processes",
         # Fields of python -m gtl_jax.inherit.
         "methods",
         "heads",
@@ -156,6 +157,7 @@ def validate_config(
     need(c.optimizer in ("adam", "sgd"), "optimizer", "must be adam or sgd")
     need(c.batch_norm in ("batch", "frozen"), "batch_norm", "must be batch or frozen")
     need(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
+    need(int(c.get("processes", 1)) >= 1, "processes", "must be >= 1")
     need(c.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}")
     shots = parse_shots(c.eval_shots)
     if pools is not None:
@@ -397,29 +399,6 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def to_host(tree: Any) -> Any:
-    """Numpy copies of a pytree's arrays, gathered from every process when there are several."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.tree.map(np.asarray, tree)
-
-
-def initialize_distributed() -> None:
-    """Joins the processes of a multi-host run (``--distributed true``).
-
-    ``jax.distributed.initialize()`` detects SLURM, Open MPI, Kubernetes and Cloud TPU
-    clusters by itself. Elsewhere set ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0)
-    and, for every process, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
-    """
-    env = {
-        "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
-        "process_id": os.environ.get("JAX_PROCESS_ID"),
-    }
-    jax.distributed.initialize(**{k: int(v) for k, v in env.items() if v is not None})
-
-
 def run(
     c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False
 ) -> dict:
@@ -435,8 +414,9 @@ def run(
     processes.
     """
     start = time.perf_counter()
-    if c.get("distributed", False) and not jax.distributed.is_initialized():
-        initialize_distributed()
+    joined = c.get("distributed", False) or os.environ.get(distributed.CHILD_ENV)
+    if joined and not jax.distributed.is_initialized():
+        distributed.initialize()
     writer = jax.process_index() == 0
     quiet = quiet or not writer
     validate_config(c, num_devices=jax.device_count())
@@ -475,7 +455,8 @@ def run(
     )
     init_key, root_key = jax.random.split(jax.random.key(c.seed))
 
-    if (workdir / "checkpoints").is_dir():
+    # Process 0's view: the others may look after it has created the directory.
+    if distributed.from_process_0((workdir / "checkpoints").is_dir()):
         template = jax.eval_shape(evo.init, init_key)
         restored = checkpoint.restore_state(
             checkpoint.state_manager(workdir), template, evo.state_shardings(template)
@@ -539,7 +520,7 @@ def run(
     share = parameter_share(spec, shapes["params"])
     checkpoint.save_learngene(  # by process 0 only
         workdir / "learngene",
-        to_host(state.best_learngene),
+        distributed.to_host(state.best_learngene),
         {
             "model": {"name": c.model, "width": c.width},
             "spec": spec.to_json(),
@@ -581,6 +562,7 @@ def run(
         "total_seconds": time.perf_counter() - start,
         "backend": jax.default_backend(),
         "devices": len(jax.devices()),
+        "processes": jax.process_count(),
     }
     curves = {}
     for r in results.values():
@@ -605,6 +587,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     workdir = pathlib.Path(args.workdir or f"runs/{args.config.replace(':', '_')}")
+    processes = int(c.get("processes", 1))
+    if processes > 1 and not (c.distributed or os.environ.get(distributed.CHILD_ENV)):
+        # This process only starts the joined ones, after the checks that need no data.
+        try:
+            validate_config(c, num_devices=processes)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return distributed.launch_local(processes, ["-m", "gtl_jax.evolve", *argv])
     configure_jax()
     try:
         summary = run(c, workdir, quiet=args.quiet)
@@ -616,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if jax.process_index() != 0:
+        return 0
     print()
     print(summary["table"])
     print(

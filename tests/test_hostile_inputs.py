@@ -86,6 +86,8 @@ IMPOSSIBLE_CONFIGS = [
     (["--head", "linear"], "head"),
     (["--optimizer", "rmsprop"], "optimizer"),
     (["--strategy", "pmap"], "strategy"),
+    (["--processes", "0"], "processes"),
+    (["--processes", "2"], "pop_size"),  # the smoke population of 3 cannot be split in 2
 ]
 
 

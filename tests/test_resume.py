@@ -221,3 +221,43 @@ def test_checkpoint_restores_across_8_1_4_devices(reference, tmp_path):
         gene,
         expected,
     )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_joined_processes_resume_across_process_counts(reference, tmp_path):
+    # Generation 1 as 2 joined processes (--processes 2: jax.distributed over Gloo, one CPU
+    # device each), 2 in one process, 3 as 2 processes again, each resuming the last.
+    workdir = tmp_path / "w"
+    for processes, generations in ((2, 1), (1, 2), (2, 3)):
+        done = subprocess.run(
+            evolve(workdir, generations) + ["--processes", str(processes)],
+            env=env(1),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads((workdir / "results.json").read_text())
+        assert (summary["processes"], summary["devices"]) == (processes, processes)
+        assert done.stdout.count("| learngene |") == 1  # only process 0 prints
+    for m, n in zip(metrics(workdir), metrics(reference), strict=True):
+        np.testing.assert_allclose(m["fitness"], n["fitness"], atol=1.5 / 25)
+        assert m["parents"] == n["parents"]
+    gene, meta = load_learngene(workdir / "learngene")
+    expected, _ = load_learngene(reference / "learngene")
+    assert meta["generation"] == GENERATIONS
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        gene,
+        expected,
+    )
+    # The final evaluation splits its descendants between the processes: same table.
+    ours = json.loads((workdir / "results.json").read_text())["results"]
+    theirs = json.loads((reference / "results.json").read_text())["results"]
+    for name in theirs:
+        np.testing.assert_allclose(
+            ours[name]["per_episode"], theirs[name]["per_episode"], atol=1.5 / 25
+        )

@@ -73,6 +73,8 @@ FIELD_HELP = {
     "1 on GPU/TPU)",
     "strategy": "population execution: auto (vmap on GPU/TPU, loop on CPU), vmap or loop",
     "distributed": "call jax.distributed.initialize() to join the processes of several hosts",
+    "processes": "CPU: run as this many joined processes on this machine, one per core, each "
+    "pinned; the population is sharded over them (pop_size must be divisible by it)",
     "seed": "seed of the evolution",
 }
 
@@ -132,6 +134,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.strategy = "auto"
     c.distributed = False
+    c.processes = 1
     c.seed = 0
 
     if arg == "smoke":

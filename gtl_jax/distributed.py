@@ -1,0 +1,191 @@
+"""Several processes: joining them, launching them on one machine, moving results between them.
+
+JAX's multi-process runtime (``jax.distributed``) makes the devices of every process one global
+device list; ``gtl_jax.population`` shards the population over all of them, so each process
+trains the members on its own devices. Two uses:
+
+- Several hosts (``--distributed true``): each host runs the command itself; the cluster tells
+  JAX who is who (SLURM, Open MPI, Kubernetes, Cloud TPU), or the environment variables
+  ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` do.
+- Several processes on one CPU machine (``--processes N``): ``launch_local`` starts N copies of
+  the command, one per core, each pinned to its core. XLA CPU uses two cores poorly for small
+  networks (`../shared/MEASURED.md`: two pinned processes gave 1.6x one process on both cores).
+
+Host code reads results with ``to_host`` (a gather across processes when an array is split
+between them) and splits host loops between processes with ``process_block`` and ``rows``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+CHILD_ENV = "GTL_JAX_LOCAL_PROCESS"  # set in the processes started by launch_local
+
+
+def initialize() -> None:
+    """Joins the processes of the run (``jax.distributed.initialize``).
+
+    Cross-process collectives on CPU need Gloo (JAX's CPU default does none), so it is chosen
+    when the platform is CPU.
+    """
+    env = {
+        "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
+        "process_id": os.environ.get("JAX_PROCESS_ID"),
+    }
+    if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] in ("", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**{k: int(v) for k, v in env.items() if v is not None})
+
+
+def from_process_0(value: bool) -> bool:
+    """Process 0's ``value`` in every process (for decisions all processes must share)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.bool_(value)))
+
+
+def available_cores() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local(
+    n: int, argv: Sequence[str], *, env: dict[str, str] | None = None
+) -> int:
+    """Runs ``python argv`` as ``n`` joined processes on this machine; returns the exit code.
+
+    Process i is pinned to the i-th available core when there are at least ``n`` cores, and
+    runs XLA with one intra-op thread. Its output passes through (the command prints only from
+    process 0). If one process fails, the others are stopped and its exit code is returned.
+    """
+    cores = available_cores()
+    pin = len(cores) >= n
+    base = dict(os.environ if env is None else env)
+    base.update(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+        JAX_NUM_PROCESSES=str(n),
+        **{CHILD_ENV: "1"},
+    )
+    procs = []
+    for i in range(n):
+        child = dict(base, JAX_PROCESS_ID=str(i))
+        if pin:
+            child["XLA_FLAGS"] = " ".join(
+                [base.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"]
+            ).strip()
+        preexec = (lambda core=cores[i]: os.sched_setaffinity(0, {core})) if pin else None
+        procs.append(
+            subprocess.Popen([sys.executable, *argv], env=child, preexec_fn=preexec)
+        )
+    code = 0
+    try:
+        pending = list(procs)
+        while pending:
+            for p in list(pending):
+                try:
+                    rc = p.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    continue
+                pending.remove(p)
+                if rc != 0 and code == 0:
+                    code = rc
+                    for other in pending:
+                        other.send_signal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    return code
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of a pytree's arrays; an array split between processes is gathered."""
+
+    def get(a):
+        if isinstance(a, jax.Array) and not (
+            a.is_fully_addressable or a.is_fully_replicated
+        ):
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree.map(get, tree)
+
+
+def process_block(size: int) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of ``size`` that this process handles in a split host loop.
+
+    Equal contiguous blocks in process order: the rows a population sharded over ``"pop"``
+    keeps on this process's devices when ``size`` is divisible by the device count.
+    """
+    bounds = np.linspace(0, size, jax.process_count() + 1).round().astype(int)
+    i = jax.process_index()
+    return int(bounds[i]), int(bounds[i + 1])
+
+
+def rows(x: Any, lo: int, hi: int) -> Any:
+    """Rows ``[lo, hi)`` of ``x`` as an array of this process's default device.
+
+    Reads this process's own shards when they hold the rows; gathers otherwise.
+    """
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return x[lo:hi]
+    if x.is_fully_replicated:
+        return x.addressable_data(0)[lo:hi]
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    start, stop = shards[0].index[0].start or 0, shards[-1].index[0].stop
+    contiguous = all(
+        a.index[0].stop == b.index[0].start for a, b in zip(shards, shards[1:])
+    )
+    if contiguous and start <= lo and hi <= stop:
+        local = jax.numpy.concatenate(
+            [jax.device_put(s.data, jax.local_devices()[0]) for s in shards]
+        )
+        return local[lo - start : hi - start]
+    return jax.numpy.asarray(to_host(x)[lo:hi])
+
+
+def local(x: Any) -> Any:
+    """``x`` if this process holds it whole; this process's copy if it is replicated."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not x.is_fully_replicated:
+            return jax.numpy.asarray(to_host(x))
+        return x.addressable_data(0)
+    return x
+
+
+def gather_blocks(values: np.ndarray, size: int) -> np.ndarray:
+    """Every process's ``values`` (rows ``process_block(size)``), concatenated in row order."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    bounds = np.linspace(0, size, jax.process_count() + 1).round().astype(int)
+    longest = int(np.diff(bounds).max())
+    padded = np.zeros((longest, *values.shape[1:]), values.dtype)
+    padded[: len(values)] = values
+    gathered = np.asarray(multihost_utils.process_allgather(padded))  # [n, longest, ...]
+    return np.concatenate(
+        [gathered[i, : bounds[i + 1] - bounds[i]] for i in range(len(bounds) - 1)]
+    )
