@@ -55,6 +55,14 @@ def from_process_0(value: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.bool_(value)))
 
 
+def barrier(name: str) -> None:
+    """Waits until every process has reached the barrier ``name``."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def available_cores() -> list[int]:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))

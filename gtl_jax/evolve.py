@@ -23,7 +23,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm.auto import tqdm
 
 from gtl_jax import checkpoint, distributed, plots
@@ -36,7 +35,7 @@ from gtl_jax.data import (
     load_dataset,
     sample_episode,
 )
-from gtl_jax.descendants import DescendantEvaluator, Recipe, mean_confidence
+from gtl_jax.descendants import Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig
 from gtl_jax.learngene import make_spec, parameter_share
 from gtl_jax.models import MODELS, build_model
@@ -227,51 +226,36 @@ def fixed_episodes(
     )
 
 
-def evaluate(
-    c: ml_collections.ConfigDict,
-    model,
-    learngene,
-    test_images: jax.Array,
-    *,
-    quiet: bool,
-) -> dict[str, Any]:
-    """Learngene descendants vs scratch on the same seeded test episodes, per shot setting."""
-    recipe = descendant_recipe(c)
-    evaluator = DescendantEvaluator(
-        model, recipe, n_way=c.eval_way, strategy=c.strategy, zero_cross=c.zero_cross
-    )
-    results = {}
-    shots = parse_shots(c.eval_shots)
-    total = len(shots) * 2 * recipe.steps
+def evaluate(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool) -> dict:
+    """Learngene descendants vs scratch on the same seeded test episodes, per shot setting.
+
+    The learngene and scratch jobs of the evidence suite (``gtl_jax.inherit.Suite``) on the
+    learngene file just written, with ``eval_episodes`` episodes and the config's head; the
+    jobs run in ``workers`` processes (one per core on CPU). With joined processes
+    (``processes``, ``distributed``) each process runs its block of every job's descendants.
+    """
+    from gtl_jax import inherit  # imported here: inherit builds on this module
+
+    e = ml_collections.ConfigDict(c.to_dict())
+    e.methods, e.heads = "learngene,scratch", c.head
+    e.inherit_episodes, e.eval_split = c.eval_episodes, "test"
+    distributed.barrier("learngene written")  # by process 0
+    path = workdir / "learngene"
+    workers = inherit.resolve_workers(e) if jax.process_count() == 1 else 1
+    suite = inherit.Suite(e, path, workdir) if workers == 1 else None
+    jobs = [(s, m) for s in parse_shots(c.eval_shots) for m in ("learngene", "scratch")]
     with tqdm(
-        total=total, desc="descendants", disable=quiet, bar_format=PROGRESS_FORMAT
+        total=len(jobs) * c.steps,
+        desc="descendants",
+        disable=quiet,
+        bar_format=PROGRESS_FORMAT,
     ) as bar:
-        for shot in shots:
-            key = jax.random.fold_in(jax.random.key(c.eval_seed), shot)
-            episodes, keys = fixed_episodes(
-                key,
-                test_images,
-                episodes=c.eval_episodes,
-                n_way=c.eval_way,
-                k_shot=shot,
-                n_query=c.eval_query,
-            )
-            for method, gene in (("learngene", learngene), ("scratch", None)):
-                bar.set_postfix_str(f"{c.eval_way}-way {shot}-shot, {method}")
-                start = time.perf_counter()
-                r = evaluator(keys, episodes, gene, on_step=bar.update)
-                final, instinct = np.asarray(r.final), np.asarray(r.instinct)
-                results[f"{shot}-shot/{method}"] = {
-                    "shot": shot,
-                    "method": method,
-                    "accuracy": mean_confidence(final),
-                    "instinct": mean_confidence(instinct),
-                    "curve_steps": list(recipe.curve_steps),
-                    "curve": np.asarray(r.curve).mean(0).tolist(),
-                    "per_episode": final.tolist(),
-                    "seconds": time.perf_counter() - start,
-                }
-    return results
+        bar.set_postfix_str(f"{workers} worker process(es)")
+        done = inherit.run_jobs(suite, jobs, workers, e.to_json(), path, workdir, bar)
+    return {
+        f"{shot}-shot/{method}": done[shot, method]["rows"][0]
+        for shot, method in sorted(done)
+    }
 
 
 def results_table(c, results: dict, share: dict) -> str:
@@ -437,7 +421,7 @@ def run(
                 f"{', '.join(sorted(differ))}); use another --workdir or the same config"
             )
 
-    train, val, test = (jnp.asarray(pools[s].images) for s in ("train", "val", "test"))
+    train, val = (jnp.asarray(pools[s].images) for s in ("train", "val"))
     image_shape = pools["train"].image_shape
     life_model = build_model(c.model, c.life_way, width=c.width)
     critic_model = build_model(c.model, c.critic_way, width=c.width)
@@ -553,7 +537,7 @@ def run(
     if writer and history:
         plots.plot_fitness(history, workdir / "fitness.png")
 
-    results = evaluate(c, critic_model, state.best_learngene, test, quiet=quiet)
+    results = evaluate(c, workdir, quiet=quiet)
     table = results_table(c, results, share)
     summary = {
         "results": results,

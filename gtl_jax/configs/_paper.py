@@ -67,6 +67,7 @@ def paper_config(
         c.eval_query = 2
         c.steps = 2
         c.eval_every = 1
+        c.workers = 1  # at toy sizes a worker process costs more than it saves
     elif arg:
         raise ValueError(
             f"unknown variant {arg!r} of the {dataset} config (known: smoke)"

@@ -149,6 +149,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_every = 1
         c.inherit_episodes = 3
         c.pretrain_steps = 3
+        c.workers = 1  # at toy sizes a worker process costs more than it saves
     elif arg:
         raise ValueError(
             f"unknown variant {arg!r} of the omniglot config (known: smoke)"
