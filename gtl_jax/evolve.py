@@ -38,7 +38,7 @@ from gtl_jax.data import (
 from gtl_jax.descendants import Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig
 from gtl_jax.learngene import make_spec, parameter_share
-from gtl_jax.models import MODELS, build_model
+from gtl_jax.models import MODELS, PRECISIONS, build_model
 from gtl_jax.population import STRATEGIES
 
 FITNESS_KEYS = ("fitness_max", "fitness_mean", "fitness_min")
@@ -97,6 +97,12 @@ def parse_shots(value: str) -> tuple[int, ...]:
     return shots
 
 
+def model_of(c: ml_collections.ConfigDict, num_classes: int):
+    """The config's network (``model``, ``width``, ``precision``) with ``num_classes`` outputs."""
+    dtype = PRECISIONS[c.get("precision", "float32")]
+    return build_model(c.model, num_classes, width=c.width, dtype=dtype)
+
+
 def validate_config(
     c: ml_collections.ConfigDict,
     pools: dict | None = None,
@@ -115,6 +121,11 @@ def validate_config(
 
     need(c.dataset in DATASETS, "dataset", f"known datasets: {', '.join(DATASETS)}")
     need(c.model in MODELS, "model", f"known models: {', '.join(sorted(MODELS))}")
+    need(
+        c.get("precision", "float32") in PRECISIONS,
+        "precision",
+        f"must be one of {', '.join(PRECISIONS)}",
+    )
     need(0 < c.ratio <= 1, "ratio", "must be in (0, 1]")
     need(c.width > 0, "width", "must be > 0")
     for field in (
@@ -423,8 +434,8 @@ def run(
 
     train, val = (jnp.asarray(pools[s].images) for s in ("train", "val"))
     image_shape = pools["train"].image_shape
-    life_model = build_model(c.model, c.life_way, width=c.width)
-    critic_model = build_model(c.model, c.critic_way, width=c.width)
+    life_model = model_of(c, c.life_way)
+    critic_model = model_of(c, c.critic_way)
     spec = make_spec(life_model, c.ratio, image_shape[-1])
     ec = from_config(EvolutionConfig, c)
     evo = Evolution(

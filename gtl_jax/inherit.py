@@ -55,6 +55,7 @@ from gtl_jax.evolve import (
     descendant_recipe,
     fixed_episodes,
     from_config,
+    model_of,
     parse_shots,
     resolve_config,
     validate_config,
@@ -68,7 +69,6 @@ from gtl_jax.learngene import (
     learngene_size,
     make_spec,
 )
-from gtl_jax.models import build_model
 from gtl_jax.pretrain import PretrainConfig, pretrain
 
 METHODS = (
@@ -147,7 +147,7 @@ def pretrained_network(
 ) -> tuple[Any, dict]:
     """The pretrained source network of the baselines, trained once and cached in the workdir."""
     pc = from_config(PretrainConfig, c)
-    model = build_model(c.model, train_images.shape[0], width=c.width)
+    model = model_of(c, train_images.shape[0])
     key = {
         "model": c.model,
         "width": c.width,
@@ -157,6 +157,8 @@ def pretrained_network(
         "seed": c.seed,
         "augment": c.augment,
         **dataclasses.asdict(pc),
+        # Only a non-default precision joins the key: float32 caches keep their digests.
+        **({"precision": c.precision} if c.precision != "float32" else {}),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     path = workdir / "pretrained" / f"{c.model}-x{c.width:g}-{c.dataset}-{digest}"
@@ -240,7 +242,7 @@ class Suite:
         validate_config(c, pools)
         eval_pool = pools[c.eval_split]
         image_shape = eval_pool.image_shape
-        target = build_model(c.model, c.eval_way, width=c.width)
+        target = model_of(c, c.eval_way)
         try:
             check_fits(spec, target, image_shape[-1])
         except ValueError as e:

@@ -129,3 +129,33 @@ def test_precision_field_default_and_choices():
     assert c.precision == "float32"
     assert PRECISIONS[c.precision] == jnp.float32
     assert set(PRECISIONS) == {"float32", "bfloat16"}
+
+
+def test_precision_field_reaches_the_evolve_cli_and_bad_values_are_refused(
+    tmp_path, capsys
+):
+    from gtl_jax.evolve import main
+
+    code = main(
+        [
+            "--config",
+            "omniglot:smoke",
+            "--precision",
+            "float16",
+            "--workdir",
+            str(tmp_path / "w"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "config field precision='float16'" in err, err
+    assert not (tmp_path / "w").exists()
+
+
+def test_config_precision_sets_the_models_computation_dtype():
+    from gtl_jax.configs import load_config
+    from gtl_jax.evolve import model_of
+
+    c = load_config("omniglot")
+    assert model_of(c, 5).dtype == jnp.float32
+    c.precision = "bfloat16"
+    assert model_of(c, 5).dtype == jnp.bfloat16
