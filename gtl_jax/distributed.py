@@ -80,9 +80,9 @@ def launch_local(
 ) -> int:
     """Runs ``python argv`` as ``n`` joined processes on this machine; returns the exit code.
 
-    Process i is pinned to the i-th available core when there are at least ``n`` cores, and
-    runs XLA with one intra-op thread. Its output passes through (the command prints only from
-    process 0). If one process fails, the others are stopped and its exit code is returned.
+    Process i is pinned to the i-th available core when there are at least ``n`` cores. Their
+    output passes through (the command prints only from process 0). If one process fails,
+    the others are stopped and its exit code is returned.
     """
     cores = available_cores()
     pin = len(cores) >= n
@@ -95,10 +95,6 @@ def launch_local(
     procs = []
     for i in range(n):
         child = dict(base, JAX_PROCESS_ID=str(i))
-        if pin:
-            child["XLA_FLAGS"] = " ".join(
-                [base.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"]
-            ).strip()
         preexec = (lambda core=cores[i]: os.sched_setaffinity(0, {core})) if pin else None
         procs.append(
             subprocess.Popen([sys.executable, *argv], env=child, preexec_fn=preexec)
