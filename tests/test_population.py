@@ -56,3 +56,43 @@ def test_loop_compiles_one_member_function_not_one_per_member():
         out = fn(jnp.arange(9, dtype=jnp.float32), jnp.float32(2.0))
         np.testing.assert_array_equal(out, 2.0 * np.arange(9) + 1.0)
     assert fn.member._cache_size() == 1  # the member index is traced
+
+
+# Three SGD steps of a VGG11 x1/16 (28x28, batch 8): a digest of the parameters and losses.
+THREE_STEPS = """
+import hashlib, functools, jax, jax.numpy as jnp, numpy as np
+from gtl_jax.models import build_model
+from gtl_jax.population import init_network, make_optimizer, train_step
+model, tx = build_model("vgg11", 5, width=1 / 16), make_optimizer("sgd", 0.05, weight_decay=5e-4)
+state = init_network(model, tx, jax.random.key(0), (28, 28, 1))
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.integers(0, 256, (8, 28, 28, 1), np.uint8))
+y = jnp.asarray(rng.integers(0, 5, 8), jnp.int32)
+step = jax.jit(functools.partial(train_step, model, tx))
+h = hashlib.sha256()
+for _ in range(3):
+    state, loss = step(state, x, y)
+    h.update(np.asarray(loss).tobytes())
+for leaf in jax.tree.leaves(state.params):
+    h.update(np.asarray(leaf).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_xla_cpu_flags_of_the_command_line_keep_the_numbers_bit_for_bit():
+    # configure_jax turns these scheduler flags on for speed; they must not change results.
+    import os
+    import subprocess
+    import sys
+
+    from gtl_jax.evolve import XLA_CPU_FLAGS
+
+    digests = []
+    for flags in ("", " ".join(XLA_CPU_FLAGS)):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+        done = subprocess.run(
+            [sys.executable, "-c", THREE_STEPS], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.append(done.stdout.strip())
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
