@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
-from gtl_jax.models import build_model
-from gtl_jax.models.layers import shifted_matmul_conv
+from gtl_jax.models import build_model, layers
+from gtl_jax.models.layers import (
+    conv_matmul_kernel_grad,
+    lax_conv,
+    max_pool_2x2,
+    shifted_matmul_conv,
+    shifted_matmul_kernel_grad,
+)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
@@ -21,6 +30,66 @@ def test_shifted_matmul_conv_equals_lax_conv(size, kernel_size):
     np.testing.assert_allclose(
         shifted_matmul_conv(x, kernel), expected, rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("size", [2, 5, 8])
+@pytest.mark.parametrize("cin", [1, 6])
+def test_matmul_kernel_grad_equals_lax_conv_grads(size, cin):
+    kx, kk, kc = jax.random.split(jax.random.key(size), 3)
+    x = jax.random.normal(kx, (3, size, size, cin))
+    kernel = jax.random.normal(kk, (3, 3, cin, 4))
+    cotangent = jax.random.normal(kc, (3, size, size, 4))
+    expected = jax.vjp(lax_conv, x, kernel)[1](cotangent)
+    y, vjp = jax.vjp(conv_matmul_kernel_grad, x, kernel)
+    np.testing.assert_array_equal(y, lax_conv(x, kernel))
+    np.testing.assert_array_equal(
+        vjp(cotangent)[0], expected[0]
+    )  # lax's input gradient
+    np.testing.assert_allclose(vjp(cotangent)[1], expected[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        shifted_matmul_kernel_grad(x, cotangent, kernel.shape),
+        expected[1],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 3), (1, 2, 2, 4)])
+def test_reshaped_max_pool_equals_nn_max_pool(shape):
+    x = jax.random.normal(jax.random.key(0), shape)  # no ties
+    pooled = max_pool_2x2(x, reshape=True)
+    np.testing.assert_array_equal(pooled, nn.max_pool(x, (2, 2), (2, 2)))
+    cotangent = jax.random.normal(jax.random.key(1), pooled.shape)
+
+    def grad(reshape):
+        return jax.grad(
+            lambda x: jnp.vdot(max_pool_2x2(x, reshape=reshape), cotangent)
+        )(x)
+
+    np.testing.assert_array_equal(grad(True), grad(False))
+
+
+def test_reshaped_max_pool_after_relu_same_network_gradient():
+    """Ties (ReLU zeros) split the gradient, but the ReLU before the pool discards it."""
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    fast = build_model("vgg11", 5, width=1 / 16)
+    variables = fast.init(jax.random.key(0), x, train=False)
+    grads = []
+    for reshape in (True, False):
+        with mock.patch.object(layers, "default_reshape_max_pool", lambda r=reshape: r):
+
+            def loss(params):
+                logits, _ = fast.apply(
+                    {**variables, "params": params},
+                    x,
+                    train=True,
+                    mutable=["batch_stats"],
+                )
+                return logits.sum()
+
+            grads.append(jax.grad(loss)(variables["params"]))
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Building blocks shared by the models: a 3x3/1x1 conv that is fast on small maps, conv+BN.
+"""Building blocks shared by the models: a conv and a max-pool fast on XLA CPU, conv+BN.
 
 Mixed precision: ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16`` on GPU/TPU);
 parameters are always created in ``param_dtype`` (float32, the master copy the optimiser
@@ -6,10 +6,21 @@ updates) and cast to ``dtype`` where they are used. BatchNorm computes its batch
 normalisation in float32 whatever ``dtype`` is (flax promotes them), and keeps its running
 statistics in float32.
 
-XLA's CPU backend runs a 3x3 convolution on a 2x2 or 1x1 feature map about 80x below its matmul
-speed (`../shared/MEASURED.md`). ``Conv`` therefore computes such layers as a sum of shifted matmuls,
-which is exact and keeps the parameter layout of ``flax.linen.Conv`` (``kernel: f32[kh, kw, I, O]``,
-HWIO), so learngene slicing does not care which form ran.
+On CPU, where XLA lowers some convolution and pooling gradients badly, the layers compute them
+in other forms (per-backend rules; GPU/TPU keep lax.conv and nn.max_pool, not measured there):
+
+- a 3x3 conv on a 2x2 or 1x1 map, which XLA CPU runs about 80x below its matmul speed
+  (`../shared/MEASURED.md`), is a sum of shifted matmuls (``shifted_matmul_conv``);
+- a conv on a larger map is lax.conv with its kernel gradient as shifted matmuls
+  (``conv_matmul_kernel_grad``): XLA CPU ran lax.conv's kernel gradient several times slower
+  than its forward;
+- 2x2 max-pooling is a reshaped max (``max_pool_2x2``): XLA CPU turns nn.max_pool's gradient
+  (select-and-scatter) into a scatter indexed by four int32 arrays of the input's size.
+
+The last two together made a VGG11 train step (32x32, batch 64) 1.22x faster at width 1/4 and
+1.23x at width 1, every interleaved round at least 1.14x (benchmarks/results/cpu_explore.md).
+Every form keeps the parameter layout of ``flax.linen.Conv`` (``kernel: f32[kh, kw, I, O]``,
+HWIO), so learngene slicing does not care which form ran; values agree to float rounding.
 """
 
 from __future__ import annotations
@@ -28,6 +39,18 @@ SMALL_MAP_PIXELS = 4
 def default_small_map_pixels() -> int:
     """SMALL_MAP_PIXELS on CPU; 0 (always lax.conv) on GPU/TPU, where it was not measured."""
     return SMALL_MAP_PIXELS if jax.default_backend() == "cpu" else 0
+
+
+# On CPU, larger maps use lax.conv with its kernel gradient computed as shifted matmuls
+# (conv_matmul_kernel_grad). benchmarks/cpu_explore.py, forward + backward of one conv at batch
+# 64: 1.2-1.9x faster than lax.conv on VGG11's 32x32, 16x16 and 8x8 layers, about even on 4x4;
+# in the whole VGG11 step it was worth 1.13x at width 1 and nothing measurable at width 1/4.
+MATMUL_KERNEL_GRAD_ON_CPU = True
+
+
+def default_matmul_kernel_grad() -> bool:
+    """MATMUL_KERNEL_GRAD_ON_CPU on CPU; False on GPU/TPU, where it was not measured."""
+    return MATMUL_KERNEL_GRAD_ON_CPU and jax.default_backend() == "cpu"
 
 
 def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -60,13 +83,73 @@ def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return out
 
 
+def lax_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``lax.conv_general_dilated``, stride 1, 'SAME', NHWC/HWIO."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def shifted_matmul_kernel_grad(
+    x: jax.Array, cotangent: jax.Array, kernel_shape: tuple[int, ...]
+) -> jax.Array:
+    """The kernel gradient of a stride-1 'SAME' conv as one matmul per kernel tap.
+
+    Args:
+      x: f32[B, H, W, I], the conv's input.
+      cotangent: f32[B, H, W, O], the gradient of its output.
+      kernel_shape: (kh, kw, I, O), odd kh, kw.
+
+    Returns:
+      f32[kh, kw, I, O]: tap (i, j) is ``window(i, j)^T @ cotangent`` with both flattened to
+      [B*H*W, .], where window(i, j) is the input shifted by the tap (zero padded).
+    """
+    kh, kw = kernel_shape[:2]
+    b, h, w, c = x.shape
+    ph, pw = kh // 2, kw // 2
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    flat = cotangent.reshape(b * h * w, cotangent.shape[-1])
+
+    def tap(i, j):
+        window = xp[:, i : i + h, j : j + w].reshape(b * h * w, c)
+        return jnp.einsum("ni,no->io", window, flat)
+
+    return jnp.stack([jnp.stack([tap(i, j) for j in range(kw)]) for i in range(kh)])
+
+
+@jax.custom_vjp
+def conv_matmul_kernel_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``lax_conv`` whose kernel gradient is computed by ``shifted_matmul_kernel_grad``.
+
+    Forward and input gradient are lax.conv's (XLA CPU runs both near its matmul speed); only
+    the kernel gradient, which XLA CPU runs several times slower than the forward conv of the
+    same size, is replaced. Same values as ``lax_conv`` and its gradients up to float rounding.
+    """
+    return lax_conv(x, kernel)
+
+
+def _conv_fwd(x, kernel):
+    return lax_conv(x, kernel), (x, kernel)
+
+
+def _conv_bwd(residuals, cotangent):
+    x, kernel = residuals
+    dx = jax.vjp(lambda x: lax_conv(x, kernel), x)[1](cotangent)[0]
+    dk = shifted_matmul_kernel_grad(x, cotangent, kernel.shape)
+    return dx, dk.astype(kernel.dtype)
+
+
+conv_matmul_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
+
+
 class Conv(nn.Module):
-    """Stride-1 'SAME' conv with ``flax.linen.Conv``'s parameters, fast on small maps."""
+    """Stride-1 'SAME' conv with ``flax.linen.Conv``'s parameters, in the form fast on CPU."""
 
     features: int
     kernel_size: int = 3
     use_bias: bool = False
     small_map_pixels: int | None = None  # None: default_small_map_pixels()
+    matmul_kernel_grad: bool | None = None  # None: default_matmul_kernel_grad()
     dtype: jnp.dtype | None = None  # computation dtype; None: the input's
     param_dtype: jnp.dtype = jnp.float32
 
@@ -90,15 +173,50 @@ class Conv(nn.Module):
         ):
             y = shifted_matmul_conv(x, kernel)
         else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            matmul_dk = (
+                default_matmul_kernel_grad()
+                if self.matmul_kernel_grad is None
+                else self.matmul_kernel_grad
             )
+            y = (conv_matmul_kernel_grad if matmul_dk else lax_conv)(x, kernel)
         if self.use_bias:
             bias = self.param(
                 "bias", nn.initializers.zeros, (self.features,), self.param_dtype
             )
             y = y + bias.astype(dtype)
         return y
+
+
+# On CPU, 2x2 max-pooling is computed as a reshape and a max over the two window axes. XLA CPU
+# expands the gradient of nn.max_pool (lax.reduce_window, whose transpose is select-and-scatter)
+# into a scatter driven by four int32 index arrays of the input's size; the reshaped max's
+# gradient is an elementwise mask. benchmarks/cpu_explore.py, forward + backward of VGG11's
+# pools at batch 64: 1.7-6x faster; in the whole step 1.14x at width 1/4, within noise at 1.
+RESHAPE_MAX_POOL_ON_CPU = True
+
+
+def default_reshape_max_pool() -> bool:
+    """RESHAPE_MAX_POOL_ON_CPU on CPU; False (nn.max_pool) on GPU/TPU, where it was not measured."""
+    return RESHAPE_MAX_POOL_ON_CPU and jax.default_backend() == "cpu"
+
+
+def max_pool_2x2(x: jax.Array, *, reshape: bool | None = None) -> jax.Array:
+    """2x2 stride-2 'VALID' max-pooling: ``x: f32[B, H, W, C]`` -> f32[B, H // 2, W // 2, C].
+
+    Same values as ``nn.max_pool(x, (2, 2), (2, 2))`` (an odd last row or column is dropped).
+    Gradients differ only at ties within a window: the reshaped form splits the gradient among
+    the tied maxima, nn.max_pool gives it to one. After a ReLU the ties are zeros, whose
+    gradient the ReLU discards, so a ReLU network's gradients are the same.
+
+    Args:
+      reshape: the reshaped form (True) or nn.max_pool (False); None:
+        ``default_reshape_max_pool()``.
+    """
+    if not (default_reshape_max_pool() if reshape is None else reshape):
+        return nn.max_pool(x, (2, 2), (2, 2))
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class ConvBN(nn.Module):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
-from gtl_jax.models.layers import ConvBN, scaled
+from gtl_jax.models.layers import ConvBN, max_pool_2x2, scaled
 
 RESNET12_WIDTHS = (64, 160, 320, 640)
 
@@ -45,7 +45,7 @@ class ResidualStage(nn.Module):
                 x = leaky_relu(x)
         x = leaky_relu(x + shortcut)
         if x.shape[1] > 1 and x.shape[2] > 1:
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = max_pool_2x2(x)
         return x
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
-from gtl_jax.models.layers import ConvBN, scaled
+from gtl_jax.models.layers import ConvBN, max_pool_2x2, scaled
 
 # Widths of the convs of each stage; a max-pool follows every stage.
 VGG_STAGES = {
@@ -88,7 +88,7 @@ class VGG(nn.Module):
                 x, train=train
             )
             if x.shape[1] > 2 and x.shape[2] > 2:
-                x = nn.max_pool(x, (2, 2), (2, 2))
+                x = max_pool_2x2(x)
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if return_features and not self.is_initializing():
             return features
