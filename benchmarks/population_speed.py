@@ -41,8 +41,7 @@ step), ``compile_s`` = first_call_s - steady step time; ``peak_mib`` is the subp
 ``ru_maxrss`` (for procs2 the sum of both processes), including the runtime itself
 (``rss_setup_mib``: after imports and initialising the P networks, before the first step).
 JAX runs with the command line's settings (``gtl_jax.evolve.configure_jax``: non-partitionable
-threefry and ``XLA_CPU_FLAGS`` added to ``XLA_FLAGS``), except the persistent compilation
-cache, which is off. Steady state: one warm-up step after the first,
+threefry), except the persistent compilation cache, which is off. Steady state: one warm-up step after the first,
 then the median of timed repeats of ``k`` steps (``k`` so that a repeat lasts at least
 ``--min-repeat-s``; at least ``--min-repeats``, at most ``--max-repeats``, about ``--budget-s``
 of timed work). A configuration is skipped when the same strategy's rate at the previous P
@@ -144,13 +143,7 @@ def _setup_jax(spec: dict):
 
     import jax
 
-    from gtl_jax.evolve import XLA_CPU_FLAGS
-
     # As gtl_jax.evolve's CLI (configure_jax), without its persistent compilation cache.
-    flags = os.environ.get("XLA_FLAGS", "")
-    if spec.get("library_flags", True):
-        flags = " ".join([flags, *XLA_CPU_FLAGS]).strip()
-    os.environ["XLA_FLAGS"] = flags
     jax.config.update("jax_threefry_partitionable", False)
     jax.config.update("jax_enable_compilation_cache", False)
     import jax.numpy as jnp
