@@ -354,25 +354,14 @@ def resolve_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     return c
 
 
-# XLA CPU's concurrency-optimized scheduler, off: the same programs with the same numbers
-# (tests/test_population.py), faster for these small networks (benchmarks/results/).
-XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
-
-
 def configure_jax() -> None:
     """Process-wide JAX settings of the command line.
 
     - Non-partitionable threefry: with the partitionable form (JAX's default) XLA CPU took
       7.5 s to compile a VGG11 x1/8 init, against 2.6 s without (benchmarks/results/). Random streams are fixed by this setting, so runs stay reproducible.
     - A persistent compilation cache: a second run (or the tests) skips most compilation.
-    - ``XLA_CPU_FLAGS`` added to ``XLA_FLAGS``: call this before the first computation.
     """
     jax.config.update("jax_threefry_partitionable", False)
-    flags = os.environ.get("XLA_FLAGS", "")
-    for flag in XLA_CPU_FLAGS:  # before JAX starts its backends; a user's own setting wins
-        if flag.split("=")[0] not in flags:
-            flags = f"{flags} {flag}".strip()
-    os.environ["XLA_FLAGS"] = flags
     path = os.environ.get(
         "GTL_JAX_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "gtl_jax" / "xla")
     )
