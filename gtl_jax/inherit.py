@@ -405,7 +405,9 @@ def run_jobs(suite, jobs, workers, config_json, learngene_path, workdir, bar):
 
     On CPU, one process per core pinned to it: XLA CPU keeps one core busy with these small
     networks, and two pinned processes each ran a 5-shot descendant as fast as one process
-    alone (README, "The evidence suite"). Results do not depend on where a job runs.
+    alone (README, "The evidence suite"). Where a job runs changes results at float rounding
+    (a pinned process sums in another order): at the default sizes, a near-tied query in a
+    few of 200 episodes. Episodes and keys do not depend on it.
     """
     if workers <= 1:
         return {
