@@ -5,6 +5,9 @@ Run it alone (the cores are shared; about 10 minutes on 2 lightly loaded cores):
     python benchmarks/cpu_explore.py          # writes benchmarks/results/cpu_explore.{jsonl,md}
     python benchmarks/cpu_explore.py --quick --out /tmp/cpu_explore  # about 5 minutes
     python benchmarks/cpu_explore.py --only flags --flags all  # every flag set (~15 minutes)
+    # the flags against the library with its CPU forms on (results/cpu_explore_flags_cpu_forms):
+    python benchmarks/cpu_explore.py --only flags --flags-step cpu_forms --name cpu_explore_flags_cpu_forms \
+        --flags no_concurrency_scheduler,ynn_fusion_dot_eltwise_reduce,no_concurrency_scheduler+ynn_fusion
 
 Sections (``--only conv,step,flags``; ``conv`` includes the max-pool rows), all on VGG11
 (``build_model("vgg11", 5, width=w)``), w in ``--widths`` (default 0.25 and 1), 32x32x3
@@ -21,14 +24,16 @@ images, batch 64:
   against ``nhwc`` first (``max_rel_err``).
 - ``pool``: 2x2 max-pool forward + backward at each VGG11 pool's input, ``nn.max_pool``
   (reduce_window; its gradient is select-and-scatter) against the reshaped max
-  (``layers.max_pool_2x2``, the library's CPU form), and whether their gradients are equal.
+  (``layers.max_pool_2x2``), and whether their gradients are equal.
 - ``step``: one SGD step (``gtl_jax.population.train_step``, ``make_optimizer("sgd", 0.05)``)
   of the library's network as it is (``f32``, the baseline) against variants
-  (``STEP_VARIANTS``): ``before`` (the library before this benchmark: lax.conv's kernel
-  gradient and nn.max_pool), ``lax_dk`` and ``lax_pool`` (one of the two undone),
-  ``im2col_all`` (every 3x3 conv as im2col), ``bf16`` (``dtype=jnp.bfloat16``: bfloat16 convs
-  and activations, float32 parameters); ``--steps all`` adds ``im2col_small`` (im2col instead of
-  shifted matmuls on 2x2 maps) and ``shifted_all`` (shifted matmuls on every map).
+  (``STEP_VARIANTS``) that set the CPU forms of ``gtl_jax.models.layers`` explicitly, whatever
+  the library's defaults are: ``cpu_forms`` (kernel gradient as matmuls and reshaped
+  max-pool), ``matmul_dk`` and ``reshape_pool`` (one of the two), ``lax_forms`` (neither:
+  lax.conv's kernel gradient and nn.max_pool); ``im2col_all`` (every 3x3 conv as im2col),
+  ``bf16`` (``dtype=jnp.bfloat16``: bfloat16 convs and activations, float32 parameters);
+  ``--steps all`` adds ``im2col_small`` (im2col instead of shifted matmuls on 2x2 maps) and
+  ``shifted_all`` (shifted matmuls on every map).
 - ``flags``: the same step (library as it is), in a fresh subprocess per run: no flags
   (``baseline``), each set of ``XLA_FLAGS`` of ``--flags`` (``DEFAULT_FLAG_SETS``; ``all``:
   ``FLAG_SETS``), and ``1core`` (the baseline pinned to one core with ``taskset -c 0``, so XLA's
@@ -369,18 +374,23 @@ def _const(value):
     return lambda: value
 
 
-# The library's CPU rules: shifted matmuls on maps <= 2x2, lax.conv with its kernel gradient
-# as shifted matmuls elsewhere (matmul_dk), 2x2 max-pooling as a reshaped max.
+def _forms(matmul_dk: bool, reshape_pool: bool) -> dict:
+    return {
+        "patches": {
+            "default_matmul_kernel_grad": _const(matmul_dk),
+            "default_reshape_max_pool": _const(reshape_pool),
+        }
+    }
+
+
+# Variants of the library's network; each sets the CPU forms of gtl_jax.models.layers it
+# names and keeps the library's defaults for the others (shifted matmuls on maps <= 2x2).
 STEP_VARIANTS = {
     "f32": {},  # the library's model and CPU rules, as they are (the baseline)
-    "before": {  # the library before this benchmark: lax.conv kernel gradient, nn.max_pool
-        "patches": {
-            "default_matmul_kernel_grad": _const(False),
-            "default_reshape_max_pool": _const(False),
-        }
-    },
-    "lax_dk": {"patches": {"default_matmul_kernel_grad": _const(False)}},
-    "lax_pool": {"patches": {"default_reshape_max_pool": _const(False)}},
+    "cpu_forms": _forms(True, True),  # kernel gradient as matmuls + reshaped max-pool
+    "matmul_dk": _forms(True, False),
+    "reshape_pool": _forms(False, True),
+    "lax_forms": _forms(False, False),  # lax.conv's kernel gradient + nn.max_pool
     "im2col_small": {"patches": {"shifted_matmul_conv": conv_im2col}},
     "im2col_all": {
         "small_map_pixels": 10**9,
@@ -389,8 +399,16 @@ STEP_VARIANTS = {
     "shifted_all": {"small_map_pixels": 10**9},
     "bf16": {"dtype": jnp.bfloat16},
 }
-DEFAULT_STEP_VARIANTS = ("f32", "before", "lax_dk", "lax_pool", "im2col_all", "bf16")
-QUICK_STEP_VARIANTS = ("f32", "before", "bf16")
+DEFAULT_STEP_VARIANTS = (
+    "f32",
+    "cpu_forms",
+    "matmul_dk",
+    "reshape_pool",
+    "lax_forms",
+    "im2col_all",
+    "bf16",
+)
+QUICK_STEP_VARIANTS = ("f32", "cpu_forms", "bf16")
 
 
 def step_section(args, peak: float, emit) -> None:
@@ -435,7 +453,7 @@ def worker(args) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     result = {}
     for width in args.widths:
-        call, flops, compile_s = step_setup(width)
+        call, flops, compile_s = step_setup(width, **STEP_VARIANTS[args.flags_step])
         calls = calibrate(call, args.timing_s)
         times = [seconds_per_call(call, calls) for _ in range(args.worker_timings)]
         seconds = statistics.median(times)
@@ -455,7 +473,7 @@ def run_worker(args, name: str) -> dict:
     command = [sys.executable, __file__, "--worker", "--timing-s", str(args.timing_s)]
     command += ["--widths", ",".join(str(w) for w in args.widths)]
     command += ["--worker-timings", str(args.worker_timings)]
-    command += ["--cache-dir", args.cache_dir]
+    command += ["--cache-dir", args.cache_dir, "--flags-step", args.flags_step]
     if name == "1core":
         command = ["taskset", "-c", "0"] + command
     start = time.perf_counter()
@@ -517,6 +535,7 @@ def flags_section(args, emit) -> None:
                     "variant": name,
                     "xla_flags": FLAG_SETS.get(name, ""),
                     "launcher": "taskset -c 0" if name == "1core" else "",
+                    "step": args.flags_step,
                     "width": width,
                     "images_per_s": rates,
                     "median_images_per_s": statistics.median(rates) if rates else None,
@@ -602,9 +621,19 @@ def main(argv: list[str] | None = None) -> None:
         "(default: DEFAULT_FLAG_SETS; quick: QUICK_FLAG_SETS)",
     )
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+    parser.add_argument(
+        "--name", default="cpu_explore", help="output files NAME.{jsonl,md}"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-timings", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--flags-step",
+        default="f32",
+        choices=sorted(STEP_VARIANTS),
+        help="the step variant every run of the flags section times (default: the library "
+        "as it is)",
+    )
     args = parser.parse_args(argv)
     args.widths = [float(w) for w in args.widths.split(",")]
     args.rounds = args.rounds or 3
@@ -635,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jsonl = out / "cpu_explore.jsonl"
+    jsonl = out / f"{args.name}.jsonl"
     env = environment()
     rows: list[dict] = []
     started = time.perf_counter()
@@ -663,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.cache_dir = cache_dir
                 flags_section(args, emit)
         emit({"section": "total", "wall_s": round(time.perf_counter() - started, 1)})
-    md = out / "cpu_explore.md"
+    md = out / f"{args.name}.md"
     # Text above the marker (a hand-written reading of the results) survives a rerun.
     kept = (
         md.read_text().split(MARKER)[0]
@@ -694,12 +723,13 @@ def summary(rows: list[dict]) -> list[str]:
     for variant in dict.fromkeys(r["variant"] for r in step):
         cells = []
         for r in (r for r in step if r["variant"] == variant):
-            # Speed of the library's step relative to the variant: > 1 means the library wins.
-            inv = 1 / r["speedup_vs_f32"]
-            lo, hi = 1 / r["ratio_range"][1], 1 / r["ratio_range"][0]
-            cells.append(f"w={r['width']:g}: x{inv:.2f} [{lo:.2f}, {hi:.2f}]")
+            lo, hi = r["ratio_range"]
+            cells.append(
+                f"w={r['width']:g}: x{r['speedup_vs_f32']:.2f} [{lo:.2f}, {hi:.2f}] "
+                f"({classify(r['speedup_vs_f32'], lo, hi)})"
+            )
         lines.append(
-            f"- step: the library (f32) against `{variant}`: " + "; ".join(cells)
+            f"- step, `{variant}` vs the library as it is: " + "; ".join(cells)
         )
     conv = [r for r in rows if r["section"] == "conv" and r["formulation"] != "nhwc"]
     for form in dict.fromkeys(r["formulation"] for r in conv):

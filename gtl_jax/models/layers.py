@@ -11,14 +11,17 @@ in other forms (per-backend rules; GPU/TPU keep lax.conv and nn.max_pool, not me
 
 - a 3x3 conv on a 2x2 or 1x1 map, which XLA CPU runs about 80x below its matmul speed
   (`../shared/MEASURED.md`), is a sum of shifted matmuls (``shifted_matmul_conv``);
-- a conv on a larger map is lax.conv with its kernel gradient as shifted matmuls
-  (``conv_matmul_kernel_grad``): XLA CPU ran lax.conv's kernel gradient several times slower
-  than its forward;
-- 2x2 max-pooling is a reshaped max (``max_pool_2x2``): XLA CPU turns nn.max_pool's gradient
-  (select-and-scatter) into a scatter indexed by four int32 arrays of the input's size.
+- (off by default, ``MATMUL_KERNEL_GRAD_ON_CPU``) a conv on a larger map is lax.conv with its
+  kernel gradient as shifted matmuls (``conv_matmul_kernel_grad``): XLA CPU ran lax.conv's
+  kernel gradient several times slower than its forward;
+- (off by default, ``RESHAPE_MAX_POOL_ON_CPU``) 2x2 max-pooling is a reshaped max
+  (``max_pool_2x2``): XLA CPU turns nn.max_pool's gradient (select-and-scatter) into a scatter
+  indexed by four int32 arrays of the input's size.
 
-The last two together made a VGG11 train step (32x32, batch 64) 1.22x faster at width 1/4 and
-1.23x at width 1, every interleaved round at least 1.14x (benchmarks/results/cpu_explore.md).
+The last two together made a VGG11 train step (32x32, batch 64) 1.16-1.28x faster at width 1/4
+and 1.23-1.28x at width 1 in four runs (benchmarks/results/cpu_explore.md); they are off by
+default because they change results at float rounding (the README's tables were measured
+without them).
 Every form keeps the parameter layout of ``flax.linen.Conv`` (``kernel: f32[kh, kw, I, O]``,
 HWIO), so learngene slicing does not care which form ran; values agree to float rounding.
 """
