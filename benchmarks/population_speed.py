@@ -137,15 +137,21 @@ def _numpy_init(shapes, rng):
     )
 
 
+def _import_jax():
+    """JAX as gtl_jax.evolve's CLI sets it up (configure_jax), without its persistent
+    compilation cache (each worker measures its own compile time)."""
+    import jax
+
+    jax.config.update("jax_threefry_partitionable", False)
+    jax.config.update("jax_enable_compilation_cache", False)
+    return jax
+
+
 def _setup_jax(spec: dict):
     """Imports JAX in the worker; returns ``(run, state, block)`` for ``spec``'s strategy."""
     import functools
 
-    import jax
-
-    # As gtl_jax.evolve's CLI (configure_jax), without its persistent compilation cache.
-    jax.config.update("jax_threefry_partitionable", False)
-    jax.config.update("jax_enable_compilation_cache", False)
+    jax = _import_jax()
     import jax.numpy as jnp
     import numpy as np
 
@@ -333,10 +339,7 @@ def cost_worker(spec: dict) -> None:
     """XLA's FLOPs of one network's train step, parameter counts, the torch model check."""
     import functools
 
-    import jax
-
-    jax.config.update("jax_threefry_partitionable", False)
-    jax.config.update("jax_enable_compilation_cache", False)
+    jax = _import_jax()
     import jax.numpy as jnp
 
     from gtl_jax.models import build_model

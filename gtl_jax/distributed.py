@@ -154,7 +154,7 @@ def rows(x: Any, lo: int, hi: int) -> Any:
     Reads this process's own shards when they hold the rows; gathers otherwise.
     """
     if not isinstance(x, jax.Array) or x.is_fully_addressable:
-        return x[lo:hi]
+        return x if (lo, hi) == (0, x.shape[0]) else x[lo:hi]  # one process: no copy
     if x.is_fully_replicated:
         return x.addressable_data(0)[lo:hi]
     shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)

@@ -437,13 +437,12 @@ class Evolution:
         )
         new_state = self.place(new_state)
         finite = np.isfinite(fitness)
-        fit = fitness
         metrics = {
             "generation": g + 1,
-            "fitness_max": float(fit[finite].max()) if finite.any() else float("nan"),
-            "fitness_mean": float(fit[finite].mean()) if finite.any() else float("nan"),
-            "fitness_min": float(fit[finite].min()) if finite.any() else float("nan"),
-            "fitness": [float(f) for f in fit],
+            "fitness_max": float(fitness[finite].max()) if finite.any() else float("nan"),
+            "fitness_mean": float(fitness[finite].mean()) if finite.any() else float("nan"),
+            "fitness_min": float(fitness[finite].min()) if finite.any() else float("nan"),
+            "fitness": [float(f) for f in fitness],
             "diverged": int(diverged.sum()),
             "life_loss_first": float(jnp.nanmean(life_losses[0])),
             "life_loss_last": float(jnp.nanmean(life_losses[-1])),

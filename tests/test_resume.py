@@ -87,6 +87,22 @@ def metrics(workdir) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+def assert_close_to_reference(workdir, reference) -> None:
+    """Same lineage, fitness within one near-tied query (1/25 of a 5-way x 5-query critic),
+    learngene to float tolerance: what a run on other devices or processes must give."""
+    for m, n in zip(metrics(workdir), metrics(reference), strict=True):
+        np.testing.assert_allclose(m["fitness"], n["fitness"], atol=1.5 / 25)
+        assert m["parents"] == n["parents"]
+    gene, meta = load_learngene(workdir / "learngene")
+    expected, _ = load_learngene(reference / "learngene")
+    assert meta["generation"] == GENERATIONS
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        gene,
+        expected,
+    )
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run on one device."""
@@ -208,19 +224,8 @@ def test_checkpoint_restores_across_8_1_4_devices(reference, tmp_path):
         assert [m["generation"] for m in metrics(workdir)] == list(
             range(1, generations + 1)
         )
-    # Sharded runs equal one device's to float tolerance (tests/test_sharding.py); fitness,
-    # a query accuracy, can flip one near-tied query (1/25 of a 5-way x 5-query critic).
-    for m, n in zip(metrics(workdir), metrics(reference)):
-        np.testing.assert_allclose(m["fitness"], n["fitness"], atol=1.5 / 25)
-        assert m["parents"] == n["parents"]
-    gene, meta = load_learngene(workdir / "learngene")
-    expected, _ = load_learngene(reference / "learngene")
-    assert meta["generation"] == GENERATIONS
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-        gene,
-        expected,
-    )
+    # Sharded runs equal one device's to float tolerance (tests/test_sharding.py).
+    assert_close_to_reference(workdir, reference)
 
 
 # --------------------------------------------------------------------------- processes
@@ -243,17 +248,7 @@ def test_joined_processes_resume_across_process_counts(reference, tmp_path):
         summary = json.loads((workdir / "results.json").read_text())
         assert (summary["processes"], summary["devices"]) == (processes, processes)
         assert done.stdout.count("| learngene |") == 1  # only process 0 prints
-    for m, n in zip(metrics(workdir), metrics(reference), strict=True):
-        np.testing.assert_allclose(m["fitness"], n["fitness"], atol=1.5 / 25)
-        assert m["parents"] == n["parents"]
-    gene, meta = load_learngene(workdir / "learngene")
-    expected, _ = load_learngene(reference / "learngene")
-    assert meta["generation"] == GENERATIONS
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-        gene,
-        expected,
-    )
+    assert_close_to_reference(workdir, reference)
     # The final evaluation splits its descendants between the processes: same table.
     ours = json.loads((workdir / "results.json").read_text())["results"]
     theirs = json.loads((reference / "results.json").read_text())["results"]
