@@ -451,16 +451,19 @@ def run(
     init_key, root_key = jax.random.split(jax.random.key(c.seed))
 
     # Process 0's view: the others may look after it has created the directory.
+    # One manager per run: each one opened starts removing a killed save's temporary
+    # directory in a background thread, and two of them race to delete the same one.
+    manager = restored = None
     if distributed.from_process_0((workdir / "checkpoints").is_dir()):
+        manager = checkpoint.state_manager(workdir)
         template = jax.eval_shape(evo.init, init_key)
         restored = checkpoint.restore_state(
-            checkpoint.state_manager(workdir), template, evo.state_shardings(template)
+            manager, template, evo.state_shardings(template)
         )
-    else:
-        restored = None
     # The checks are done: from here on the workdir is written.
     workdir.mkdir(parents=True, exist_ok=True)
-    manager = checkpoint.state_manager(workdir)
+    if manager is None:
+        manager = checkpoint.state_manager(workdir)
     if writer:
         config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True))
     metrics_path = workdir / "metrics.jsonl"
@@ -506,6 +509,7 @@ def run(
                 state,
                 {"generation": int(state.generation)},
             )
+    manager.close()
     evolve_seconds = time.perf_counter() - evolve_start
 
     shapes = jax.eval_shape(

@@ -167,7 +167,7 @@ def test_killed_runs_resume_to_the_same_learngene(reference, tmp_path):
     """Three kills, seeded: during the first checkpoint save (right after save() returns),
     at a random moment of the evolution, and the instant the learngene
     file's temporary directory appears (mid-write). Before the last resume a metrics line cut
-    short (as a kill mid-write leaves it) is appended."""
+    short (as a kill mid-write leaves it) is appended, and a large partial checkpoint left."""
     workdir = tmp_path / "w"
     rng = random.Random(6)
     started = {}
@@ -194,6 +194,14 @@ def test_killed_runs_resume_to_the_same_learngene(reference, tmp_path):
     assert killed == list(kills), f"killed only at {killed}"
     with (workdir / "metrics.jsonl").open("a") as f:
         f.write('{"generation": 2, "fitness_m')
+    # And a large temporary save, as a kill early in a big checkpoint's save leaves it:
+    # removing it takes long enough that two managers opened on the workdir race to delete
+    # the same files (the resume crashed in Orbax's background cleanup in CI).
+    partial = workdir / "checkpoints" / f"{GENERATIONS}.orbax-checkpoint-tmp"
+    for i in range(40):
+        (partial / f"d{i}").mkdir(parents=True)
+        for j in range(100):
+            (partial / f"d{i}" / f"f{j}").write_bytes(b"0")
     run_to_end(workdir)
 
     resumed, meta = load_learngene(workdir / "learngene")
