@@ -45,6 +45,15 @@ def test_impossible_config_names_the_field(flags, field, capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("name", ["_paper", "no_such_config", "os.path"])
+def test_unknown_config_names_the_known_ones(name, capsys, tmp_path):
+    # _paper is the paper configs' private helper module, not a config.
+    assert main(["--config", f"{name}:smoke", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown config {name!r}" in err and "omniglot" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_more_ways_than_classes_names_the_field(capsys, tmp_path):
     assert main(SMOKE + ["--workdir", str(tmp_path), "--eval_way", "700"]) == 2
     assert "eval_way" in capsys.readouterr().err
@@ -162,3 +171,4 @@ def test_a_diverging_individual_is_never_selected(poison, omniglot):
 
 def test_library_defaults_are_the_default_config():
     assert from_config(EvolutionConfig, load_config("omniglot")) == EvolutionConfig()
+

@@ -24,13 +24,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     else:
-        try:
-            module = importlib.import_module(f"gtl_jax.configs.{name}")
-        except ModuleNotFoundError:
-            known = sorted(
-                p.stem for p in pathlib.Path(__file__).parent.glob("[a-z]*.py")
-            )
+        known = sorted(p.stem for p in pathlib.Path(__file__).parent.glob("[a-z]*.py"))
+        if name not in known:  # also refuses the private helpers (_paper) and "a.b"
             raise ValueError(
                 f"unknown config {name!r}; known configs: {', '.join(known)} (or a path to a .py)"
-            ) from None
+            )
+        module = importlib.import_module(f"gtl_jax.configs.{name}")
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"config {spec!r} defines no get_config(arg) function")
     return module.get_config(arg or None)

@@ -31,6 +31,7 @@ from gtl_jax.data.files import (
     cache_path,
     cached_pools,
     check_image_size,
+    verify_digest,
 )
 from gtl_jax.data.pool import ClassPool, DataError
 
@@ -131,24 +132,15 @@ def find_omniglot_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path
     )
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checksum(path: pathlib.Path, expected: str) -> None:
     """Raises ``DataError`` unless the file's SHA-256 is ``expected`` (hex)."""
-    actual = _sha256(path)
-    if actual != expected:
-        raise DataError(
-            f"{path}: sha256 checksum mismatch: expected {expected}, got {actual}. "
-            "The file is corrupt, truncated or a different version: replace it "
-            "with a fresh copy of the Omniglot arrays (see the README next to "
-            "the shared data)."
-        )
+    verify_digest(
+        path,
+        expected,
+        algorithm="sha256",
+        how_to_fix="Replace it with a fresh copy of the Omniglot arrays (see the README "
+        "next to the shared data).",
+    )
 
 
 def check_images(images: np.ndarray, *, num_classes: int, file_name: str) -> None:
