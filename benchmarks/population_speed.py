@@ -16,9 +16,12 @@ default 1, 4, 8, 16), by each strategy (``--strategies``):
 
 - ``loop``, ``vmap``: ``gtl_jax.population.population_map(train_step, strategy=...)`` over the
   stacked population (``loop`` is the library's default, ``"auto"``, on CPU);
+- ``loop_lax``: ``loop`` without the library's CPU forms (``gtl_jax.models.layers``: lax.conv's
+  own kernel gradient, nn.max_pool) and without ``gtl_jax.evolve.CPU_XLA_FLAGS``: the library's
+  default as it ran before them, so the table shows what they are worth;
 - ``unroll``: the P members traced one after another inside one jit (not a library strategy);
 - ``single``: baseline (a), a Python loop over P separate (unstacked) states, each stepped by
-  one jitted single-network step;
+  one jitted single-network step (the library's layers and XLA flags, like ``loop``);
 - ``torch``: baseline (b), a PyTorch CPU loop over P networks (``benchmarks/torch_vgg.py``: the
   same network, checked against the JAX one at the start of every width), ``torch`` threads 2;
 - ``procs2``: two OS processes, each pinned to one core, each running the library ``loop`` over
@@ -41,14 +44,16 @@ step), ``compile_s`` = first_call_s - steady step time; ``peak_mib`` is the subp
 ``ru_maxrss`` (for procs2 the sum of both processes), including the runtime itself
 (``rss_setup_mib``: after imports and initialising the P networks, before the first step).
 JAX runs with the command line's settings (``gtl_jax.evolve.configure_jax``: non-partitionable
-threefry), except the persistent compilation cache, which is off. Steady state: one warm-up step after the first,
+threefry, ``CPU_XLA_FLAGS``; ``loop_lax`` without those flags), except the persistent compilation cache, which is off. Steady state: one warm-up step after the first,
 then the median of timed repeats of ``k`` steps (``k`` so that a repeat lasts at least
 ``--min-repeat-s``; at least ``--min-repeats``, at most ``--max-repeats``, about ``--budget-s``
 of timed work). A configuration is skipped when the same strategy's rate at the previous P
 predicts one population step longer than ``--max-step-s`` (e.g. vmap at full width).
 
 FLOPs: XLA's cost analysis (``jax.jit(step).lower(...).compile().cost_analysis()["flops"]``) of
-the compiled single-network train step, divided by the batch: what XLA counts for the HLO it
+the compiled single-network train step in the lax formulation (as ``loop_lax`` runs it; the CPU
+forms' shifted-matmul kernel gradient computes, and XLA counts, the padding taps too), divided
+by the batch: what XLA counts for the HLO it
 runs: convs, dots, elementwise, BatchNorm, optimiser; no input gradient for the first conv;
 a 'SAME' conv counts only the taps inside the image, not those on the zero padding (a 3x3 conv
 on a 4x4 map counts 69% of 9 taps per pixel, on 2x2 44%; the shifted-matmul form on 2x2 maps
@@ -82,9 +87,12 @@ from importlib import metadata
 
 HERE = pathlib.Path(__file__).resolve().parent
 IMAGE = (32, 32, 3)
-STRATEGIES = ("loop", "vmap", "unroll", "single", "torch", "procs2")
+STRATEGIES = ("loop", "loop_lax", "vmap", "unroll", "single", "torch", "procs2")
 # Strategies whose compiled program may depend on P (--compile-pops).
 COMPILE_STRATEGIES = ("loop", "vmap", "unroll")
+# The library's CPU forms (gtl_jax.models.layers) and XLA flags (gtl_jax.evolve.CPU_XLA_FLAGS),
+# which ``loop_lax`` turns off: the library's loop as it ran before them.
+LAX_STRATEGIES = ("loop_lax",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,9 +145,23 @@ def _numpy_init(shapes, rng):
     )
 
 
-def _import_jax():
+def _import_jax(strategy: str = "loop"):
     """JAX as gtl_jax.evolve's CLI sets it up (configure_jax), without its persistent
-    compilation cache (each worker measures its own compile time)."""
+    compilation cache (each worker measures its own compile time); for ``LAX_STRATEGIES``
+    without the library's CPU forms and CPU XLA flags."""
+    import jaxlib
+
+    from gtl_jax.evolve import CPU_XLA_FLAGS, cpu_xla_flags
+    from gtl_jax.models import layers
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if strategy in LAX_STRATEGIES:
+        layers.MATMUL_KERNEL_GRAD_ON_CPU = layers.RESHAPE_MAX_POOL_ON_CPU = False
+        for flag in CPU_XLA_FLAGS:
+            flags = " ".join(f for f in flags.split() if f != flag)
+    else:
+        flags = cpu_xla_flags(flags, jaxlib.__version__)
+    os.environ["XLA_FLAGS"] = flags
     import jax
 
     jax.config.update("jax_threefry_partitionable", False)
@@ -151,7 +173,7 @@ def _setup_jax(spec: dict):
     """Imports JAX in the worker; returns ``(run, state, block)`` for ``spec``'s strategy."""
     import functools
 
-    jax = _import_jax()
+    jax = _import_jax(spec["strategy"])
     import jax.numpy as jnp
     import numpy as np
 
@@ -194,10 +216,9 @@ def _setup_jax(spec: dict):
                 return stack(outs)
 
             fn = jax.jit(unrolled)
-        else:  # loop, vmap (the library; procs2 runs "loop")
-            fn = population_map(
-                step, (0, 0, 0), strategy="loop" if strategy == "procs2" else strategy
-            )
+        else:  # loop, vmap (the library; procs2 and loop_lax run "loop")
+            library = {"procs2": "loop", "loop_lax": "loop"}.get(strategy, strategy)
+            fn = population_map(step, (0, 0, 0), strategy=library)
         xj, yj = jnp.asarray(x), jnp.asarray(y)
 
         def run(state):
@@ -339,7 +360,9 @@ def cost_worker(spec: dict) -> None:
     """XLA's FLOPs of one network's train step, parameter counts, the torch model check."""
     import functools
 
-    jax = _import_jax()
+    # FLOPs of the lax formulation: its 'SAME' convs count no padding taps, so a form that
+    # computes more taps (the CPU forms' kernel gradient) does not count as more work.
+    jax = _import_jax("loop_lax")
     import jax.numpy as jnp
 
     from gtl_jax.models import build_model
@@ -510,8 +533,11 @@ def write_markdown(path: pathlib.Path, rows: list[dict], meta: dict) -> None:
         "",
         f"One SGD step (momentum 0.9, lr 0.05, weight decay 5e-4) of each of P VGG11 networks "
         f"(5-way head) on its own batch of {meta['batch']} random u8 32x32x3 images. "
-        "`loop`/`vmap`: `gtl_jax.population.population_map`; `unroll`: members traced in one "
-        "jit; `single`: Python loop of P single jitted steps (baseline a); `torch`: PyTorch "
+        "`loop`/`vmap`: `gtl_jax.population.population_map`; `loop_lax`: `loop` without the "
+        "library's CPU forms (lax.conv's kernel gradient, nn.max_pool) and CPU XLA flags, as "
+        "the library ran before them; `unroll`: members traced in one "
+        "jit; `single`: Python loop of P single jitted steps (baseline a; the library's "
+        "layers and flags); `torch`: PyTorch "
         "CPU loop of P networks (baseline b); `procs2`: two processes pinned to one core each, "
         "each the library loop over P/2 members. images/s: median of timed repeats. "
         "GFLOP/s: XLA cost-analysis FLOPs per image of the single-network step x images/s; "
@@ -603,7 +629,7 @@ def _summary(by: dict, costs: dict, jax_peak: float | None) -> list[str]:
                 continue
             ips = r["images_per_s"]
             parts = [f"{ips:,.1f} images/s"]
-            for base in ("single", "torch", "unroll", "vmap", "procs2"):
+            for base in ("loop_lax", "single", "torch", "unroll", "vmap", "procs2"):
                 b = by.get((w, p, base))
                 if b:
                     parts.append(f"{ips / b['images_per_s']:.2f}x {base}")

@@ -237,7 +237,9 @@ def fixed_episodes(
     )
 
 
-def evaluate(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool) -> dict:
+def evaluate(
+    c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool
+) -> dict:
     """Learngene descendants vs scratch on the same seeded test episodes, per shot setting.
 
     The learngene and scratch jobs of the evidence suite (``gtl_jax.inherit.Suite``) on the
@@ -354,13 +356,43 @@ def resolve_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     return c
 
 
+# XLA CPU's concurrency-optimised scheduler (on by default) orders a program so that independent
+# ops run side by side; on 2 cores that competes with the ops' own threads. With it off, a
+# VGG11 train step ran 1.35x faster at width 1/4 and 1.14x at width 1, outputs bit-identical
+# (benchmarks/results/cpu_explore.md). XLA aborts on a flag it does not know, so the flags are
+# given only to the jaxlib versions they were checked on.
+CPU_XLA_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+CPU_XLA_FLAGS_JAXLIB = ((0, 10), (0, 11))  # [from, to) as (major, minor)
+
+
+def cpu_xla_flags(xla_flags: str, jaxlib_version: str) -> str:
+    """``xla_flags`` (the ``XLA_FLAGS`` value) with CPU_XLA_FLAGS added, unless this jaxlib
+    is outside CPU_XLA_FLAGS_JAXLIB or the flag is set already (the user's value wins)."""
+    major_minor = tuple(int(v) for v in jaxlib_version.split(".")[:2])
+    low, high = CPU_XLA_FLAGS_JAXLIB
+    if not low <= major_minor < high:
+        return xla_flags
+    for flag in CPU_XLA_FLAGS:
+        if flag.split("=")[0] not in xla_flags:
+            xla_flags = f"{xla_flags} {flag}".strip()
+    return xla_flags
+
+
 def configure_jax() -> None:
-    """Process-wide JAX settings of the command line.
+    """Process-wide JAX settings of the command line; call before JAX first uses a device.
 
     - Non-partitionable threefry: with the partitionable form (JAX's default) XLA CPU took
-      7.5 s to compile a VGG11 x1/8 init, against 2.6 s without (benchmarks/results/). Random streams are fixed by this setting, so runs stay reproducible.
+      7.5 s to compile a VGG11 x1/8 init, against 2.6 s without (benchmarks/results/).
+      Random streams are fixed by this setting, so runs stay reproducible.
     - A persistent compilation cache: a second run (or the tests) skips most compilation.
+    - ``CPU_XLA_FLAGS`` added to ``XLA_FLAGS`` (inherited by worker processes): faster on CPU,
+      same numbers.
     """
+    import jaxlib  # noqa: PLC0415 (only its version)
+
+    os.environ["XLA_FLAGS"] = cpu_xla_flags(
+        os.environ.get("XLA_FLAGS", ""), jaxlib.__version__
+    )
     jax.config.update("jax_threefry_partitionable", False)
     path = os.environ.get(
         "GTL_JAX_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "gtl_jax" / "xla")

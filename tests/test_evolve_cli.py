@@ -13,7 +13,7 @@ from gtl_jax.checkpoint import load_learngene
 from gtl_jax.configs import load_config
 from gtl_jax.descendants import Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig, all_finite
-from gtl_jax.evolve import from_config, main
+from gtl_jax.evolve import CPU_XLA_FLAGS, cpu_xla_flags, from_config, main
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
 
@@ -172,3 +172,15 @@ def test_a_diverging_individual_is_never_selected(poison, omniglot):
 def test_library_defaults_are_the_default_config():
     assert from_config(EvolutionConfig, load_config("omniglot")) == EvolutionConfig()
 
+
+def test_cpu_xla_flags_only_for_checked_jaxlib_and_never_over_the_users():
+    (flag,) = CPU_XLA_FLAGS
+    name = flag.split("=")[0]
+    assert cpu_xla_flags("", "0.10.2") == flag
+    assert cpu_xla_flags("--xla_force_host_platform_device_count=8", "0.10.0") == (
+        f"--xla_force_host_platform_device_count=8 {flag}"
+    )
+    assert cpu_xla_flags(f"{name}=true", "0.10.2") == f"{name}=true"  # the user's wins
+    # XLA aborts on flags it does not know: other versions get XLA_FLAGS unchanged.
+    assert cpu_xla_flags("", "0.4.35") == ""
+    assert cpu_xla_flags("--x=1", "0.11.0") == "--x=1"

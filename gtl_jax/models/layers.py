@@ -11,17 +11,17 @@ in other forms (per-backend rules; GPU/TPU keep lax.conv and nn.max_pool, not me
 
 - a 3x3 conv on a 2x2 or 1x1 map, which XLA CPU runs about 80x below its matmul speed
   (`../shared/MEASURED.md`), is a sum of shifted matmuls (``shifted_matmul_conv``);
-- (off by default, ``MATMUL_KERNEL_GRAD_ON_CPU``) a conv on a larger map is lax.conv with its
-  kernel gradient as shifted matmuls (``conv_matmul_kernel_grad``): XLA CPU ran lax.conv's
-  kernel gradient several times slower than its forward;
-- (off by default, ``RESHAPE_MAX_POOL_ON_CPU``) 2x2 max-pooling is a reshaped max
-  (``max_pool_2x2``): XLA CPU turns nn.max_pool's gradient (select-and-scatter) into a scatter
-  indexed by four int32 arrays of the input's size.
+- a conv on a larger map is lax.conv with its kernel gradient as shifted matmuls
+  (``conv_matmul_kernel_grad``; ``MATMUL_KERNEL_GRAD_ON_CPU``): XLA CPU ran lax.conv's kernel
+  gradient several times slower than its forward;
+- 2x2 max-pooling is a reshaped max (``max_pool_2x2``; ``RESHAPE_MAX_POOL_ON_CPU``): XLA CPU
+  turns nn.max_pool's gradient (select-and-scatter) into a scatter indexed by four int32 arrays
+  of the input's size.
 
 The last two together made a VGG11 train step (32x32, batch 64) 1.16-1.28x faster at width 1/4
-and 1.23-1.28x at width 1 in four runs (benchmarks/results/cpu_explore.md); they are off by
-default because they change results at float rounding (the README's tables were measured
-without them).
+and 1.23-1.28x at width 1 in four runs (benchmarks/results/cpu_explore.md). Their gradients
+differ from lax.conv's and nn.max_pool's at float rounding, so setting the two constants to
+False reproduces, at float rounding, results measured without them.
 Every form keeps the parameter layout of ``flax.linen.Conv`` (``kernel: f32[kh, kw, I, O]``,
 HWIO), so learngene slicing does not care which form ran; values agree to float rounding.
 """
@@ -48,9 +48,8 @@ def default_small_map_pixels() -> int:
 # (conv_matmul_kernel_grad). benchmarks/cpu_explore.py, forward + backward of one conv at batch
 # 64: 1.2-1.9x faster than lax.conv on VGG11's 32x32, 16x16 and 8x8 layers, about even on 4x4;
 # in the whole VGG11 step it was worth 1.13x at width 1 and nothing measurable at width 1/4.
-# Off by default for now: its gradients differ from lax.conv's by float rounding, so turning it
-# on changes every CPU result and the README's tables must be measured again with it.
-MATMUL_KERNEL_GRAD_ON_CPU = False
+# Its gradients differ from lax.conv's by float rounding.
+MATMUL_KERNEL_GRAD_ON_CPU = True
 
 
 def default_matmul_kernel_grad() -> bool:
@@ -197,8 +196,8 @@ class Conv(nn.Module):
 # into a scatter driven by four int32 index arrays of the input's size; the reshaped max's
 # gradient is an elementwise mask. benchmarks/cpu_explore.py, forward + backward of VGG11's
 # pools at batch 64: 1.7-6x faster; in the whole step 1.14x at width 1/4, within noise at 1.
-# Off by default for now, like MATMUL_KERNEL_GRAD_ON_CPU (gradients differ at ties).
-RESHAPE_MAX_POOL_ON_CPU = False
+# Gradients differ from nn.max_pool's only at ties (see max_pool_2x2).
+RESHAPE_MAX_POOL_ON_CPU = True
 
 
 def default_reshape_max_pool() -> bool:
