@@ -1,8 +1,12 @@
-"""Time one fine-tuning step of a population of descendants, per execution strategy.
+"""Time the fine-tuning of a population of descendants, per execution strategy.
 
-Run: python benchmarks/descendant_step.py [--episodes 50] [--width 0.125]
-Prints one JSON line per (strategy, shot): ms per member-step in steady state and the time of
-the first (compiling) call. Run it alone: the machine's 2 cores are shared.
+Run: python benchmarks/descendant_step.py [--episodes 50] [--width 0.125] [--steps 20]
+Each (strategy, shot) evaluates scratch descendants of ``--episodes`` 5-way episodes of the
+Omniglot test classes (``DescendantEvaluator``: init, instinct, ``--steps`` fine-tuning steps,
+query accuracy) ``--repeats`` times after a first, compiling call. Prints one JSON line per
+(strategy, shot): ms per member-step (the steady evaluation time / (episodes x steps), query
+and instinct included) and the time of the first call. Run it alone: the machine's 2 cores are
+shared.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--strategies", default="loop,vmap")
     args = parser.parse_args()
     configure_jax()
     test = jnp.asarray(load_omniglot()["test"].images)
@@ -39,20 +45,18 @@ def main() -> None:
             k_shot=shot,
             n_query=15,
         )
-        for strategy in ("loop", "vmap"):
+        for strategy in args.strategies.split(","):
             evaluator = DescendantEvaluator(
-                model, Recipe(steps=1), n_way=5, strategy=strategy
+                model, Recipe(steps=args.steps), n_way=5, strategy=strategy
             )
-            state = evaluator.init_scratch(keys, episodes)
             start = time.perf_counter()
-            state, _ = evaluator.step(state, episodes)
-            jax.block_until_ready(state)
+            jax.block_until_ready(evaluator(keys, episodes, None).final)
             first = time.perf_counter() - start
             start = time.perf_counter()
             for _ in range(args.repeats):
-                state, _ = evaluator.step(state, episodes)
-            jax.block_until_ready(state)
-            steady = (time.perf_counter() - start) / args.repeats / args.episodes
+                jax.block_until_ready(evaluator(keys, episodes, None).final)
+            steady = (time.perf_counter() - start) / args.repeats
+            steady /= args.episodes * args.steps
             print(
                 json.dumps(
                     {
