@@ -49,24 +49,37 @@ def test_sharded_evolution_over_8_devices_matches_one_device(tmp_path):
     one, sharded = results[1], results[8]
     assert int(one["devices"]) == 1 and int(sharded["devices"]) == 8
     assert one.keys() == sharded.keys()
+    genes = [k for k in one if k.startswith("learngenes/")]
+    assert len(genes) == 2 * 8 * 5  # generations x layers x tensors
+    tolerance = 1.5 / 75
     for g in range(2):
         # Fitness is a query accuracy: a float-level difference can flip a near-tied query,
         # 1/75 of one critic's accuracy (5 ways x 15 queries), no more.
-        np.testing.assert_allclose(
-            sharded[f"fitness/{g}"], one[f"fitness/{g}"], atol=1.5 / 75
-        )
-        np.testing.assert_array_equal(sharded[f"parents/{g}"], one[f"parents/{g}"])
-    genes = [k for k in one if k.startswith("learngenes/")]
-    assert len(genes) == 2 * 8 * 5  # generations x layers x tensors
-    for k in genes:
-        np.testing.assert_allclose(sharded[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        fitness = one[f"fitness/{g}"]
+        np.testing.assert_allclose(sharded[f"fitness/{g}"], fitness, atol=tolerance)
+        parents, expected = sharded[f"parents/{g}"], one[f"parents/{g}"]
+        if not np.array_equal(parents, expected):
+            # A flipped query may make a tournament pick another winner, but only one as
+            # fit, to that query, as one device's winner; from there the lineages differ, so
+            # nothing later is compared (the weights of sharded training without selection
+            # are compared below). Seen in CI once the CPU forms became the default.
+            np.testing.assert_allclose(  # each of the two may have flipped a query
+                fitness[parents], fitness[expected], atol=2 * tolerance
+            )
+            break
+        for k in genes:
+            if k.startswith(f"learngenes/{g}/"):
+                np.testing.assert_allclose(
+                    sharded[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k
+                )
 
 
-def test_sharded_vmap_over_8_devices_matches_one_device(tmp_path):
-    # Eight networks trained by the vmap strategy, sharded over 8 devices and on one; no
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_sharded_training_over_8_devices_matches_one_device(strategy, tmp_path):
+    # Eight networks trained by the strategy, sharded over 8 devices and on one; no
     # selection, so nothing discrete can amplify a float-level difference.
     out = tmp_path / "result.npz"
-    run_on(8, ["--strategy", "vmap", "--lifetime_only", "--out", str(out)])
+    run_on(8, ["--strategy", strategy, "--lifetime_only", "--out", str(out)])
     result = dict(np.load(out))
     single = [k[len("single/") :] for k in result if k.startswith("single/")]
     assert "losses" in single and len(single) > 10
