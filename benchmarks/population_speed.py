@@ -151,20 +151,21 @@ def _import_jax(strategy: str = "loop"):
     without the library's CPU forms and CPU XLA flags."""
     import jaxlib
 
-    from gtl_jax.evolve import CPU_XLA_FLAGS, cpu_xla_flags
+    from gtl_jax.evolve import CPU_XLA_FLAGS, configure_jax, cpu_xla_flags
     from gtl_jax.models import layers
 
-    flags = os.environ.get("XLA_FLAGS", "")
     if strategy in LAX_STRATEGIES:
         layers.MATMUL_KERNEL_GRAD_ON_CPU = layers.RESHAPE_MAX_POOL_ON_CPU = False
-        for flag in CPU_XLA_FLAGS:
-            flags = " ".join(f for f in flags.split() if f != flag)
-    else:
-        flags = cpu_xla_flags(flags, jaxlib.__version__)
-    os.environ["XLA_FLAGS"] = flags
+        # configure_jax never overrides a flag already set: set XLA's own defaults (only
+        # where this jaxlib knows the flags).
+        known = bool(cpu_xla_flags("", jaxlib.__version__))
+        defaults = [f"{f.split('=')[0]}=true" for f in CPU_XLA_FLAGS if known]
+        os.environ["XLA_FLAGS"] = " ".join(
+            [os.environ.get("XLA_FLAGS", ""), *defaults]
+        ).strip()
+    configure_jax()
     import jax
 
-    jax.config.update("jax_threefry_partitionable", False)
     jax.config.update("jax_enable_compilation_cache", False)
     return jax
 
