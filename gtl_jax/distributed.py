@@ -11,18 +11,26 @@ trains the members on its own devices. Two uses:
   the command, one per core, each pinned to its core. XLA CPU uses two cores poorly for small
   networks (`../shared/MEASURED.md`: two pinned processes gave 1.6x one process on both cores).
 
+A third, without ``jax.distributed``: ``worker_pool`` starts independent worker processes, one
+pinned per core, for work that splits into independent jobs (the evidence suite's jobs, blocks
+of an evolution's members). Each worker is a process of its own with one device, so it compiles
+the programs of one process and shares the persistent compilation cache with it.
+
 Host code reads results with ``to_host`` (a gather across processes when an array is split
 between them) and splits host loops between processes with ``process_block`` and ``rows``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -67,6 +75,69 @@ def available_cores() -> list[int]:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
+
+
+def default_workers(requested: int) -> int:
+    """Worker processes: ``requested`` if > 0; otherwise one per core on the CPU backend (XLA
+    CPU keeps one core busy with small networks), one on GPU/TPU."""
+    if requested > 0:
+        return requested
+    if jax.default_backend() != "cpu":
+        return 1
+    return max(1, len(available_cores()))
+
+
+def _start_pinned(pin: bool, core_queue: Any, initializer: Callable, initargs: tuple):
+    if pin and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core_queue.get()})
+    initializer(*initargs)
+
+
+@contextlib.contextmanager
+def worker_pool(
+    workers: int, initializer: Callable, initargs: tuple = ()
+) -> Iterator[tuple[concurrent.futures.ProcessPoolExecutor, Any]]:
+    """``workers`` spawned processes, each pinned to its own core when there are enough.
+
+    Yields ``(pool, progress)``: a process pool whose workers ran ``initializer(*initargs)``
+    after pinning, and a queue the jobs may put progress into (see ``wait_all``).
+    """
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        progress, core_queue = manager.Queue(), manager.Queue()
+        cores = available_cores()
+        pin = len(cores) >= workers
+        for i in range(workers):
+            core_queue.put(cores[i] if pin else 0)
+        with concurrent.futures.ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_start_pinned,
+            initargs=(pin, core_queue, initializer, initargs),
+        ) as pool:
+            yield pool, progress
+
+
+def wait_all(
+    futures: Sequence[concurrent.futures.Future],
+    progress: Any,
+    update: Callable[[float], Any] | None = None,
+) -> list:
+    """The results of ``futures`` in order; meanwhile passes what the jobs put into
+    ``progress`` to ``update`` (e.g. ``tqdm.update``). A job's exception is raised here."""
+
+    def drain():
+        while not progress.empty():
+            value = progress.get()
+            if update is not None:
+                update(value)
+
+    pending = set(futures)
+    while pending:
+        _, pending = concurrent.futures.wait(pending, timeout=0.5)
+        drain()
+    drain()
+    return [f.result() for f in futures]
 
 
 def free_port() -> int:

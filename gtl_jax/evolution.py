@@ -202,6 +202,25 @@ class EvolutionState:
     best_fitness: jax.Array
 
 
+@dataclasses.dataclass
+class Lives:
+    """Steps 1-4 of a generation for a block of n members (``Evolution.lives``).
+
+    Attributes:
+      trained: the learngenes extracted after lifetime learning (stacked, leading n).
+      life_losses: f32[life_steps, n] (host), the lifetime losses.
+      diverged: bool[n] (host), a non-finite loss or learngene.
+      fitness: f32[n] (host), mean critic query accuracy (diverged ones included).
+      instinct: f32[n * num_critics] (host), the critics' instincts.
+    """
+
+    trained: Learngene
+    life_losses: np.ndarray
+    diverged: np.ndarray
+    fitness: np.ndarray
+    instinct: np.ndarray
+
+
 @dataclasses.dataclass(frozen=True)
 class EvolutionConfig:
     """The static sizes and knobs of the loop; defaults are the omniglot config's (the CLI builds
@@ -370,38 +389,46 @@ class Evolution:
         shardings = self.state_shardings(state)
         return jax.jit(lambda s: s, out_shardings=shardings)(state)
 
-    def generation(
+    def lives(
         self,
-        root_key: jax.Array,
-        state: EvolutionState,
+        key: jax.Array,
+        learngenes: Learngene,
+        lo: int = 0,
+        hi: int | None = None,
         on_step: Callable[[float], Any] | None = None,
-    ) -> tuple[EvolutionState, dict[str, Any]]:
-        """Runs one generation: ``(key, state) -> (state, metrics)``.
+    ) -> Lives:
+        """Steps 1-4 of a generation for the members ``[lo, hi)`` of the population.
+
+        The keys, tasks and critic episodes are those of the whole population (drawn from
+        the generation's ``key``), so a block computes what the whole population would for
+        its members: ``generation`` can split the population between worker processes.
 
         Args:
-          root_key: the run's root key; the generation's key is ``fold_in(root_key, g)``.
-          state: the state after ``g`` generations.
-          on_step: called with the number of lifetime or critic steps (of the whole
-            population) just completed, e.g. ``tqdm.update``.
+          key: the generation's key, ``fold_in(root_key, g)``.
+          learngenes: the learngenes of members ``[lo, hi)`` (stacked).
+          lo, hi: the block of members (default: all of them).
+          on_step: called with the number of lifetime or critic steps (of the block) just
+            completed.
         """
         c = self.config
-        g = int(state.generation)
-        key = jax.random.fold_in(root_key, g)
-        host_key, task_key, life_key, critic_key, next_key = jax.random.split(key, 5)
         size = c.pop_size
+        hi = size if hi is None else hi
+        block = (lambda x: x) if (lo, hi) == (0, size) else (lambda x: x[lo:hi])
+        host_key, task_key, life_key, critic_key, _ = jax.random.split(key, 5)
+        n = hi - lo
 
         # 1. Hosts: every learngene into a fresh network (its own key).
-        hosts = self.hosts(jax.random.split(host_key, size), state.learngenes)
+        hosts = self.hosts(block(jax.random.split(host_key, size)), learngenes)
         # 2. Lifetime learning: each individual its own life_way-way task of meta-train classes.
-        classes = self.sample_tasks(jax.random.split(task_key, size))
+        classes = block(self.sample_tasks(jax.random.split(task_key, size)))
         life_losses = []
         for step in range(c.life_steps):
-            step_keys = jax.random.split(jax.random.fold_in(life_key, step), size)
+            step_keys = block(jax.random.split(jax.random.fold_in(life_key, step), size))
             hosts, loss = self.life_step(step_keys, hosts, classes, self.train_images)
             life_losses.append(loss)
             if on_step is not None:
                 on_step(1.0)
-        life_losses = jnp.stack(life_losses) if life_losses else jnp.zeros((1, size))
+        life_losses = jnp.stack(life_losses) if life_losses else jnp.zeros((1, n))
         # 3. Extraction: what was learned in life is inherited.
         trained = self.extract(hosts)
         # A diverged individual (non-finite loss or learngene) gets NaN fitness: never selected.
@@ -412,7 +439,7 @@ class Evolution:
             jax.random.split(episode_key, c.num_critics), self.val_images
         )
         critic_keys = jax.random.split(init_key, c.num_critics)
-        tile = lambda x: jnp.tile(x, (size,) + (1,) * (x.ndim - 1))  # noqa: E731
+        tile = lambda x: jnp.tile(x, (n,) + (1,) * (x.ndim - 1))  # noqa: E731
         repeat = lambda x: jnp.repeat(x, c.num_critics, axis=0)  # noqa: E731
         result = self.critics(
             tile(critic_keys),
@@ -421,9 +448,38 @@ class Evolution:
             on_step=on_step,
         )
         # The per-individual scalars on the host (gathered when processes share the work).
-        diverged, life_losses = to_host((diverged, life_losses))
-        fitness = to_host(result.final.reshape(size, c.num_critics).mean(axis=1))
-        fitness = np.where(diverged, np.float32(np.nan), fitness)
+        diverged, life_losses, instinct = to_host((diverged, life_losses, result.instinct))
+        fitness = to_host(result.final.reshape(n, c.num_critics).mean(axis=1))
+        return Lives(trained, life_losses, diverged, fitness, instinct)
+
+    def generation(
+        self,
+        root_key: jax.Array,
+        state: EvolutionState,
+        on_step: Callable[[float], Any] | None = None,
+        *,
+        workers: Callable[..., Lives] | None = None,
+    ) -> tuple[EvolutionState, dict[str, Any]]:
+        """Runs one generation: ``(key, state) -> (state, metrics)``.
+
+        Args:
+          root_key: the run's root key; the generation's key is ``fold_in(root_key, g)``.
+          state: the state after ``g`` generations.
+          on_step: called with the number of lifetime or critic steps (of the whole
+            population) just completed, e.g. ``tqdm.update``.
+          workers: computes ``lives`` of the whole population elsewhere, as
+            ``workers(key, learngenes, on_step)`` (``gtl_jax.evolve.LifeWorkers``: blocks of
+            members in worker processes); None: in this process.
+        """
+        g = int(state.generation)
+        key = jax.random.fold_in(root_key, g)
+        next_key = jax.random.split(key, 5)[4]
+        if workers is None:
+            life = self.lives(key, state.learngenes, on_step=on_step)
+        else:
+            life = workers(key, state.learngenes, on_step)
+        trained, life_losses, diverged = life.trained, life.life_losses, life.diverged
+        fitness = np.where(diverged, np.float32(np.nan), life.fitness)
         # 5-6. Tournaments, elitism, mutation, lineage.
         next_learngenes, parents = self.reproduce(next_key, trained, jnp.asarray(fitness))
         safe = sanitize_fitness(fitness)
@@ -446,7 +502,7 @@ class Evolution:
             "diverged": int(diverged.sum()),
             "life_loss_first": float(jnp.nanmean(life_losses[0])),
             "life_loss_last": float(jnp.nanmean(life_losses[-1])),
-            "critic_instinct_mean": float(to_host(result.instinct).mean()),
+            "critic_instinct_mean": float(life.instinct.mean()),
             "parents": [int(p) for p in to_host(parents)],
             "best_index": best,
             "diversity": float(self.diversity(next_learngenes)),

@@ -12,6 +12,7 @@ Workdir contents: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``learng
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from tqdm.auto import tqdm
 
 from gtl_jax import checkpoint, distributed, plots
@@ -36,10 +38,10 @@ from gtl_jax.data import (
     sample_episode,
 )
 from gtl_jax.descendants import Recipe
-from gtl_jax.evolution import Evolution, EvolutionConfig
+from gtl_jax.evolution import Evolution, EvolutionConfig, Lives
 from gtl_jax.learngene import make_spec, parameter_share
 from gtl_jax.models import MODELS, PRECISIONS, build_model
-from gtl_jax.population import STRATEGIES
+from gtl_jax.population import STRATEGIES, resolve_strategy
 
 FITNESS_KEYS = ("fitness_max", "fitness_mean", "fitness_min")
 # Descendant progress advances by fractions of a step when descendants run one at a time.
@@ -237,6 +239,111 @@ def fixed_episodes(
     )
 
 
+def make_evolution(c: ml_collections.ConfigDict, pools: dict) -> Evolution:
+    """The config's ``Evolution`` on the loaded class pools."""
+    train, val = (jnp.asarray(pools[s].images) for s in ("train", "val"))
+    life_model = model_of(c, c.life_way)
+    return Evolution(
+        life_model,
+        model_of(c, c.critic_way),
+        make_spec(life_model, c.ratio, pools["train"].image_shape[-1]),
+        from_config(EvolutionConfig, c),
+        critic_recipe(c),
+        train,
+        val,
+        strategy=c.strategy,
+    )
+
+
+def life_workers(c: ml_collections.ConfigDict) -> int:
+    """Worker processes for the members' lives (``workers``; 0: one per CPU core).
+
+    Only in one process with one device and the loop strategy: several devices or joined
+    processes already share the population (``gtl_jax.population``), and vmap runs it as one
+    program. At most one per member.
+    """
+    if (
+        jax.process_count() > 1
+        or jax.device_count() > 1
+        or resolve_strategy(c.strategy) != "loop"
+    ):
+        return 1
+    return min(distributed.default_workers(int(c.workers)), int(c.pop_size))
+
+
+# One Evolution per life worker process, built by the pool's initializer.
+_WORKER_EVOLUTION: Evolution | None = None
+
+
+def _start_life_worker(config_json: str) -> None:
+    global _WORKER_EVOLUTION
+    configure_jax()
+    c = ml_collections.ConfigDict(json.loads(config_json))
+    pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
+    _WORKER_EVOLUTION = make_evolution(c, pools)
+
+
+def _life_job(key_data, learngenes, lo: int, hi: int, progress) -> Lives:
+    evo = _WORKER_EVOLUTION
+    share = (hi - lo) / evo.config.pop_size  # progress counts steps of the whole population
+    life = evo.lives(
+        jax.random.wrap_key_data(key_data),
+        jax.tree.map(jnp.asarray, learngenes),
+        lo,
+        hi,
+        on_step=lambda n: progress.put(n * share),
+    )
+    return jax.device_get(life)
+
+
+class LifeWorkers:
+    """``Evolution.lives`` of the whole population, in blocks of members computed by worker
+    processes pinned one per core (``Evolution.generation``'s ``workers``).
+
+    On CPU XLA uses two cores poorly for these small networks: at the default sizes one
+    pinned process per core trains its members at close to the speed one process reaches
+    on both cores (README, "Speed"). Every block draws the keys, tasks and critic episodes
+    of the whole population, so the results are one process's, up to float rounding (a
+    pinned process may sum in another order).
+    """
+
+    def __init__(self, c: ml_collections.ConfigDict, workers: int):
+        self.size, self.workers = int(c.pop_size), workers
+        self._pool = distributed.worker_pool(workers, _start_life_worker, (c.to_json(),))
+
+    def __enter__(self) -> LifeWorkers:
+        self.pool, self.progress = self._pool.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.__exit__(*exc)
+
+    def __call__(self, key, learngenes, on_step=None) -> Lives:
+        bounds = np.linspace(0, self.size, self.workers + 1).round().astype(int)
+        genes = distributed.to_host(learngenes)
+        key_data = np.asarray(jax.random.key_data(key))
+        futures = [
+            self.pool.submit(
+                _life_job,
+                key_data,
+                jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], genes),
+                int(lo),
+                int(hi),
+                self.progress,
+            )
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+        ]
+        blocks = distributed.wait_all(futures, self.progress, on_step)
+        join = lambda *xs, axis=0: np.concatenate(xs, axis=axis)  # noqa: E731
+        return Lives(
+            jax.tree.map(lambda *xs: jnp.asarray(join(*xs)), *[b.trained for b in blocks]),
+            join(*[b.life_losses for b in blocks], axis=1),
+            join(*[b.diverged for b in blocks]),
+            join(*[b.fitness for b in blocks]),
+            join(*[b.instinct for b in blocks]),
+        )
+
+
 def evaluate(
     c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool
 ) -> dict:
@@ -384,7 +491,10 @@ def configure_jax() -> None:
     - Non-partitionable threefry: with the partitionable form (JAX's default) XLA CPU took
       7.5 s to compile a VGG11 x1/8 init, against 2.6 s without (benchmarks/results/).
       Random streams are fixed by this setting, so runs stay reproducible.
-    - A persistent compilation cache: a second run (or the tests) skips most compilation.
+    - A persistent compilation cache of every program, however quick to compile: a second run
+      (or the tests) skips most compilation. Each worker process compiles the programs it
+      runs, and a default run compiles about 240 small ones per process: caching those too
+      cut the worker processes' XLA compile time from 13.3 s to 2.9 s.
     - ``CPU_XLA_FLAGS`` added to ``XLA_FLAGS`` (inherited by worker processes): faster on CPU,
       same numbers.
     """
@@ -398,7 +508,7 @@ def configure_jax() -> None:
         "GTL_JAX_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "gtl_jax" / "xla")
     )
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def read_metrics(path: pathlib.Path) -> list[dict]:
@@ -464,22 +574,9 @@ def run(
                 f"{', '.join(sorted(differ))}); use another --workdir or the same config"
             )
 
-    train, val = (jnp.asarray(pools[s].images) for s in ("train", "val"))
     image_shape = pools["train"].image_shape
-    life_model = model_of(c, c.life_way)
-    critic_model = model_of(c, c.critic_way)
-    spec = make_spec(life_model, c.ratio, image_shape[-1])
-    ec = from_config(EvolutionConfig, c)
-    evo = Evolution(
-        life_model,
-        critic_model,
-        spec,
-        ec,
-        critic_recipe(c),
-        train,
-        val,
-        strategy=c.strategy,
-    )
+    evo = make_evolution(c, pools)
+    spec, ec, critic_model = evo.spec, evo.config, evo.critics.model
     init_key, root_key = jax.random.split(jax.random.key(c.seed))
 
     # Process 0's view: the others may look after it has created the directory.
@@ -515,16 +612,21 @@ def run(
 
     evolve_start = time.perf_counter()
     steps_per_generation = ec.life_steps + c.critic_steps
-    with tqdm(
+    workers = life_workers(c) if int(state.generation) < c.generations else 1
+    with contextlib.ExitStack() as stack, tqdm(
         total=c.generations * steps_per_generation,
         desc="evolution",
         unit="step",
         disable=quiet,
         initial=int(state.generation) * steps_per_generation,
     ) as bar:
+        pool = None
+        if workers > 1:
+            pool = stack.enter_context(LifeWorkers(c, workers))
+            bar.set_description(f"evolution ({workers} worker processes)")
         while int(state.generation) < c.generations:
             t = time.perf_counter()
-            state, m = evo.generation(root_key, state, on_step=bar.update)
+            state, m = evo.generation(root_key, state, on_step=bar.update, workers=pool)
             m["seconds"] = time.perf_counter() - t
             bar.set_postfix(
                 best=f"{m['fitness_max']:.3f}", mean=f"{m['fitness_mean']:.3f}"

@@ -25,12 +25,9 @@ Workdir contents: ``config.json``, ``pretrained/``, ``results.md``, ``results.js
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import multiprocessing
-import os
 import pathlib
 import sys
 import time
@@ -42,7 +39,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, plots
+from gtl_jax import checkpoint, distributed, plots
 from gtl_jax.configs import load_config
 from gtl_jax.data import DataError, augment_fn, load_dataset
 from gtl_jax.descendants import HEADS, DescendantEvaluator, mean_confidence
@@ -376,11 +373,9 @@ class Suite:
 _WORKER_SUITE: Suite | None = None
 
 
-def _start_worker(cores, core_queue, config_json, learngene_path, workdir):
-    """Pool initializer: pins the worker to one core, then builds its Suite (from caches)."""
+def _start_worker(config_json, learngene_path, workdir):
+    """Pool initializer: builds the worker's Suite (from caches)."""
     global _WORKER_SUITE
-    if cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {core_queue.get()})
     configure_jax()
     c = ml_collections.ConfigDict(json.loads(config_json))
     _WORKER_SUITE = Suite(c, pathlib.Path(learngene_path), pathlib.Path(workdir))
@@ -392,12 +387,7 @@ def _worker_job(shot, method, progress):
 
 def resolve_workers(c: ml_collections.ConfigDict) -> int:
     """``workers``: 0 means one per CPU core on the CPU backend, one on GPU/TPU."""
-    if int(c.workers) > 0:
-        return int(c.workers)
-    if jax.default_backend() != "cpu":
-        return 1
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return max(1, len(cores) if cores else os.cpu_count() or 1)
+    return distributed.default_workers(int(c.workers))
 
 
 def run_jobs(suite, jobs, workers, config_json, learngene_path, workdir, bar):
@@ -409,39 +399,14 @@ def run_jobs(suite, jobs, workers, config_json, learngene_path, workdir, bar):
     (a pinned process sums in another order): at the default sizes, a near-tied query in a
     few of 200 episodes. Episodes and keys do not depend on it.
     """
+    # Most expensive first (more shots), so the workers finish together.
+    jobs = sorted(jobs, key=lambda j: -j[0])
     if workers <= 1:
-        return {
-            job: suite.job(*job, on_step=bar.update)
-            for job in sorted(jobs, key=lambda j: -j[0])
-        }
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        progress, core_queue = manager.Queue(), manager.Queue()
-        cores = (
-            sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        )
-        pin = len(cores) >= workers
-        for i in range(workers):
-            core_queue.put(cores[i] if pin else 0)
-        with concurrent.futures.ProcessPoolExecutor(
-            workers,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(pin, core_queue, config_json, str(learngene_path), str(workdir)),
-        ) as pool:
-            # Most expensive first (more shots), so the workers finish together.
-            futures = {
-                pool.submit(_worker_job, *job, progress): job
-                for job in sorted(jobs, key=lambda j: -j[0])
-            }
-            pending = set(futures)
-            while pending:
-                done, pending = concurrent.futures.wait(pending, timeout=0.5)
-                while not progress.empty():
-                    bar.update(progress.get())
-            while not progress.empty():
-                bar.update(progress.get())
-            return {futures[f]: f.result() for f in futures}
+        return {job: suite.job(*job, on_step=bar.update) for job in jobs}
+    start = (config_json, str(learngene_path), str(workdir))
+    with distributed.worker_pool(workers, _start_worker, start) as (pool, progress):
+        futures = [pool.submit(_worker_job, *job, progress) for job in jobs]
+        return dict(zip(jobs, distributed.wait_all(futures, progress, bar.update)))
 
 
 def run(

@@ -13,7 +13,14 @@ from gtl_jax.checkpoint import load_learngene
 from gtl_jax.configs import load_config
 from gtl_jax.descendants import Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig, all_finite
-from gtl_jax.evolve import CPU_XLA_FLAGS, cpu_xla_flags, from_config, main
+from gtl_jax.evolve import (
+    CPU_XLA_FLAGS,
+    LifeWorkers,
+    cpu_xla_flags,
+    from_config,
+    main,
+    make_evolution,
+)
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
 
@@ -144,6 +151,52 @@ def test_two_generations_compile_once(omniglot):
     }
     for name, fn in compiled.items():
         assert fn._cache_size() == 1, name
+
+
+def test_blocks_of_members_live_as_in_the_whole_population(omniglot):
+    # What lets generation split the population between worker processes: a block draws the
+    # whole population's keys and tasks, so its members' lives are bit-identical.
+    evo = _tiny_evolution(omniglot)
+    key = jax.random.fold_in(jax.random.key(1), 0)
+    genes = evo.init(jax.random.key(0)).learngenes
+    whole = jax.device_get(evo.lives(key, genes))
+    blocks = [
+        jax.device_get(
+            evo.lives(key, jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], genes), lo, hi)
+        )
+        for lo, hi in ((0, 2), (2, 3))
+    ]
+    for field in ("fitness", "diverged", "instinct"):
+        joined = np.concatenate([getattr(b, field) for b in blocks])
+        np.testing.assert_array_equal(getattr(whole, field), joined)
+    np.testing.assert_array_equal(
+        whole.life_losses, np.concatenate([b.life_losses for b in blocks], axis=1)
+    )
+    for a, *parts in zip(*map(jax.tree.leaves, [whole.trained] + [b.trained for b in blocks])):
+        np.testing.assert_array_equal(a, np.concatenate(parts))
+
+
+def test_worker_processes_compute_the_lives_of_the_population(omniglot):
+    c = load_config("omniglot:smoke")  # pop 3: blocks of 2 and 1 members
+    evo = make_evolution(c, omniglot)
+    key = jax.random.fold_in(jax.random.key(1), 0)
+    genes = evo.init(jax.random.key(0)).learngenes
+    here_steps, there_steps = [], []
+    here = jax.device_get(evo.lives(key, genes, on_step=here_steps.append))
+    with LifeWorkers(c, 2) as workers:
+        there = workers(key, genes, there_steps.append)
+    # A pinned worker computes on one core, this process on two: XLA may sum in another
+    # order, so equal up to float rounding; a flipped query moves accuracy by 1/75.
+    query = 1 / (c.critic_way * c.critic_query)
+    np.testing.assert_allclose(there.fitness, here.fitness, atol=query + 1e-6)
+    np.testing.assert_allclose(there.instinct, here.instinct, atol=query + 1e-6)
+    np.testing.assert_array_equal(there.diverged, here.diverged)
+    np.testing.assert_allclose(there.life_losses, here.life_losses, rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(there.trained), jax.tree.leaves(here.trained)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The progress the workers report adds up to the steps of the whole population.
+    assert sum(there_steps) == pytest.approx(sum(here_steps))
+    assert sum(here_steps) == pytest.approx(c.life_steps + c.critic_steps)
 
 
 @pytest.mark.parametrize("poison", [jnp.nan, jnp.inf])

@@ -69,8 +69,9 @@ FIELD_HELP = {
     "pretrain_batch": "inherit: batch size of pre-training (all meta-train classes)",
     "pretrain_lr": "inherit: Adam learning rate of pre-training",
     "pretrain_weight_decay": "inherit: L2 weight decay of pre-training",
-    "workers": "inherit: processes that evaluate descendants (0: one per CPU core on CPU, "
-    "1 on GPU/TPU)",
+    "workers": "worker processes, one pinned per core: the evolution's members split between "
+    "them (one process, one device, loop strategy) and descendant jobs (final table, inherit) "
+    "(0: one per CPU core on CPU, 1 on GPU/TPU)",
     "strategy": "population execution: auto (vmap on GPU/TPU, loop on CPU), vmap or loop",
     "distributed": "call jax.distributed.initialize() to join the processes of several hosts",
     "processes": "CPU: run as this many joined processes on this machine, one per core, each "
