@@ -14,11 +14,13 @@ width=w)``: 5-way linear head) on its own batch of 64 random u8 32x32x3 images, 
 augmentation, for each width w (``--widths``, default 0.25 and 1) and each P (``--pops``,
 default 1, 4, 8, 16), by each strategy (``--strategies``):
 
-- ``loop``, ``vmap``: ``gtl_jax.population.population_map(train_step, strategy=...)`` over the
-  stacked population (``loop`` is the library's default, ``"auto"``, on CPU);
+- ``loop``, ``vmap``: ``gtl_jax.population.population_map(train_step, strategy=...,
+  carry=0)`` over the stacked population, the state donated and (``loop``) updated in place,
+  as the evolution's lifetime step runs (``loop`` is the library's default, ``"auto"``, on CPU);
 - ``loop_lax``: ``loop`` without the library's CPU forms (``gtl_jax.models.layers``: lax.conv's
-  own kernel gradient, nn.max_pool) and without ``gtl_jax.evolve.CPU_XLA_FLAGS``: the library's
-  default as it ran before them, so the table shows what they are worth;
+  own kernel gradient, nn.max_pool), without ``gtl_jax.evolve.CPU_XLA_FLAGS`` and without
+  ``carry`` (a new stacked population after every step): the library's default as it ran
+  before them, so the table shows what they are worth;
 - ``unroll``: the P members traced one after another inside one jit (not a library strategy);
 - ``single``: baseline (a), a Python loop over P separate (unstacked) states, each stepped by
   one jitted single-network step (the library's layers and XLA flags, like ``loop``);
@@ -26,8 +28,10 @@ default 1, 4, 8, 16), by each strategy (``--strategies``):
   same network, checked against the JAX one at the start of every width), ``torch`` threads 2;
 - ``procs2``: two OS processes, each pinned to one core, each running the library ``loop`` over
   P/2 members; both start each timed repeat together (a barrier through their stdin);
-  images/s = all images of a repeat / (last end - first start). It estimates a population
-  sharded over processes. Skipped for odd P.
+  images/s = all images of a repeat / (last end - first start). This is how ``python -m
+  gtl_jax.evolve`` trains its population on a 2-core CPU by default (``workers=0``: the
+  members split between worker processes pinned one per core, ``gtl_jax.evolve.LifeWorkers``),
+  where the processes meet once per generation, not every few steps. Skipped for odd P.
 
 ``--compile-pops`` (default 2) adds, for loop, vmap and unroll, a P measured for its compile
 time only (first step and one timed step; marked ``*`` in the table), so that the compile time
@@ -219,7 +223,10 @@ def _setup_jax(spec: dict):
             fn = jax.jit(unrolled)
         else:  # loop, vmap (the library; procs2 and loop_lax run "loop")
             library = {"procs2": "loop", "loop_lax": "loop"}.get(strategy, strategy)
-            fn = population_map(step, (0, 0, 0), strategy=library)
+            # The state carried (donated, updated in place) as gtl_jax.evolution's lifetime
+            # step runs it; loop_lax as the library ran before that too.
+            carry = None if strategy == "loop_lax" else 0
+            fn = population_map(step, (0, 0, 0), strategy=library, carry=carry)
         xj, yj = jnp.asarray(x), jnp.asarray(y)
 
         def run(state):

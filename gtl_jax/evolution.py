@@ -309,7 +309,7 @@ class Evolution:
         self.random_genes = population_map(random_gene_fn, (0,), strategy=strategy)
         self.hosts = population_map(host_fn, (0, 0), strategy=strategy)
         self.life_step = population_map(
-            life_step_fn, (0, 0, 0, None), strategy=strategy
+            life_step_fn, (0, 0, 0, None), strategy=strategy, carry=1
         )
         self.extract = population_map(
             lambda s: extract_learngene(spec, s.params, s.batch_stats),

@@ -40,11 +40,19 @@ def test_strategies_agree_on_a_train_step():
         s: population_map(step, (0, 0, 0), strategy=s)(state, x, y)
         for s in ("vmap", "loop")
     }
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
-        outs["vmap"],
-        outs["loop"],
-    )
+    # carry=0: the state is donated and, in the loop, updated in place member by member.
+    for s in ("vmap", "loop"):
+        donated = jax.tree.map(jnp.copy, state)
+        outs[s + "_carry"] = population_map(step, (0, 0, 0), strategy=s, carry=0)(
+            donated, x, y
+        )
+        assert all(leaf.is_deleted() for leaf in jax.tree.leaves(donated)), s
+    for s in ("loop", "vmap_carry", "loop_carry"):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+            outs["vmap"],
+            outs[s],
+        )
     # Members are independent: member 1 alone gives member 1's result.
     single, loss = jax.jit(step)(jax.tree.map(lambda a: a[1], state), x[1], y[1])
     np.testing.assert_allclose(loss, outs["loop"][1][1], rtol=1e-5)
@@ -56,3 +64,8 @@ def test_loop_compiles_one_member_function_not_one_per_member():
         out = fn(jnp.arange(9, dtype=jnp.float32), jnp.float32(2.0))
         np.testing.assert_array_equal(out, 2.0 * np.arange(9) + 1.0)
     assert fn.member._cache_size() == 1  # the member index is traced
+
+
+def test_carry_must_be_a_mapped_argument():
+    with pytest.raises(ValueError, match="carry=1"):
+        population_map(lambda a, b: (a, b), (0, None), strategy="loop", carry=1)
