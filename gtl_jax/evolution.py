@@ -202,7 +202,7 @@ class EvolutionState:
     best_fitness: jax.Array
 
 
-@dataclasses.dataclass
+@struct.dataclass
 class Lives:
     """Steps 1-4 of a generation for a block of n members (``Evolution.lives``).
 

@@ -170,6 +170,7 @@ def validate_config(
     need(c.batch_norm in ("batch", "frozen"), "batch_norm", "must be batch or frozen")
     need(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
     need(int(c.get("processes", 1)) >= 1, "processes", "must be >= 1")
+    need(int(c.get("workers", 0)) >= 0, "workers", "must be >= 0")
     need(c.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}")
     shots = parse_shots(c.eval_shots)
     if pools is not None:
@@ -620,6 +621,7 @@ def run(
         disable=quiet,
         initial=int(state.generation) * steps_per_generation,
     ) as bar:
+        stack.callback(manager.close)  # also when a generation raises
         pool = None
         if workers > 1:
             pool = stack.enter_context(LifeWorkers(c, workers))
@@ -643,7 +645,6 @@ def run(
                 state,
                 {"generation": int(state.generation)},
             )
-    manager.close()
     evolve_seconds = time.perf_counter() - evolve_start
 
     shapes = jax.eval_shape(

@@ -197,6 +197,12 @@ def test_worker_processes_compute_the_lives_of_the_population(omniglot):
     # The progress the workers report adds up to the steps of the whole population.
     assert sum(there_steps) == pytest.approx(sum(here_steps))
     assert sum(here_steps) == pytest.approx(c.life_steps + c.critic_steps)
+    # Pinned workers compute on one core each: the numbers do not depend on how many there
+    # are (one worker runs all 3 members; two run 2 and 1).
+    with LifeWorkers(c, 1) as worker:
+        alone = worker(key, genes)
+    for a, b in zip(jax.tree.leaves(there), jax.tree.leaves(alone)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("poison", [jnp.nan, jnp.inf])

@@ -87,6 +87,7 @@ IMPOSSIBLE_CONFIGS = [
     (["--optimizer", "rmsprop"], "optimizer"),
     (["--strategy", "pmap"], "strategy"),
     (["--processes", "0"], "processes"),
+    (["--workers", "-1"], "workers"),
     (["--processes", "2"], "pop_size"),  # the smoke population of 3 cannot be split in 2
 ]
 
