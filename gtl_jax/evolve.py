@@ -1,7 +1,8 @@
 """``python -m gtl_jax.evolve``: evolve a learngene, then compare its descendants with scratch.
 
 The shell around the pure core (STYLE 1): reads the config and flags, loads the data, runs the
-generations with a progress bar, writes metrics as JSON lines, checkpoints every generation
+generations with a progress bar (on CPU the members' lives in worker processes pinned one per
+core, ``LifeWorkers``), writes metrics as JSON lines, checkpoints every generation
 (a rerun with the same workdir resumes), writes the best learngene as a learngene file, and ends
 with a table of descendants vs scratch on fixed test episodes of the meta-test classes.
 
@@ -302,10 +303,12 @@ class LifeWorkers:
     processes pinned one per core (``Evolution.generation``'s ``workers``).
 
     On CPU XLA uses two cores poorly for these small networks: at the default sizes one
-    pinned process per core trains its members at close to the speed one process reaches
-    on both cores (README, "Speed"). Every block draws the keys, tasks and critic episodes
-    of the whole population, so the results are one process's, up to float rounding (a
-    pinned process may sum in another order).
+    pinned process trains a member about as fast as one process on both cores
+    (``benchmarks/results/default_size.md``), so two of them about double the rate (README,
+    "Both cores: worker processes"). Every block draws the keys, tasks and critic episodes of
+    the whole population, so a member's numbers do not depend on its block or on the number
+    of workers (tested); they differ at float rounding from one process on both cores, which
+    sums in another order.
     """
 
     def __init__(self, c: ml_collections.ConfigDict, workers: int):
