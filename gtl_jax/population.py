@@ -128,8 +128,8 @@ def population_map(
       carry: the position of a mapped argument (e.g. a train state) that ``fn`` returns
         updated as the first element of its output tuple. On one device it is donated (do not
         use the argument after the call), and the loop writes each member's update into it in
-        place instead of stacking a new population after all members: at the default sizes,
-        the stacking was 12% of a lifetime step.
+        place instead of stacking a new population after all members (measured even with
+        stacking or faster: ``benchmarks/results/cpu_explore.md``, "Using both cores").
 
     Returns:
       A function of the same arguments with outputs stacked along a leading P. It is already
