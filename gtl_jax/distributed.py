@@ -208,13 +208,18 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(get, tree)
 
 
+def block_bounds(size: int, blocks: int) -> np.ndarray:
+    """The edges of ``blocks`` equal contiguous blocks of ``range(size)``: i32[blocks + 1]."""
+    return np.linspace(0, size, blocks + 1).round().astype(int)
+
+
 def process_block(size: int) -> tuple[int, int]:
     """The rows ``[lo, hi)`` of ``size`` that this process handles in a split host loop.
 
     Equal contiguous blocks in process order: the rows a population sharded over ``"pop"``
     keeps on this process's devices when ``size`` is divisible by the device count.
     """
-    bounds = np.linspace(0, size, jax.process_count() + 1).round().astype(int)
+    bounds = block_bounds(size, jax.process_count())
     i = jax.process_index()
     return int(bounds[i]), int(bounds[i + 1])
 
@@ -256,7 +261,7 @@ def gather_blocks(values: np.ndarray, size: int) -> np.ndarray:
         return values
     from jax.experimental import multihost_utils
 
-    bounds = np.linspace(0, size, jax.process_count() + 1).round().astype(int)
+    bounds = block_bounds(size, jax.process_count())
     longest = int(np.diff(bounds).max())
     padded = np.zeros((longest, *values.shape[1:]), values.dtype)
     padded[: len(values)] = values

@@ -180,6 +180,11 @@ def _replicated_then_sharded(fn: Callable, mesh: Any) -> Callable:
     return placed
 
 
+def _generation_keys(key: jax.Array) -> jax.Array:
+    """A generation's keys: hosts, tasks, lifetime steps, critics, reproduction."""
+    return jax.random.split(key, 5)
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -414,7 +419,7 @@ class Evolution:
         size = c.pop_size
         hi = size if hi is None else hi
         block = (lambda x: x) if (lo, hi) == (0, size) else (lambda x: x[lo:hi])
-        host_key, task_key, life_key, critic_key, _ = jax.random.split(key, 5)
+        host_key, task_key, life_key, critic_key, _ = _generation_keys(key)
         n = hi - lo
 
         # 1. Hosts: every learngene into a fresh network (its own key).
@@ -473,7 +478,7 @@ class Evolution:
         """
         g = int(state.generation)
         key = jax.random.fold_in(root_key, g)
-        next_key = jax.random.split(key, 5)[4]
+        next_key = _generation_keys(key)[4]
         if workers is None:
             life = self.lives(key, state.learngenes, on_step=on_step)
         else:

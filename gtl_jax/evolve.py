@@ -323,7 +323,7 @@ class LifeWorkers:
         self._pool.__exit__(*exc)
 
     def __call__(self, key, learngenes, on_step=None) -> Lives:
-        bounds = np.linspace(0, self.size, self.workers + 1).round().astype(int)
+        bounds = distributed.block_bounds(self.size, self.workers)
         genes = distributed.to_host(learngenes)
         key_data = np.asarray(jax.random.key_data(key))
         futures = [

@@ -138,6 +138,8 @@ def population_map(
       the mesh size.
     """
     in_axes = tuple(in_axes)
+    if carry is not None and in_axes[carry] != 0:
+        raise ValueError(f"carry={carry}: the carried argument must be mapped (axis 0)")
     strategy = resolve_strategy(strategy)
     if mesh == "auto":
         mesh = population_mesh()
@@ -208,8 +210,6 @@ def _single_device_map(
     if strategy == "vmap":
         return jax.jit(jax.vmap(fn, in_axes=in_axes), donate_argnums=donate)
     if carry is not None:
-        if in_axes[carry] != 0:
-            raise ValueError(f"carry={carry}: the carried argument must be mapped (axis 0)")
         return _carried_loop(fn, in_axes, carry)
 
     @jax.jit

@@ -67,5 +67,6 @@ def test_loop_compiles_one_member_function_not_one_per_member():
 
 
 def test_carry_must_be_a_mapped_argument():
-    with pytest.raises(ValueError, match="carry=1"):
-        population_map(lambda a, b: (a, b), (0, None), strategy="loop", carry=1)
+    for strategy in ("loop", "vmap"):
+        with pytest.raises(ValueError, match="carry=1"):
+            population_map(lambda a, b: (a, b), (0, None), strategy=strategy, carry=1)
