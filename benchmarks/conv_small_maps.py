@@ -1,66 +1,113 @@
-"""3x3 'SAME' conv on small feature maps: lax.conv vs shifted matmuls, forward + backward.
+"""3x3 'SAME' conv on small feature maps, forward + backward, in the three forms of a CPU conv.
 
-Run: python benchmarks/conv_small_maps.py [--channels 64] [--batch 32]
-Prints one JSON line per map size with both forms' steady-state time (ms). XLA CPU lowers a conv
-on a 2x2 or 1x1 map badly (../shared/MEASURED.md); this picks the map size below which
-``gtl_jax.models.layers.Conv`` switches to shifted matmuls (SMALL_MAP_PIXELS). Run it alone.
+Run it alone (about 6 minutes for the command below; the committed results ran on one core,
+as a worker process of ``python -m gtl_jax.evolve`` runs):
+
+    taskset -c 0 python benchmarks/conv_small_maps.py --channels 64 128 256 512 --batch 64 \\
+        --out benchmarks/results/conv_small_maps_b64.jsonl
+
+For each map size and channel count C (a C -> C conv), the steady-state time of the conv's
+output and both its gradients for a random output gradient (``jax.vjp``; an output gradient that
+is an elementwise function of the output, like the gradient of a sum of squares, let XLA fuse
+the output's computation into the backward matmuls of the shifted form: up to 2x slower
+there, unlike in a network, where BatchNorm's reductions come between), through
+
+- ``lax_conv``: ``lax.conv_general_dilated`` and its own gradients;
+- ``library_large``: ``gtl_jax.models.layers.conv_matmul_kernel_grad``, lax.conv with its kernel
+  gradient as shifted matmuls: the library's form on larger maps;
+- ``shifted_matmul``: ``gtl_jax.models.layers.shifted_matmul_conv``, one matmul per tap on its
+  valid region: the library's form on small maps (``Conv``'s rule, ``uses_shifted_matmuls``).
+
+Times: median over ``--rounds`` interleaved rounds of ``--repeats`` calls each (ms per call).
+One JSON line per (map, channels), printed and (``--out``) written.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import pathlib
+import statistics
 import time
 
-import jax
-import jax.numpy as jnp
+from gtl_jax.evolve import configure_jax
 
-from gtl_jax.models.layers import shifted_matmul_conv
+configure_jax()  # the command line's XLA flags, as a worker process runs
+
+import jax  # noqa: E402
+
+from gtl_jax.models.layers import (  # noqa: E402
+    conv_matmul_kernel_grad,
+    lax_conv,
+    shifted_matmul_conv,
+    uses_shifted_matmuls,
+)
+
+FORMS = {
+    "lax_conv": lax_conv,
+    "library_large": conv_matmul_kernel_grad,
+    "shifted_matmul": shifted_matmul_conv,
+}
 
 
-def lax_conv(x, kernel):
-    return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
-
-def time_grad(conv, x, kernel, repeats):
-    loss = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), argnums=(0, 1)))
-    jax.block_until_ready(loss(x, kernel))
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = loss(x, kernel)
-    jax.block_until_ready(out)
-    return 1e3 * (time.perf_counter() - start) / repeats
+def forward_backward(conv, x, kernel, cotangent):
+    """The conv's output and its input and kernel gradients for a given output gradient."""
+    out, vjp = jax.vjp(conv, x, kernel)
+    return out, vjp(cotangent)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--channels", type=int, nargs="+", default=[64])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4, 5, 8])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=pathlib.Path, help="also write the lines here")
     args = parser.parse_args()
-    for size in (1, 2, 3, 4, 5, 7, 14):
-        kx, kk = jax.random.split(jax.random.key(size))
-        x = jax.random.normal(kx, (args.batch, size, size, args.channels))
-        kernel = jax.random.normal(kk, (3, 3, args.channels, args.channels))
-        conv_ms = time_grad(lax_conv, x, kernel, args.repeats)
-        matmul_ms = time_grad(shifted_matmul_conv, x, kernel, args.repeats)
-        print(
-            json.dumps(
-                {
-                    "benchmark": "conv_small_maps",
-                    "map": f"{size}x{size}",
-                    "channels": args.channels,
-                    "batch": args.batch,
-                    "lax_conv_ms": round(conv_ms, 3),
-                    "shifted_matmul_ms": round(matmul_ms, 3),
-                    "faster": "shifted_matmul" if matmul_ms < conv_ms else "lax_conv",
-                    "backend": jax.default_backend(),
-                    "jax": jax.__version__,
-                }
-            )
-        )
+    lines = []
+    for channels in args.channels:
+        for size in args.sizes:
+            kx, kk, kc = jax.random.split(jax.random.key(size), 3)
+            x = jax.random.normal(kx, (args.batch, size, size, channels))
+            kernel = 0.05 * jax.random.normal(kk, (3, 3, channels, channels))
+            cotangent = jax.random.normal(kc, (args.batch, size, size, channels))
+            grads = {
+                name: jax.jit(functools.partial(forward_backward, f))
+                for name, f in FORMS.items()
+            }
+            times = {name: [] for name in FORMS}
+            for grad in grads.values():
+                jax.block_until_ready(grad(x, kernel, cotangent))
+            for _ in range(args.rounds):
+                for name, grad in grads.items():
+                    start = time.perf_counter()
+                    for _ in range(args.repeats):
+                        out = grad(x, kernel, cotangent)
+                    jax.block_until_ready(out)
+                    times[name].append(
+                        1e3 * (time.perf_counter() - start) / args.repeats
+                    )
+            ms = {name: statistics.median(t) for name, t in times.items()}
+            line = {
+                "benchmark": "conv_small_maps",
+                "map": f"{size}x{size}",
+                "channels": channels,
+                "batch": args.batch,
+                **{f"{name}_ms": round(v, 3) for name, v in ms.items()},
+                "shifted_vs_library_large": round(
+                    ms["library_large"] / ms["shifted_matmul"], 3
+                ),
+                "faster": min(ms, key=ms.get),
+                "library_uses_shifted": uses_shifted_matmuls(size, size, channels),
+                "backend": jax.default_backend(),
+                "jax": jax.__version__,
+            }
+            print(json.dumps(line), flush=True)
+            lines.append(line)
+    if args.out:
+        args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
 if __name__ == "__main__":

@@ -18,18 +18,58 @@ from gtl_jax.models.layers import (
 )
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 5])
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (5, 5), (2, 4)])
 @pytest.mark.parametrize("kernel_size", [1, 3])
 def test_shifted_matmul_conv_equals_lax_conv(size, kernel_size):
-    kx, kk = jax.random.split(jax.random.key(size))
-    x = jax.random.normal(kx, (2, size, size, 3))
+    kx, kk, kc = jax.random.split(jax.random.key(size[0] * 10 + size[1]), 3)
+    x = jax.random.normal(kx, (2, *size, 3))
     kernel = jax.random.normal(kk, (kernel_size, kernel_size, 3, 4))
-    expected = jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    cotangent = jax.random.normal(kc, (2, *size, 4))
+
+    def lax_conv(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    expected, expected_vjp = jax.vjp(lax_conv, x, kernel)
+    got, got_vjp = jax.vjp(shifted_matmul_conv, x, kernel)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Gradients too: each tap reads and writes only its valid region.
+    for g, e in zip(got_vjp(cotangent), expected_vjp(cotangent)):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("size", "channels", "shifted"),
+    [(2, 8, True), (4, 128, False), (4, 256, True), (3, 256, True), (5, 256, False)],
+)
+def test_conv_takes_shifted_matmuls_on_small_or_wide_small_maps(
+    size, channels, shifted
+):
+    """On CPU, Conv's rule: maps of at most 4 pixels, or at most 16 with at least 256 input
+    channels, take shifted matmuls; either form gives lax.conv's output and gradients."""
+    assert layers.uses_shifted_matmuls(size, size, channels) is shifted
+    kx, kc = jax.random.split(jax.random.key(channels))
+    x = jax.random.normal(kx, (2, size, size, channels))
+    cotangent = jax.random.normal(kc, (2, size, size, 3))
+    conv = layers.Conv(3)
+    variables = conv.init(jax.random.key(0), x)
+    calls = []
+    with mock.patch.object(
+        layers,
+        "shifted_matmul_conv",
+        lambda *a: calls.append(1) or shifted_matmul_conv(*a),
+    ):
+        got, got_vjp = jax.vjp(lambda v, x: conv.apply(v, x), variables, x)
+    assert bool(calls) is shifted
+    expected, expected_vjp = jax.vjp(
+        lambda v, x: layers.lax_conv(x, v["params"]["kernel"]), variables, x
     )
-    np.testing.assert_allclose(
-        shifted_matmul_conv(x, kernel), expected, rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    for g, e in zip(
+        jax.tree.leaves(got_vjp(cotangent)), jax.tree.leaves(expected_vjp(cotangent))
+    ):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("size", [2, 5, 8])

@@ -10,7 +10,9 @@ On CPU, where XLA lowers some convolution and pooling gradients badly, the layer
 in other forms (per-backend rules; GPU/TPU keep lax.conv and nn.max_pool, not measured there):
 
 - a 3x3 conv on a 2x2 or 1x1 map, which XLA CPU runs about 80x below its matmul speed
-  (`../shared/MEASURED.md`), is a sum of shifted matmuls (``shifted_matmul_conv``);
+  (`../shared/MEASURED.md`), and on a 3x3 or 4x4 map with at least 256 input channels, is a
+  sum of shifted matmuls over each tap's valid region (``shifted_matmul_conv``;
+  ``uses_shifted_matmuls``);
 - a conv on a larger map is lax.conv with its kernel gradient as shifted matmuls
   (``conv_matmul_kernel_grad``; ``MATMUL_KERNEL_GRAD_ON_CPU``): XLA CPU ran lax.conv's kernel
   gradient several times slower than its forward;
@@ -32,16 +34,39 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-# On CPU, feature maps of at most this many pixels (2x2 and 1x1) use the shifted-matmul form.
-# benchmarks/conv_small_maps.py (forward + backward, batch 32): on a 2x2 map it was 3.4x faster
-# than lax.conv at 64 channels and 12x at 256; on 3x3 and 4x4 maps the winner depends on the
-# width (lax.conv at 64 channels, shifted matmuls at 256), so those stay with lax.conv.
+# On CPU, 3x3 convs on maps of at most SMALL_MAP_PIXELS pixels (2x2 and 1x1), and on maps of at
+# most WIDE_MAP_PIXELS (3x3, 4x4) with at least WIDE_MAP_CHANNELS input channels, use the
+# shifted-matmul form. benchmarks/conv_small_maps.py (forward + both gradients, batch 64, one
+# core; results/conv_small_maps_b64.jsonl), against the library's form on larger maps: 2x2 and
+# 1x1 maps 3-91x faster at 64-512 channels; 3x3 and 4x4 maps 1.21-2.09x at 256 and 512
+# channels, 1.09-1.72x at 128, 0.91-1.26x at 64; 5x5 maps 0.81-1.17x; 8x8 maps 0.67-0.90x.
+# Whole VGG11 step (32x32, batch 64, one core; results/step_profile.md), against only 2x2
+# and 1x1 maps as shifted matmuls over the zero-padded window: 1.16x at width 1 (rounds
+# 1.10-1.27), 1.10x at width 1/4 (0.95-1.20). The default command's networks (width 1/8,
+# 28x28: 3x3 maps of at most 64 channels, a 1x1 map) compute the same numbers bit for bit.
+# 3x3 maps of 64 and 128 channels were faster as shifted matmuls too (1.26x, 1.72x); they
+# stay with lax.conv so that the default command's published numbers stay as they are.
 SMALL_MAP_PIXELS = 4
+WIDE_MAP_PIXELS = 16
+WIDE_MAP_CHANNELS = 256
 
 
-def default_small_map_pixels() -> int:
-    """SMALL_MAP_PIXELS on CPU; 0 (always lax.conv) on GPU/TPU, where it was not measured."""
-    return SMALL_MAP_PIXELS if jax.default_backend() == "cpu" else 0
+def uses_shifted_matmuls(
+    h: int, w: int, channels: int, small_map_pixels: int | None = None
+) -> bool:
+    """Whether ``Conv`` computes a 3x3 conv of an ``h x w`` map with ``channels`` input channels
+    as shifted matmuls (``shifted_matmul_conv``) rather than lax.conv.
+
+    ``small_map_pixels`` (``Conv``'s override) set: exactly the maps of at most that many
+    pixels. Unset: the CPU rule above; never on GPU/TPU, where it was not measured.
+    """
+    if small_map_pixels is not None:
+        return h * w <= small_map_pixels
+    if jax.default_backend() != "cpu":
+        return False
+    return h * w <= SMALL_MAP_PIXELS or (
+        h * w <= WIDE_MAP_PIXELS and channels >= WIDE_MAP_CHANNELS
+    )
 
 
 # On CPU, larger maps use lax.conv with its kernel gradient computed as shifted matmuls
@@ -58,7 +83,12 @@ def default_matmul_kernel_grad() -> bool:
 
 
 def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """A stride-1 'SAME' convolution as a sum of one matmul per kernel tap.
+    """A stride-1 'SAME' convolution as a sum of one matmul per kernel tap, on its valid region.
+
+    Tap (i, j) reads the input shifted by (i - kh // 2, j - kw // 2); each tap's matmul runs only
+    over the output pixels whose shifted input lies inside the map, and its product is padded
+    back to the output's size: no multiplication by the zero padding (on a 2x2 map, 16 of the
+    36 pixel-taps are real work; on a 1x1 map only the centre tap remains).
 
     Args:
       x: f32[B, H, W, I].
@@ -69,20 +99,23 @@ def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """
     kh, kw = kernel.shape[:2]
     _, h, w, _ = x.shape
-    ph, pw = kh // 2, kw // 2
-    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     out = None
     for i in range(kh):
-        # Taps whose window lies entirely in the zero padding contribute nothing: skip them
-        # (on a 1x1 map only the centre tap remains).
-        if i + h <= ph or i >= ph + h:
+        di = i - kh // 2  # output row r reads input row r + di
+        r0, r1 = max(0, -di), min(h, h - di)  # output rows whose input row is in the map
+        if r0 >= r1:
             continue
         for j in range(kw):
-            if j + w <= pw or j >= pw + w:
+            dj = j - kw // 2
+            c0, c1 = max(0, -dj), min(w, w - dj)
+            if c0 >= c1:
                 continue
             term = jnp.einsum(
-                "bhwi,io->bhwo", xp[:, i : i + h, j : j + w], kernel[i, j]
+                "bhwi,io->bhwo",
+                x[:, r0 + di : r1 + di, c0 + dj : c1 + dj],
+                kernel[i, j],
             )
+            term = jnp.pad(term, ((0, 0), (r0, h - r1), (c0, w - c1), (0, 0)))
             out = term if out is None else out + term
     return out
 
@@ -152,7 +185,7 @@ class Conv(nn.Module):
     features: int
     kernel_size: int = 3
     use_bias: bool = False
-    small_map_pixels: int | None = None  # None: default_small_map_pixels()
+    small_map_pixels: int | None = None  # None: uses_shifted_matmuls' CPU rule
     matmul_kernel_grad: bool | None = None  # None: default_matmul_kernel_grad()
     dtype: jnp.dtype | None = None  # computation dtype; None: the input's
     param_dtype: jnp.dtype = jnp.float32
@@ -170,11 +203,7 @@ class Conv(nn.Module):
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         if k == 1:
             y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
-        elif x.shape[1] * x.shape[2] <= (
-            default_small_map_pixels()
-            if self.small_map_pixels is None
-            else self.small_map_pixels
-        ):
+        elif uses_shifted_matmuls(*x.shape[1:], self.small_map_pixels):
             y = shifted_matmul_conv(x, kernel)
         else:
             matmul_dk = (
