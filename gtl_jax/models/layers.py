@@ -101,8 +101,9 @@ def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     _, h, w, _ = x.shape
     out = None
     for i in range(kh):
-        di = i - kh // 2  # output row r reads input row r + di
-        r0, r1 = max(0, -di), min(h, h - di)  # output rows whose input row is in the map
+        # Output row r reads input row r + di: rows r0..r1-1 read rows inside the map.
+        di = i - kh // 2
+        r0, r1 = max(0, -di), min(h, h - di)
         if r0 >= r1:
             continue
         for j in range(kw):
