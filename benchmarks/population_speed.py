@@ -60,8 +60,9 @@ forms' shifted-matmul kernel gradient computes, and XLA counts, the padding taps
 by the batch: what XLA counts for the HLO it
 runs: convs, dots, elementwise, BatchNorm, optimiser; no input gradient for the first conv;
 a 'SAME' conv counts only the taps inside the image, not those on the zero padding (a 3x3 conv
-on a 4x4 map counts 69% of 9 taps per pixel, on 2x2 44%; the shifted-matmul form on 2x2 maps
-computes and counts all 9). So it is below the analytic count, also reported for comparison:
+on a 4x4 map counts 69% of 9 taps per pixel, on 2x2 44%; the shifted-matmul form of small and
+wide 4x4 maps computes and counts those taps only). So it is below the analytic count, also
+reported for comparison:
 3 x 2 x multiply-adds of the convs (all 9 taps) and the head. The same FLOPs per image are
 used for every strategy, torch included. The matmul peak is measured in the same run: best of
 N ``jnp.dot`` (and ``torch.mm``) of two f32 2048x2048 matrices on both cores (and, for JAX, in
