@@ -1,6 +1,6 @@
 """3x3 'SAME' conv on small feature maps, forward + backward, in the three forms of a CPU conv.
 
-Run it alone (about 6 minutes for the command below; the committed results ran on one core,
+Run it alone (about 3 minutes for the command below; the committed results ran on one core,
 as a worker process of ``python -m gtl_jax.evolve`` runs):
 
     taskset -c 0 python benchmarks/conv_small_maps.py --channels 64 128 256 512 --batch 64 \\
@@ -18,7 +18,8 @@ there, unlike in a network, where BatchNorm's reductions come between), through
 - ``shifted_matmul``: ``gtl_jax.models.layers.shifted_matmul_conv``, one matmul per tap on its
   valid region: the library's form on small maps (``Conv``'s rule, ``uses_shifted_matmuls``).
 
-Times: median over ``--rounds`` interleaved rounds of ``--repeats`` calls each (ms per call).
+Times: median over ``--rounds`` interleaved rounds of about ``--timing-s`` each (ms per call;
+``cpu_explore.interleaved``).
 One JSON line per (map, channels), printed and (``--out``) written.
 """
 
@@ -29,13 +30,13 @@ import functools
 import json
 import pathlib
 import statistics
-import time
 
 from gtl_jax.evolve import configure_jax
 
 configure_jax()  # the command line's XLA flags, as a worker process runs
 
 import jax  # noqa: E402
+from cpu_explore import interleaved  # noqa: E402 (this script's directory)
 
 from gtl_jax.models.layers import (  # noqa: E402
     conv_matmul_kernel_grad,
@@ -62,8 +63,10 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[64])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4, 5, 8])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--timing-s", type=float, default=0.5, help="seconds per timing"
+    )
     parser.add_argument("--out", type=pathlib.Path, help="also write the lines here")
     args = parser.parse_args()
     lines = []
@@ -77,19 +80,15 @@ def main() -> None:
                 name: jax.jit(functools.partial(forward_backward, f))
                 for name, f in FORMS.items()
             }
-            times = {name: [] for name in FORMS}
-            for grad in grads.values():
-                jax.block_until_ready(grad(x, kernel, cotangent))
-            for _ in range(args.rounds):
-                for name, grad in grads.items():
-                    start = time.perf_counter()
-                    for _ in range(args.repeats):
-                        out = grad(x, kernel, cotangent)
-                    jax.block_until_ready(out)
-                    times[name].append(
-                        1e3 * (time.perf_counter() - start) / args.repeats
-                    )
-            ms = {name: statistics.median(t) for name, t in times.items()}
+            times = interleaved(
+                {
+                    name: functools.partial(grad, x, kernel, cotangent)
+                    for name, grad in grads.items()
+                },
+                args.rounds,
+                args.timing_s,
+            )
+            ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
             line = {
                 "benchmark": "conv_small_maps",
                 "map": f"{size}x{size}",

@@ -328,8 +328,8 @@ def conv_section(args, peak: float, emit) -> None:
 # --------------------------------------------------------------------------- step section
 
 
-def step_setup(width: float, patches: dict | None = None, **model_kwargs):
-    """A compiled VGG11 train step at ``width``: (call, flops per step, compile seconds).
+def compile_step(width: float, patches: dict | None = None, **model_kwargs):
+    """A VGG11 train step at ``width``, compiled: (compiled, its arguments, compile seconds).
 
     ``patches``: attributes of ``gtl_jax.models.layers`` replaced while tracing (a conv form).
     """
@@ -356,10 +356,20 @@ def step_setup(width: float, patches: dict | None = None, **model_kwargs):
         for name, value in (patches or {}).items():
             stack.enter_context(mock.patch.object(layers, name, value))
         compiled = step.lower(state, x, y).compile()
-    compile_s = time.perf_counter() - start
+    return compiled, (state, x, y), time.perf_counter() - start
+
+
+def step_flops(compiled) -> float:
+    """XLA's FLOP count of a compiled program."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    return (lambda: compiled(state, x, y)), float(cost["flops"]), compile_s
+    return float(cost["flops"])
+
+
+def step_setup(width: float, patches: dict | None = None, **model_kwargs):
+    """A compiled VGG11 train step at ``width``: (call, flops per step, compile seconds)."""
+    compiled, args, compile_s = compile_step(width, patches, **model_kwargs)
+    return (lambda: compiled(*args)), step_flops(compiled), compile_s
 
 
 def checksum(tree) -> str:

@@ -4,16 +4,17 @@ Run it alone (about 4 minutes on quiet cores):
 
     python benchmarks/step_profile.py  # writes benchmarks/results/step_profile.{jsonl,md}
 
-What is measured, for each width (``--widths``, default 1/4 and 1): one SGD step (momentum 0.9,
-lr 0.05, weight decay 5e-4; ``gtl_jax.population.train_step``, jitted) of one VGG11 (5-way
-head) on 64 random u8 32x32x3 images, in a process pinned to one core (``--core``), as each
-worker process of ``python -m gtl_jax.evolve`` runs, with the command line's JAX settings
+What is measured, for each width (``--widths``, default 1/4 and 1): ``cpu_explore.py``'s train
+step (``compile_step``: one SGD step, lr 0.05, of one VGG11 with a 5-way head on 64 random u8
+32x32x3 images), in a process pinned to one core (``--core``), as each worker process of
+``python -m gtl_jax.evolve`` runs, with the command line's JAX settings
 (``gtl_jax.evolve.configure_jax``):
 
 1. **Speed.** images/s of the library's step and of the same step with the small-map rule the
    library had before the wide-map rule (``small_maps_before``: only 2x2 and 1x1 maps as
    shifted matmuls, each tap multiplying the zero-padded window), median over ``--rounds``
-   interleaved rounds, with each round's ratio.
+   interleaved rounds of about ``--timing-s`` each (``cpu_explore.interleaved``), with each
+   round's ratio.
 2. **Profile.** A ``jax.profiler`` trace of ``--profile-steps`` library steps. Each XLA op's time
    is given to a layer by its HLO metadata (``stageS/convC``: the conv and its BatchNorm;
    ``stageS relu, pool``; ``head``; ``other``: the loss and the optimizer update; a fusion
@@ -24,15 +25,14 @@ worker process of ``python -m gtl_jax.evolve`` runs, with the command line's JAX
 3. **Efficiency.** Per conv layer, useful FLOPs per second: the multiply-adds of input pixels
    inside the map, ``2 I O (3H-2)(3W-2)`` per image for a 3x3 'SAME' conv on an H x W map
    (forward; the backward is the input and the kernel gradient, twice that, the first layer
-   only the kernel's), as % of the f32 matmul peak measured in the same process (2048x2048,
-   best of 10). Padding taps are not counted: on a 4x4 map they are 31% of a 3x3 conv's taps.
+   only the kernel's), as % of the f32 matmul peak measured in the same process
+   (``cpu_explore.matmul_peak_gflops``). Padding taps are not counted: on a 4x4 map they are 31% of a 3x3 conv's taps.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import json
 import os
 import pathlib
@@ -97,21 +97,6 @@ def conv_layers(model) -> list[dict]:
     return layers
 
 
-def matmul_peak(jax) -> float:
-    """Best f32 2048x2048 matmul rate, GFLOP/s."""
-    import jax.numpy as jnp
-
-    a = jnp.ones((2048, 2048), jnp.float32)
-    mm = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(mm(a, a))
-    best = float("inf")
-    for _ in range(10):
-        start = time.perf_counter()
-        jax.block_until_ready(mm(a, a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best / 1e9
-
-
 def hlo_op_names(hlo: str) -> dict[str, str]:
     """Each instruction's JAX op name in a compiled program's HLO text.
 
@@ -144,59 +129,45 @@ def hlo_op_names(hlo: str) -> dict[str, str]:
     }
 
 
-def measure(width: float, rounds: int, calls: int, profile_steps: int) -> dict:
+def measure(width: float, rounds: int, timing_s: float, profile_steps: int) -> dict:
     """Runs in the pinned worker: speed, profile and efficiency of one width."""
     from gtl_jax.evolve import configure_jax
 
     configure_jax()
     import jax
-    import jax.numpy as jnp
-    import numpy as np
+    from cpu_explore import (
+        compile_step,
+        interleaved,
+        matmul_peak_gflops,
+        step_flops,
+    )
 
-    from gtl_jax.models import build_model, layers
-    from gtl_jax.population import init_network, make_optimizer, train_step
+    from gtl_jax.models import build_model
 
     jax.config.update("jax_enable_compilation_cache", False)
-    peak = matmul_peak(jax)
-    model = build_model("vgg11", CLASSES, width=width)
-    tx = make_optimizer("sgd", 0.05, weight_decay=5e-4)
-    rng = np.random.default_rng(0)
-    state = init_network(model, tx, jax.random.key(0), IMAGE)
-    x = jnp.asarray(rng.integers(0, 256, (BATCH, *IMAGE), np.uint8))
-    y = jnp.asarray(rng.integers(0, CLASSES, (BATCH,)), jnp.int32)
-
-    library = (layers.shifted_matmul_conv, layers.uses_shifted_matmuls)
-    steps = {}
-    for name, (conv, rule) in {
-        "library": library,
-        "small_maps_before": small_maps_before(),
-    }.items():
-        # Conv looks both up at trace time: trace each variant with its own.
-        layers.shifted_matmul_conv, layers.uses_shifted_matmuls = conv, rule
-        fn = jax.jit(functools.partial(train_step, model, tx))
-        steps[name] = fn.lower(state, x, y).compile()
-    layers.shifted_matmul_conv, layers.uses_shifted_matmuls = library
-
-    seconds = {name: [] for name in steps}
-    for step in steps.values():
-        jax.block_until_ready(step(state, x, y))
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                out = step(state, x, y)
-            jax.block_until_ready(out)
-            seconds[name].append((time.perf_counter() - start) / calls)
+    peak = matmul_peak_gflops()
+    conv, rule = small_maps_before()
+    compiled, args, _ = compile_step(width)
+    before, _, _ = compile_step(
+        width, {"shifted_matmul_conv": conv, "uses_shifted_matmuls": rule}
+    )
+    seconds = interleaved(
+        {
+            "library": lambda: compiled(*args),
+            "small_maps_before": lambda: before(*args),
+        },
+        rounds,
+        timing_s,
+    )
     speed = {name: BATCH / statistics.median(s) for name, s in seconds.items()}
     ratios = [b / a for a, b in zip(seconds["library"], seconds["small_maps_before"])]
 
-    compiled = steps["library"]
-    xla_gflop = compiled.cost_analysis()["flops"] / 1e9
+    xla_gflop = step_flops(compiled) / 1e9
     op_names = hlo_op_names(compiled.as_text())
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir)
         for _ in range(profile_steps):
-            out = compiled(state, x, y)
+            out = compiled(*args)
         jax.block_until_ready(out)
         jax.profiler.stop_trace()
         (trace,) = pathlib.Path(trace_dir).rglob("*.xplane.pb")
@@ -226,7 +197,7 @@ def measure(width: float, rounds: int, calls: int, profile_steps: int) -> dict:
                 by_layer[(layer, which)] += ms
                 by_kind[re.sub(r"\.\d+$", "", event.name)] += ms
     rows = []
-    for conv in conv_layers(model):
+    for conv in conv_layers(build_model("vgg11", CLASSES, width=width)):
         for which in ("forward", "backward"):
             ms = by_layer.pop((conv["layer"], which), 0.0)
             gflop = conv[f"{which}_gflop"] * BATCH
@@ -318,17 +289,18 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--core", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--timing-s", type=float, default=1.0, help="seconds per timing"
+    )
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results")
     args = parser.parse_args()
     results = []
     for width in args.widths:
-        # Enough calls per round for about a second of work; one compile per variant.
-        calls = max(1, round(0.6 / width**2))
         spec = {
             "width": width,
             "rounds": args.rounds,
-            "calls": calls,
+            "timing_s": args.timing_s,
             "profile_steps": args.profile_steps,
         }
         out = subprocess.run(

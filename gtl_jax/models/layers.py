@@ -38,13 +38,13 @@ from flax import linen as nn
 # most WIDE_MAP_PIXELS (3x3, 4x4) with at least WIDE_MAP_CHANNELS input channels, use the
 # shifted-matmul form. benchmarks/conv_small_maps.py (forward + both gradients, batch 64, one
 # core; results/conv_small_maps_b64.jsonl), against the library's form on larger maps: 2x2 and
-# 1x1 maps 3-91x faster at 64-512 channels; 3x3 and 4x4 maps 1.21-2.09x at 256 and 512
-# channels, 1.09-1.72x at 128, 0.91-1.26x at 64; 5x5 maps 0.81-1.17x; 8x8 maps 0.67-0.90x.
+# 1x1 maps 2.8-93x faster at 64-512 channels; 3x3 and 4x4 maps 1.31-1.95x at 256 and 512
+# channels, 1.11-1.67x at 128, 0.87-1.31x at 64; 5x5 maps 0.83-1.17x; 8x8 maps 0.67-1.03x.
 # Whole VGG11 step (32x32, batch 64, one core; results/step_profile.md), against only 2x2
-# and 1x1 maps as shifted matmuls over the zero-padded window: 1.16x at width 1 (rounds
-# 1.10-1.27), 1.10x at width 1/4 (0.95-1.20). The default command's networks (width 1/8,
+# and 1x1 maps as shifted matmuls over the zero-padded window: 1.15x at width 1 (rounds
+# 1.11-1.34), 1.03x at width 1/4 (1.00-1.15). The default command's networks (width 1/8,
 # 28x28: 3x3 maps of at most 64 channels, a 1x1 map) compute the same numbers bit for bit.
-# 3x3 maps of 64 and 128 channels were faster as shifted matmuls too (1.26x, 1.72x); they
+# 3x3 maps of 64 and 128 channels were faster as shifted matmuls too (1.31x, 1.67x); they
 # stay with lax.conv so that the default command's published numbers stay as they are.
 SMALL_MAP_PIXELS = 4
 WIDE_MAP_PIXELS = 16
