@@ -6,6 +6,9 @@ import os
 import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No test touches the network: an Omniglot download (tried only where no folder holds the
+# data) goes to a closed local port; the download tests serve files on 127.0.0.1 themselves.
+os.environ["GTL_OMNIGLOT_URL"] = "http://127.0.0.1:9/no-network-in-tests/"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

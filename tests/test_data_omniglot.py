@@ -179,6 +179,7 @@ def test_truncated_file_fails_checksum(real_dir, tmp_path):
 def test_missing_data_lists_looked_at_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GTL_DATA_DIR", str(tmp_path / "env_dir"))
+    monkeypatch.setenv("GTL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(omniglot, "_REPO_ROOT", tmp_path / "repo")
     with pytest.raises(DataError) as info:
         find_omniglot_dir()
@@ -188,14 +189,23 @@ def test_missing_data_lists_looked_at_paths(tmp_path, monkeypatch):
         tmp_path / "env_dir" / "omniglot",
         tmp_path / "../shared/data/omniglot",
         tmp_path / "repo/../shared/data/omniglot",
+        tmp_path / "cache/data/omniglot",  # where downloads go
     ]:
         assert str(looked_at.resolve()) in message
-    for hint in ["--data_dir", "GTL_DATA_DIR", BACKGROUND_FILE, EVALUATION_FILE]:
+    for hint in [
+        "--data_dir",
+        "GTL_DATA_DIR",
+        "GTL_OMNIGLOT_URL",
+        BACKGROUND_FILE,
+        EVALUATION_FILE,
+        omniglot.BACKGROUND_ZIP,
+        omniglot.EVALUATION_ZIP,
+    ]:
         assert hint in message
     assert "(964, 20, 105, 105)" in message
 
 
-def test_explicit_wrong_data_dir_does_not_fall_back(real_dir, tmp_path):
+def test_explicit_wrong_data_dir_does_not_fall_back(real_dir, tmp_path, monkeypatch):
     # The real data is findable from here (cwd = repo root) ...
     assert find_omniglot_dir() == real_dir
     wrong = tmp_path / "empty"
@@ -204,7 +214,13 @@ def test_explicit_wrong_data_dir_does_not_fall_back(real_dir, tmp_path):
     with pytest.raises(DataError, match=re.escape(str(wrong))):
         find_omniglot_dir(wrong)
     with pytest.raises(DataError, match="not an Omniglot folder"):
+        load_omniglot(wrong / "typo", cache_dir=tmp_path / "cache")
+    # An existing empty folder is downloaded into (conftest: to a closed local port).
+    monkeypatch.setattr(files, "RETRY_WAIT_S", 0.0)
+    with pytest.raises(DataError, match="cannot download") as info:
         load_omniglot(wrong, cache_dir=tmp_path / "cache")
+    assert f"in {wrong}," in str(info.value)
+    assert not list(wrong.iterdir())
 
 
 def test_wrong_shape_or_dtype_names_the_expected_shape():

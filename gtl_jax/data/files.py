@@ -1,4 +1,5 @@
-"""What the class-pool loaders share: finding data, split lists, safe pickles, checksums, the cache.
+"""What the class-pool loaders share: finding data, split lists, safe pickles, checksums,
+verified downloads, the cache.
 
 A shell module (I/O, no jit). Each dataset loader (``cifar_fs.py``, ``mini_imagenet.py``,
 ``npz.py``) reads its source files into ``{split: ClassPool}`` through these helpers, so every
@@ -10,15 +11,20 @@ split lists) in ``$GTL_CACHE_DIR`` or ``~/.cache/gtl_jax``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import pathlib
 import pickle
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from gtl_jax.data.pool import ClassPool, DataError
 
@@ -306,6 +312,114 @@ def sources_fingerprint(paths: Iterable[pathlib.Path]) -> str:
         stat = path.stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- downloads
+
+# Seconds to wait before the one retry of a failed download (tests set it to 0).
+RETRY_WAIT_S = 2.0
+_DOWNLOAD_TIMEOUT_S = 60.0
+_DOWNLOAD_BLOCK = 1 << 16
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _fetch_once(url: str, folder: pathlib.Path, name: str) -> tuple[pathlib.Path, str]:
+    """Streams ``url`` into a temp file in ``folder``: ``(temp path, md5 hex)``.
+
+    Raises:
+      OSError: the transfer failed or was cut (fewer bytes than its Content-Length);
+        the temp file is removed.
+    """
+    digest = hashlib.md5()
+    tmp = tempfile.NamedTemporaryFile(
+        dir=folder, prefix=f".{name}.", suffix=".part", delete=False
+    )
+    try:
+        with tmp, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            got = 0
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"downloading {name}",
+            ) as bar:
+                while True:
+                    try:
+                        block = response.read(_DOWNLOAD_BLOCK)
+                    except http.client.IncompleteRead as e:
+                        got += len(e.partial)
+                        raise OSError(
+                            f"the transfer was cut after {got} of {total} bytes"
+                        ) from None
+                    if not block:
+                        break
+                    tmp.write(block)
+                    digest.update(block)
+                    got += len(block)
+                    bar.update(len(block))
+            if total is not None and got != total:
+                raise OSError(f"the transfer was cut after {got} of {total} bytes")
+            tmp.flush()
+            os.fsync(tmp.fileno())
+    except BaseException:
+        pathlib.Path(tmp.name).unlink(missing_ok=True)
+        raise
+    return pathlib.Path(tmp.name), digest.hexdigest()
+
+
+def download(
+    url: str, path: pathlib.Path, *, md5: str, how_to_fix: str = "", attempts: int = 2
+) -> None:
+    """Downloads ``url`` to ``path`` if its MD5 is ``md5``; never leaves a partial file.
+
+    The bytes go to a temp file in ``path``'s folder (with a progress bar on stderr),
+    are checked against ``md5`` and only then renamed to ``path`` (atomic), so ``path``
+    is either absent or whole and verified. A failed or refused attempt is tried once
+    more (``attempts`` in all).
+
+    Args:
+      url: what to fetch (``http(s)://`` or ``file://``).
+      path: where the verified file goes; its folder must exist.
+      md5: the expected MD5 (hex).
+      how_to_fix: appended to the error message.
+      attempts: tries in all.
+
+    Raises:
+      DataError: one line naming ``url``: unreachable or cut (the last reason), or
+        ``md5 checksum mismatch: expected ..., got ...``; nothing is kept.
+    """
+    error = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(RETRY_WAIT_S)
+        try:
+            tmp, actual = _fetch_once(url, path.parent, path.name)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            # URLError and HTTPError are OSErrors; ValueError: a malformed URL.
+            http_error = isinstance(e, urllib.error.HTTPError)
+            reason = e if http_error else getattr(e, "reason", None) or e
+            error = (
+                f"cannot download {url} ({_one_line(reason)}; tried {attempt + 1} "
+                f"time{'s' if attempt else ''})."
+            )
+            continue
+        if actual != md5.lower():
+            tmp.unlink(missing_ok=True)
+            error = (
+                f"{url}: md5 checksum mismatch: expected {md5}, got {actual}; the "
+                f"download was refused and not kept as {path}."
+            )
+            continue
+        os.chmod(tmp, 0o644)  # NamedTemporaryFile makes the file private (0600).
+        os.replace(tmp, path)
+        return
+    raise DataError(_one_line(f"{error} {how_to_fix}"))
 
 
 # --------------------------------------------------------------------------- pools

@@ -1,11 +1,18 @@
 """Omniglot as class pools: finding, verifying, resizing, splitting and caching.
 
-This module owns the Omniglot data of the method: it turns the two shipped arrays
-(``images_background.npz``, ``images_evaluation.npz``, see
-``../shared/data/omniglot/README.md``) into the ``'train'``, ``'val'`` and
-``'test'`` class pools the population samples its lifetime tasks and evaluation
-episodes from. It is a shell module (I/O, no jit): the pools it returns hold numpy
-``uint8`` images and the caller puts them on the device.
+This module owns the Omniglot data of the method: it turns either source form into the
+``'train'``, ``'val'`` and ``'test'`` class pools the population samples its lifetime
+tasks and evaluation episodes from. It is a shell module (I/O, no jit): the pools it
+returns hold numpy ``uint8`` images and the caller puts them on the device.
+
+Source forms (both give the same pools, pixel for pixel):
+
+- arrays: ``images_background.npz``, ``images_evaluation.npz`` and ``alphabets.csv``
+  (see ``../shared/data/omniglot/README.md``), SHA-256 verified;
+- official: the release's ``images_background.zip`` and ``images_evaluation.zip``
+  (``<top>/<Alphabet>/characterNN/<id>_<drawer>.png``, 1-bit 105x105 PNGs read from
+  the zip in memory), MD5 verified. When no folder holds either form, these two are
+  downloaded from ``OFFICIAL_URL`` (or ``$GTL_OMNIGLOT_URL``) into ``download_dir``.
 
 Splits (alphabet-disjoint, 20 images per class):
 
@@ -20,9 +27,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import pathlib
+import re
+import zipfile
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,6 +42,8 @@ from gtl_jax.data.files import (
     cache_path,
     cached_pools,
     check_image_size,
+    default_cache_dir,
+    download,
     verify_digest,
 )
 from gtl_jax.data.pool import ClassPool, DataError
@@ -44,6 +57,19 @@ NAME = "omniglot"
 BACKGROUND_FILE = "images_background.npz"
 EVALUATION_FILE = "images_evaluation.npz"
 ALPHABETS_FILE = "alphabets.csv"
+
+# The official release (github.com/brendenlake/omniglot, folder python/).
+BACKGROUND_ZIP = "images_background.zip"
+EVALUATION_ZIP = "images_evaluation.zip"
+OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
+# A mirror (or a local server, a file:// folder) serving the two zips under these names.
+URL_ENV = "GTL_OMNIGLOT_URL"
+# The well-known MD5 of the two official zips (those torchvision verifies); a local or
+# downloaded zip with another digest is refused.
+OFFICIAL_MD5 = {
+    BACKGROUND_ZIP: "68d2efa1b9178cc56df9314c21c6e718",
+    EVALUATION_ZIP: "6b91aef0f799c5bb55b94e3f2daec811",
+}
 NUM_BACKGROUND_CLASSES = 964
 NUM_EVALUATION_CLASSES = 659
 IMAGES_PER_CLASS = 20
@@ -55,25 +81,41 @@ VAL_ALPHABETS_FILE = _SPLITS_DIR / "omniglot_val_alphabets.txt"
 # The parent of the ``gtl_jax`` package folder: the repository root in a checkout.
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _SHARED_RELPATH = pathlib.Path("..", "shared", "data", "omniglot")
-_REQUIRED_FILES = (BACKGROUND_FILE, EVALUATION_FILE)
 # 1024 images of 105x105 in float32 are ~45 MB; the whole background set at once
 # would be ~850 MB.
 _RESIZE_CHUNK = 1024
 
 _HOW_TO_PROVIDE = (
-    "Provide the Omniglot arrays by passing --data_dir (data_dir=...), by setting "
-    "GTL_DATA_DIR, or by placing them at ../shared/data/omniglot (relative to the "
-    "repository root or the working directory). The folder (or its 'omniglot/' "
-    f"subfolder) must hold {BACKGROUND_FILE} and {EVALUATION_FILE}, each with an "
+    "Provide Omniglot by passing --data_dir (data_dir=...), by setting GTL_DATA_DIR, "
+    "or by placing it at ../shared/data/omniglot (relative to the repository root or "
+    "the working directory). When no folder holds Omniglot, the official zips are "
+    "downloaded (from $GTL_OMNIGLOT_URL or the official repository) into the existing "
+    "folder that --data_dir or GTL_DATA_DIR names, else into "
+    "~/.cache/gtl_jax/data/omniglot ($GTL_CACHE_DIR/data/omniglot). The folder "
+    "(or its 'omniglot/' subfolder) must hold either the official release's "
+    f"{BACKGROUND_ZIP} and {EVALUATION_ZIP} (from {OFFICIAL_URL}), or the arrays "
+    f"{BACKGROUND_FILE} and {EVALUATION_FILE}, each with an "
     f"array 'images' of dtype bool, shape ({NUM_BACKGROUND_CLASSES}, "
     f"{IMAGES_PER_CLASS}, {ORIGINAL_SIZE}, {ORIGINAL_SIZE}) and "
     f"({NUM_EVALUATION_CLASSES}, {IMAGES_PER_CLASS}, {ORIGINAL_SIZE}, "
     f"{ORIGINAL_SIZE}) respectively, plus {ALPHABETS_FILE}."
 )
 
+ARRAYS = "arrays"
+OFFICIAL = "official"
+# Each source form, in the order a folder is probed: the files it must hold.
+_FORMS = {
+    ARRAYS: (BACKGROUND_FILE, EVALUATION_FILE),
+    OFFICIAL: (BACKGROUND_ZIP, EVALUATION_ZIP),
+}
 
-def _is_omniglot_dir(path: pathlib.Path) -> bool:
-    return all((path / name).is_file() for name in _REQUIRED_FILES)
+
+def _form_of(path: pathlib.Path) -> str | None:
+    """The source form whose files the folder holds (arrays first), or None."""
+    for form, names in _FORMS.items():
+        if all((path / name).is_file() for name in names):
+            return form
+    return None
 
 
 def _both_forms(path: pathlib.Path) -> list[pathlib.Path]:
@@ -81,19 +123,38 @@ def _both_forms(path: pathlib.Path) -> list[pathlib.Path]:
     return [path, path / "omniglot"]
 
 
-def find_omniglot_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """Finds the folder holding the Omniglot arrays.
+def default_download_dir() -> pathlib.Path:
+    """``$GTL_CACHE_DIR/data/omniglot`` or ``~/.cache/gtl_jax/data/omniglot``."""
+    return default_cache_dir().expanduser() / "data" / NAME
+
+
+def download_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Where the official zips are downloaded when no folder holds Omniglot.
+
+    ``data_dir`` if given, else ``$GTL_DATA_DIR`` if set, else ``default_download_dir()``.
+    """
+    if data_dir is not None:
+        return pathlib.Path(data_dir).expanduser()
+    env_dir = os.environ.get("GTL_DATA_DIR")
+    return pathlib.Path(env_dir).expanduser() if env_dir else default_download_dir()
+
+
+def find_omniglot_source(
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[str, pathlib.Path]:
+    """Finds a folder holding Omniglot in either form, without downloading.
 
     Looks, in order, at ``data_dir``, the env variable ``GTL_DATA_DIR`` (each either
     the Omniglot folder itself or a folder containing ``omniglot/``), then
     ``../shared/data/omniglot`` relative to the working directory and to the
-    repository root. A folder counts when it holds both ``.npz`` files.
+    repository root, then ``default_download_dir()``. A folder counts when it holds
+    both ``.npz`` files (the arrays, preferred) or both official ``.zip`` files.
 
     Args:
       data_dir: an explicit folder. When given, nothing else is searched.
 
     Returns:
-      The resolved Omniglot folder.
+      ``(form, folder)``: ``form`` is ``ARRAYS`` or ``OFFICIAL``, ``folder`` resolved.
 
     Raises:
       DataError: if no folder is found; the message lists every path looked at.
@@ -101,14 +162,20 @@ def find_omniglot_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path
     if data_dir is not None:
         base = pathlib.Path(data_dir).expanduser()
         for candidate in _both_forms(base):
-            if _is_omniglot_dir(candidate):
-                return candidate.resolve()
+            form = _form_of(candidate)
+            if form is not None:
+                return form, candidate.resolve()
         # An explicit path that is wrong is a user error worth reporting, not a
         # reason to silently use some other copy of the data.
+        why = (
+            "it does not exist"
+            if not base.is_dir()
+            else f"neither it nor {str(base / 'omniglot')!r} holds {BACKGROUND_ZIP} "
+            f"and {EVALUATION_ZIP}, or {BACKGROUND_FILE} and {EVALUATION_FILE}"
+        )
         raise DataError(
-            f"data_dir={str(base)!r} is not an Omniglot folder: neither it nor "
-            f"{str(base / 'omniglot')!r} holds {BACKGROUND_FILE} and "
-            f"{EVALUATION_FILE}. {_HOW_TO_PROVIDE}"
+            f"data_dir={str(base)!r} is not an Omniglot folder: {why}. "
+            f"{_HOW_TO_PROVIDE}"
         )
 
     candidates: list[pathlib.Path] = []
@@ -116,6 +183,7 @@ def find_omniglot_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path
     if env_dir:
         candidates += _both_forms(pathlib.Path(env_dir).expanduser())
     candidates += [pathlib.Path.cwd() / _SHARED_RELPATH, _REPO_ROOT / _SHARED_RELPATH]
+    candidates.append(default_download_dir())
 
     looked_at: list[pathlib.Path] = []
     for candidate in candidates:
@@ -123,13 +191,63 @@ def find_omniglot_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path
         if candidate in looked_at:
             continue
         looked_at.append(candidate)
-        if _is_omniglot_dir(candidate):
-            return candidate
+        form = _form_of(candidate)
+        if form is not None:
+            return form, candidate
     paths = "\n".join(f"  {p}" for p in looked_at)
     env_note = f"GTL_DATA_DIR={env_dir!r}" if env_dir else "GTL_DATA_DIR is not set"
     raise DataError(
         f"Omniglot data not found ({env_note}). Looked at:\n{paths}\n{_HOW_TO_PROVIDE}"
     )
+
+
+def find_omniglot_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """The folder of ``find_omniglot_source`` (either form; nothing is downloaded)."""
+    return find_omniglot_source(data_dir)[1]
+
+
+def download_official(folder: pathlib.Path) -> None:
+    """Downloads the official zips that ``folder`` lacks, MD5-verified.
+
+    From ``$GTL_OMNIGLOT_URL`` (a base URL; the file names are appended) or
+    ``OFFICIAL_URL``; see ``files.download`` (progress bar, one retry, temp file then
+    atomic rename, nothing kept on failure).
+
+    Raises:
+      DataError: one line naming the URL, the files and ``folder``, if the server is
+        unreachable or the transfer is cut, or naming the expected and actual MD5 if
+        the file is another one.
+    """
+    base = os.environ.get(URL_ENV) or OFFICIAL_URL
+    how_to_fix = (
+        f"Put {BACKGROUND_ZIP} and {EVALUATION_ZIP} (from {OFFICIAL_URL}) in {folder}, "
+        f"or set {URL_ENV} to a mirror serving them, or point --data_dir / GTL_DATA_DIR "
+        f"at the Omniglot arrays ({BACKGROUND_FILE}, {EVALUATION_FILE}, "
+        f"{ALPHABETS_FILE})."
+    )
+    for name in (BACKGROUND_ZIP, EVALUATION_ZIP):
+        if (folder / name).is_file():
+            continue  # verified with the other when loaded
+        url = base.rstrip("/") + "/" + name
+        download(url, folder / name, md5=OFFICIAL_MD5[name], how_to_fix=how_to_fix)
+
+
+def _find_or_download(data_dir: str | os.PathLike | None) -> tuple[str, pathlib.Path]:
+    """``find_omniglot_source``, else the official zips downloaded into ``download_dir``.
+
+    An explicit ``data_dir`` (or ``$GTL_DATA_DIR``) must be an existing folder to be
+    downloaded into; the default download folder is created.
+    """
+    try:
+        return find_omniglot_source(data_dir)
+    except DataError:
+        target = download_dir(data_dir)
+        if target == default_download_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.is_dir():
+            raise
+    download_official(target)
+    return OFFICIAL, target.resolve()
 
 
 def verify_checksum(path: pathlib.Path, expected: str) -> None:
@@ -179,6 +297,146 @@ def _load_images(path: pathlib.Path, num_classes: int) -> np.ndarray:
         raise DataError(f"{path}: cannot be read as an .npz file: {e}") from e
     check_images(images, num_classes=num_classes, file_name=path.name)
     return images
+
+
+# A PNG of the official zips: <top>/<Alphabet>/characterNN/<id>_<drawer>.png.
+_MEMBER = re.compile(
+    r"(?P<top>[^/]+)/(?P<alphabet>[^/]+)/(?P<character>character\d+)/"
+    r"(?P<id>\d+)_(?P<drawer>\d+)\.png"
+)
+_LAYOUT = "<top>/<Alphabet>/characterNN/<id>_<drawer>.png"
+
+
+class OfficialSet(NamedTuple):
+    """One official zip as arrays, classes in character-id order.
+
+    Attributes:
+      images: bool[C, 20, 105, 105], ``True`` for white paper (as the arrays form);
+        axis 1 is the drawer, 01..20.
+      alphabets: the alphabet of each class (its folder name).
+      character_ids: int64[C], the ``<id>`` of each class's file names (1-based over
+        both zips: row c of the arrays form is id c + 1 or c + 965).
+    """
+
+    images: np.ndarray
+    alphabets: list[str]
+    character_ids: np.ndarray
+
+
+def _is_archiver_litter(member: str) -> bool:
+    """macOS archivers' extras (``__MACOSX/``, ``.DS_Store``, ``._*``): not data."""
+    return member.startswith("__MACOSX/") or member.rsplit("/", 1)[-1].startswith(".")
+
+
+def _index_official_zip(
+    archive: zipfile.ZipFile, name: str
+) -> list[tuple[int, str, list[zipfile.ZipInfo]]]:
+    """``[(character id, alphabet, [member of drawer 1..20])]`` sorted by id.
+
+    Raises:
+      DataError: naming ``name`` and the member, on any departure from the layout.
+    """
+    characters: dict[int, tuple[str, str, dict[int, zipfile.ZipInfo]]] = {}
+    tops = set()
+    for info in archive.infolist():
+        if info.is_dir() or _is_archiver_litter(info.filename):
+            continue
+        match = _MEMBER.fullmatch(info.filename)
+        if match is None:
+            raise DataError(
+                f"{name}: member {info.filename!r} is not {_LAYOUT}; not the official "
+                "Omniglot layout."
+            )
+        tops.add(match["top"])
+        char_id, drawer = int(match["id"]), int(match["drawer"])
+        place = (match["alphabet"], match["character"])
+        alphabet, character, drawers = characters.setdefault(char_id, (*place, {}))
+        if (alphabet, character) != place or drawer in drawers:
+            raise DataError(
+                f"{name}: member {info.filename!r} repeats character id {char_id} "
+                f"(drawer {drawer}) of {alphabet}/{character}."
+            )
+        drawers[drawer] = info
+    if len(tops) > 1:
+        raise DataError(f"{name}: several top folders {sorted(tops)}; expected one.")
+    if not characters:
+        raise DataError(f"{name}: no PNG in {_LAYOUT}; not an Omniglot zip.")
+    index = []
+    counts: dict[str, int] = {}
+    for char_id in sorted(characters):
+        alphabet, character, drawers = characters[char_id]
+        if sorted(drawers) != list(range(1, IMAGES_PER_CLASS + 1)):
+            raise DataError(
+                f"{name}: {alphabet}/{character} has drawers {sorted(drawers)}; "
+                f"expected 1..{IMAGES_PER_CLASS}."
+            )
+        # Ids run through each alphabet's characters in order; the class names of the
+        # arrays form (class_names) count them the same way.
+        counts[alphabet] = counts.get(alphabet, 0) + 1
+        if character != f"character{counts[alphabet]:02d}":
+            raise DataError(
+                f"{name}: character id {char_id} is {alphabet}/{character}; expected "
+                f"{alphabet}/character{counts[alphabet]:02d} (ids in character order)."
+            )
+        index.append((char_id, alphabet, [drawers[d] for d in sorted(drawers)]))
+    return index
+
+
+def _open_zip(path: pathlib.Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot be read as a zip file ({e}).") from e
+
+
+def read_official_alphabets(path: pathlib.Path) -> list[str]:
+    """The alphabet of each class of an official zip, in character-id order (no PNG
+    is decoded)."""
+    with _open_zip(path) as archive:
+        return [alphabet for _, alphabet, _ in _index_official_zip(archive, str(path))]
+
+
+def read_official_zip(path: pathlib.Path) -> OfficialSet:
+    """Reads an official Omniglot zip (in memory, no extraction).
+
+    Classes are ordered by character id, images within a class by drawer: the order
+    of the arrays form, whose pixels these are.
+
+    Raises:
+      DataError: naming the file (and member) if it is not a zip, departs from the
+        layout, or holds a damaged PNG or one that is not 1-bit 105x105.
+    """
+    # Pillow (also a matplotlib dependency): imported by this reader only.
+    from PIL import Image
+
+    name = str(path)
+    with _open_zip(path) as archive:
+        index = _index_official_zip(archive, name)
+        shape = (ORIGINAL_SIZE, ORIGINAL_SIZE)
+        images = np.empty((len(index), IMAGES_PER_CLASS, *shape), dtype=bool)
+        for row, (_, _, members) in enumerate(index):
+            for drawer, info in enumerate(members):
+                try:
+                    with Image.open(io.BytesIO(archive.read(info))) as image:
+                        mode, size = image.mode, image.size
+                        pixels = np.asarray(image) if mode == "1" else None
+                except Exception as e:  # BadZipFile (CRC), PIL's errors, zlib errors
+                    raise DataError(
+                        f"{name}: member {info.filename!r} cannot be read as a PNG "
+                        f"({type(e).__name__}: {e})."
+                    ) from e
+                if pixels is None or size != shape:
+                    raise DataError(
+                        f"{name}: member {info.filename!r} is a {size[0]}x{size[1]} "
+                        f"image of mode {mode!r}; expected 1-bit ('1') "
+                        f"{ORIGINAL_SIZE}x{ORIGINAL_SIZE}."
+                    )
+                images[row, drawer] = pixels
+    return OfficialSet(
+        images=images,
+        alphabets=[alphabet for _, alphabet, _ in index],
+        character_ids=np.array([char_id for char_id, _, _ in index], dtype=np.int64),
+    )
 
 
 def ink_to_uint8(images: np.ndarray, image_size: int) -> np.ndarray:
@@ -297,13 +555,62 @@ def split_background(
 
 
 def _cache_path(
-    cache_dir: str | os.PathLike | None, size: int, split_hash: str
+    cache_dir: str | os.PathLike | None,
+    size: int,
+    split_hash: str,
+    *,
+    form: str = ARRAYS,
 ) -> pathlib.Path:
-    """The cache file, named by both source checksums and the split's hash."""
-    key = (
-        f"bg{BACKGROUND_SHA256[:12]}_ev{EVALUATION_SHA256[:12]}_split{split_hash[:12]}"
-    )
-    return cache_path(cache_dir, NAME, size, key)
+    """The cache file, named by both source checksums and the split's hash.
+
+    The two forms have their own names (``bg<sha256>`` / ``zipbg<md5>``) but the same
+    pools.
+    """
+    if form == ARRAYS:
+        sources = f"bg{BACKGROUND_SHA256[:12]}_ev{EVALUATION_SHA256[:12]}"
+    else:
+        background = OFFICIAL_MD5[BACKGROUND_ZIP]
+        evaluation = OFFICIAL_MD5[EVALUATION_ZIP]
+        sources = f"zipbg{background[:12]}_ev{evaluation[:12]}"
+    return cache_path(cache_dir, NAME, size, f"{sources}_split{split_hash[:12]}")
+
+
+def _pools(
+    background: np.ndarray,
+    background_alphabets: Sequence[str],
+    evaluation: np.ndarray,
+    evaluation_alphabets: Sequence[str],
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+) -> dict[str, ClassPool]:
+    """The three pools from the resized ``u8[C, 20, S, S, 1]`` of both sets."""
+    background_names = class_names(background_alphabets)
+    return {
+        "train": ClassPool(
+            images=background[train_rows],
+            class_names=tuple(background_names[i] for i in train_rows),
+        ),
+        "val": ClassPool(
+            images=background[val_rows],
+            class_names=tuple(background_names[i] for i in val_rows),
+        ),
+        "test": ClassPool(
+            images=evaluation,
+            class_names=tuple(class_names(evaluation_alphabets)),
+        ),
+    }
+
+
+def verify_official(root: pathlib.Path) -> None:
+    """Raises ``DataError`` unless both official zips in ``root`` have their MD5."""
+    for name in (BACKGROUND_ZIP, EVALUATION_ZIP):
+        verify_digest(
+            root / name,
+            OFFICIAL_MD5[name],
+            algorithm="md5",
+            how_to_fix=f"Delete it to download it again from {OFFICIAL_URL}, or "
+            "replace it with the official file.",
+        )
 
 
 def load_omniglot(
@@ -314,14 +621,17 @@ def load_omniglot(
 ) -> dict[str, ClassPool]:
     """Loads the Omniglot train/val/test class pools.
 
-    The source checksums are verified on every call; the resized pools are cached
-    in ``cache_dir`` under a name that includes ``image_size``, both source
-    checksums and a hash of the split definition, so a changed split or size
-    never reuses a stale cache.
+    Reads the arrays or the official zips (see ``find_omniglot_source``); if no folder
+    holds either, downloads the official zips into ``download_dir(data_dir)`` first
+    (``download_official``). The source checksums are verified on every call; the
+    resized pools are cached in ``cache_dir`` under a name that includes
+    ``image_size``, both source checksums and a hash of the split definition, so a
+    changed split or size never reuses a stale cache. Both forms give the same pools.
 
     Args:
       data_dir: the Omniglot folder (or its parent); searched for if None, see
-        ``find_omniglot_dir``.
+        ``find_omniglot_source``. An existing folder without Omniglot is downloaded
+        into.
       image_size: S, the side of the resized images (105 -> S by area averaging).
       cache_dir: where to cache; default env ``GTL_CACHE_DIR`` or
         ``~/.cache/gtl_jax``.
@@ -332,11 +642,14 @@ def load_omniglot(
       and names like ``'Armenian/character07'``.
 
     Raises:
-      DataError: if the data is missing, corrupt, or of the wrong shape, or the
-        split file names an alphabet that is not in the background set.
+      DataError: if the data is missing and cannot be downloaded, is corrupt, or of
+        the wrong shape, or the split file names an alphabet that is not in the
+        background set.
     """
     image_size = check_image_size(image_size)
-    root = find_omniglot_dir(data_dir)
+    form, root = _find_or_download(data_dir)
+    if form == OFFICIAL:
+        return _load_official(root, image_size, cache_dir)
     background_path = root / BACKGROUND_FILE
     evaluation_path = root / EVALUATION_FILE
     verify_checksum(background_path, BACKGROUND_SHA256)
@@ -361,24 +674,50 @@ def load_omniglot(
         evaluation = ink_to_uint8(
             _load_images(evaluation_path, NUM_EVALUATION_CLASSES), image_size
         )
-        background_names = class_names(alphabets["background"])
-        return {
-            "train": ClassPool(
-                images=background[train_rows],
-                class_names=tuple(background_names[i] for i in train_rows),
-            ),
-            "val": ClassPool(
-                images=background[val_rows],
-                class_names=tuple(background_names[i] for i in val_rows),
-            ),
-            "test": ClassPool(
-                images=evaluation,
-                class_names=tuple(class_names(alphabets["evaluation"])),
-            ),
-        }
+        return _pools(
+            background,
+            alphabets["background"],
+            evaluation,
+            alphabets["evaluation"],
+            train_rows,
+            val_rows,
+        )
 
     return cached_pools(
         _cache_path(cache_dir, image_size, split_hash),
+        build,
+        image_shape=(IMAGES_PER_CLASS, image_size, image_size, 1),
+    )
+
+
+def _load_official(
+    root: pathlib.Path, image_size: int, cache_dir: str | os.PathLike | None
+) -> dict[str, ClassPool]:
+    """``load_omniglot`` from the official zips in ``root``."""
+    verify_official(root)
+    # The alphabets come from the zips themselves (verified above): no alphabets.csv.
+    background_alphabets = read_official_alphabets(root / BACKGROUND_ZIP)
+    evaluation_alphabets = read_official_alphabets(root / EVALUATION_ZIP)
+    split_file = VAL_ALPHABETS_FILE
+    train_rows, val_rows = split_background(
+        background_alphabets, read_val_alphabets(split_file), source=str(split_file)
+    )
+    split_hash = hashlib.sha256(split_file.read_bytes()).hexdigest()
+
+    def build() -> dict[str, ClassPool]:
+        background = read_official_zip(root / BACKGROUND_ZIP).images
+        evaluation = read_official_zip(root / EVALUATION_ZIP).images
+        return _pools(
+            ink_to_uint8(background, image_size),
+            background_alphabets,
+            ink_to_uint8(evaluation, image_size),
+            evaluation_alphabets,
+            train_rows,
+            val_rows,
+        )
+
+    return cached_pools(
+        _cache_path(cache_dir, image_size, split_hash, form=OFFICIAL),
         build,
         image_shape=(IMAGES_PER_CLASS, image_size, image_size, 1),
     )
