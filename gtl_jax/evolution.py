@@ -28,6 +28,7 @@ from gtl_jax.learngene import (
     PARAMETER_KEYS,
     Learngene,
     LearngeneSpec,
+    close_circuit,
     extract_learngene,
     insert_learngene,
 )
@@ -115,12 +116,15 @@ def reproduce(
     tournament_size: int,
     sigma: float,
     rate: float,
+    selection: str = "tournament",
 ) -> tuple[Learngene, jax.Array]:
     """The next generation: the best learngene unchanged, then mutated copies of the winners.
 
     Args:
       learngenes: a stacked learngene, leading axis P.
-      fitness: f32[P].
+      fitness: f32[P], what selection ranks (fitness, or a lineage score).
+      selection: "tournament", or "none": every parent drawn uniformly at random (the
+        control that isolates what selection adds; ``fitness`` is ignored).
 
     Returns:
       ``(next_learngenes, parents: i32[P])``; slot 0 holds the elite, slot i > 0 a mutated copy
@@ -128,11 +132,18 @@ def reproduce(
     """
     select_key, mutate_key = jax.random.split(key)
     size = fitness.shape[0]
-    elite = jnp.argmax(sanitize_fitness(fitness)).astype(jnp.int32)
-    winners = tournament_select(select_key, fitness, tournament_size=tournament_size)
-    parents = jnp.concatenate(
-        [elite[None], winners[jnp.arange(size - 1) % winners.shape[0]]]
-    )
+    if selection == "none":
+        # The no-selection control: the same reproduction and mutation, parents drawn
+        # uniformly at random (slot 0 an unmutated copy, as the elite's would be).
+        parents = jax.random.randint(select_key, (size,), 0, size, jnp.int32)
+    else:
+        elite = jnp.argmax(sanitize_fitness(fitness)).astype(jnp.int32)
+        winners = tournament_select(
+            select_key, fitness, tournament_size=tournament_size
+        )
+        parents = jnp.concatenate(
+            [elite[None], winners[jnp.arange(size - 1) % winners.shape[0]]]
+        )
     children = jax.tree.map(lambda x: x[parents], learngenes)
     mutated = jax.vmap(functools.partial(mutate, sigma=sigma, rate=rate))(
         jax.random.split(mutate_key, size), children
@@ -198,6 +209,11 @@ class EvolutionState:
       parents: i32[P], lineage: the index (in the previous generation) of each one's parent.
       best_learngene: the fittest trained learngene of the last completed generation.
       best_fitness: f32[], its fitness.
+      scores: f32[P], the lineage score each next host inherits from its parent
+        (``selection="score"``; zeros otherwise).
+      trained: the trained learngenes of the last completed generation (stacked, leading
+        P), from which the final learngene is chosen (``choose_final``).
+      fitness: f32[P], their fitness (NaN for diverged ones).
     """
 
     generation: jax.Array
@@ -205,6 +221,9 @@ class EvolutionState:
     parents: jax.Array
     best_learngene: Learngene
     best_fitness: jax.Array
+    scores: jax.Array
+    trained: Learngene
+    fitness: jax.Array
 
 
 @struct.dataclass
@@ -226,10 +245,28 @@ class Lives:
     instinct: np.ndarray
 
 
+# What tournaments rank: raw fitness; the lineage score (ECO's learngene score: fitness plus
+# the parent's score decayed by score_decay); or nothing (parents drawn at random: a control).
+SELECTIONS = ("tournament", "score", "none")
+# The stream of the fixed critic episodes (fixed_critics), folded into the root key.
+CRITIC_STREAM = 2**31 - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class EvolutionConfig:
     """The static sizes and knobs of the loop; defaults are the omniglot config's (the CLI builds
-    it from the config fields of the same names and validates them)."""
+    it from the config fields of the same names and validates them).
+
+    Attributes (beyond the sizes):
+      life_closed: keep the weights from non-gene inputs into gene outputs at zero during
+        lifetime learning, so the circuit a host trains is the closed sub-network it passes
+        on (otherwise extraction cuts weights the circuit relied on in life).
+      fixed_critics: every generation's critics fine-tune on the same meta-validation
+        episodes and keys (drawn from the root key), so fitness is comparable across
+        generations; otherwise each generation draws new ones.
+      selection: "tournament" (on fitness), "score" (on the lineage score) or "none".
+      score_decay: the weight of the parent's score in a child's lineage score.
+    """
 
     pop_size: int = 9
     tournament_size: int = 3
@@ -247,6 +284,18 @@ class EvolutionConfig:
     mutation_rate: float = 0.5
     zero_cross: bool = True
     augment: str = "none"
+    life_closed: bool = False
+    fixed_critics: bool = False
+    selection: str = "tournament"
+    score_decay: float = 0.6
+
+    def __post_init__(self):
+        if self.selection not in SELECTIONS:
+            raise ValueError(
+                f"selection must be one of {SELECTIONS}, got {self.selection!r}"
+            )
+        if not 0.0 <= self.score_decay <= 1.0:
+            raise ValueError(f"score_decay must be in [0, 1], got {self.score_decay}")
 
 
 class Evolution:
@@ -300,7 +349,7 @@ class Evolution:
 
         augment = augment_fn(c.augment, self.image_shape[0])
 
-        def life_step_fn(key, state, classes, images):
+        def life_train_step(key, state, classes, images):
             if augment is None:
                 # No augmentation: the key stream is exactly what it was before augment existed.
                 x, y = sample_batch(key, images, classes, batch_size=c.life_batch)
@@ -310,6 +359,12 @@ class Evolution:
             return train_step(
                 life_model, tx, state, x, y, key=augment_key, augment_fn=augment
             )
+
+        def life_step_fn(key, state, classes, images):
+            state, loss = life_train_step(key, state, classes, images)
+            if c.life_closed:
+                state = state.replace(params=close_circuit(spec, state.params))
+            return state, loss
 
         self.random_genes = population_map(random_gene_fn, (0,), strategy=strategy)
         self.hosts = population_map(host_fn, (0, 0), strategy=strategy)
@@ -350,6 +405,7 @@ class Evolution:
                 tournament_size=c.tournament_size,
                 sigma=c.mutation_sigma,
                 rate=c.mutation_rate,
+                selection=c.selection,
             )
         )
         if self.mesh is not None:
@@ -367,6 +423,9 @@ class Evolution:
             parents=jnp.arange(size, dtype=jnp.int32),
             best_learngene=best,
             best_fitness=jnp.float32(-jnp.inf),
+            scores=jnp.zeros((size,), jnp.float32),
+            trained=learngenes,
+            fitness=jnp.full((size,), jnp.nan, jnp.float32),
         )
 
     def state_shardings(self, state: Any) -> Any:
@@ -384,6 +443,9 @@ class Evolution:
             parents=pop,
             best_learngene=jax.tree.map(lambda _: rep, state.best_learngene),
             best_fitness=rep,
+            scores=pop,
+            trained=jax.tree.map(lambda _: pop, state.trained),
+            fitness=pop,
         )
 
     def place(self, state: EvolutionState) -> EvolutionState:
@@ -394,6 +456,62 @@ class Evolution:
         shardings = self.state_shardings(state)
         return jax.jit(lambda s: s, out_shardings=shardings)(state)
 
+    def critic_key(self, root_key: jax.Array) -> jax.Array | None:
+        """The key of every generation's critics with ``fixed_critics``; else None (each
+        generation draws its own)."""
+        if not self.config.fixed_critics:
+            return None
+        return jax.random.fold_in(root_key, CRITIC_STREAM)
+
+    def choose_final(
+        self,
+        key: jax.Array,
+        state: EvolutionState,
+        *,
+        candidates: int,
+        episodes: int,
+    ) -> tuple[int, dict[str, Any]]:
+        """The member of the last generation whose trained learngene the run passes on.
+
+        With selection, the ``candidates`` fittest are re-scored by critics on ``episodes``
+        fixed meta-validation episodes (the same for each; drawn from ``key``) and the best
+        re-scored one is chosen: a generation's fitness, a few critic episodes, ranks
+        near-equal learngenes by chance. With ``selection="none"`` a member drawn at random
+        (the control chooses as it reproduces).
+
+        Returns ``(index, info)``: info holds the candidates and their re-scored fitness.
+        """
+        size = self.config.pop_size
+        choose_key, episode_key, init_key = jax.random.split(key, 3)
+        if self.config.selection == "none":
+            index = int(jax.random.randint(choose_key, (), 0, size))
+            return index, {"chosen": index, "rule": "random member"}
+        fitness = np.asarray(sanitize_fitness(to_host(state.fitness)))
+        order = [int(i) for i in np.argsort(-fitness, kind="stable")[:candidates]]
+        if episodes < 1 or len(order) == 1:
+            return order[0], {"chosen": order[0], "rule": "fittest"}
+        n = len(order)
+        genes = jax.tree.map(
+            lambda x: jnp.asarray(to_host(x))[np.array(order)], state.trained
+        )
+        sampled = self.sample_critic_episodes(
+            jax.random.split(episode_key, episodes), self.val_images
+        )
+        keys = jax.random.split(init_key, episodes)
+        tile = lambda x: jnp.tile(x, (n,) + (1,) * (x.ndim - 1))  # noqa: E731
+        repeat = lambda x: jnp.repeat(x, episodes, axis=0)  # noqa: E731
+        result = self.critics(
+            tile(keys), jax.tree.map(tile, sampled), jax.tree.map(repeat, genes)
+        )
+        rescored = to_host(result.final).reshape(n, episodes).mean(axis=1)
+        index = order[int(np.argmax(rescored))]
+        return index, {
+            "chosen": index,
+            "rule": f"best of the {n} fittest re-scored on {episodes} episodes",
+            "candidates": order,
+            "rescored": [float(f) for f in rescored],
+        }
+
     def lives(
         self,
         key: jax.Array,
@@ -401,6 +519,7 @@ class Evolution:
         lo: int = 0,
         hi: int | None = None,
         on_step: Callable[[float], Any] | None = None,
+        critic_key: jax.Array | None = None,
     ) -> Lives:
         """Steps 1-4 of a generation for the members ``[lo, hi)`` of the population.
 
@@ -414,12 +533,16 @@ class Evolution:
           lo, hi: the block of members (default: all of them).
           on_step: called with the number of lifetime or critic steps (of the block) just
             completed.
+          critic_key: the key of the critic episodes and critics (``fixed_critics``: the
+            same every generation); None: the generation's own.
         """
         c = self.config
         size = c.pop_size
         hi = size if hi is None else hi
         block = (lambda x: x) if (lo, hi) == (0, size) else (lambda x: x[lo:hi])
-        host_key, task_key, life_key, critic_key, _ = _generation_keys(key)
+        host_key, task_key, life_key, generation_critic_key, _ = _generation_keys(key)
+        if critic_key is None:
+            critic_key = generation_critic_key
         n = hi - lo
 
         # 1. Hosts: every learngene into a fresh network (its own key).
@@ -428,7 +551,9 @@ class Evolution:
         classes = block(self.sample_tasks(jax.random.split(task_key, size)))
         life_losses = []
         for step in range(c.life_steps):
-            step_keys = block(jax.random.split(jax.random.fold_in(life_key, step), size))
+            step_keys = block(
+                jax.random.split(jax.random.fold_in(life_key, step), size)
+            )
             hosts, loss = self.life_step(step_keys, hosts, classes, self.train_images)
             life_losses.append(loss)
             if on_step is not None:
@@ -453,7 +578,9 @@ class Evolution:
             on_step=on_step,
         )
         # The per-individual scalars on the host (gathered when processes share the work).
-        diverged, life_losses, instinct = to_host((diverged, life_losses, result.instinct))
+        diverged, life_losses, instinct = to_host(
+            (diverged, life_losses, result.instinct)
+        )
         fitness = to_host(result.final.reshape(n, c.num_critics).mean(axis=1))
         return Lives(trained, life_losses, diverged, fitness, instinct)
 
@@ -473,20 +600,29 @@ class Evolution:
           on_step: called with the number of lifetime or critic steps (of the whole
             population) just completed, e.g. ``tqdm.update``.
           workers: computes ``lives`` of the whole population elsewhere, as
-            ``workers(key, learngenes, on_step)`` (``gtl_jax.evolve.LifeWorkers``: blocks of
+            ``workers(key, learngenes, on_step, critic_key)`` (``gtl_jax.evolve.LifeWorkers``: blocks of
             members in worker processes); None: in this process.
         """
         g = int(state.generation)
         key = jax.random.fold_in(root_key, g)
         next_key = _generation_keys(key)[4]
+        critic_key = self.critic_key(root_key)
         if workers is None:
-            life = self.lives(key, state.learngenes, on_step=on_step)
+            life = self.lives(
+                key, state.learngenes, on_step=on_step, critic_key=critic_key
+            )
         else:
-            life = workers(key, state.learngenes, on_step)
+            life = workers(key, state.learngenes, on_step, critic_key)
         trained, life_losses, diverged = life.trained, life.life_losses, life.diverged
         fitness = np.where(diverged, np.float32(np.nan), life.fitness)
+        # ECO's learngene score: the lineage's fitness, decayed. A diverged one scores -inf.
+        scores = fitness + self.config.score_decay * to_host(state.scores)
+        ranked = scores if self.config.selection == "score" else fitness
         # 5-6. Tournaments, elitism, mutation, lineage.
-        next_learngenes, parents = self.reproduce(next_key, trained, jnp.asarray(fitness))
+        next_learngenes, parents = self.reproduce(
+            next_key, trained, jnp.asarray(ranked)
+        )
+        next_scores = np.nan_to_num(scores, nan=0.0)[to_host(parents)]
         safe = sanitize_fitness(fitness)
         best = int(jnp.argmax(safe))
         new_state = EvolutionState(
@@ -495,15 +631,21 @@ class Evolution:
             parents=parents,
             best_learngene=jax.tree.map(lambda x: x[best], trained),
             best_fitness=jnp.float32(fitness[best]),
+            scores=jnp.asarray(next_scores, jnp.float32),
+            trained=trained,
+            fitness=jnp.asarray(fitness, jnp.float32),
         )
         new_state = self.place(new_state)
         finite = np.isfinite(fitness)
+        stat = lambda f: float(f(fitness[finite])) if finite.any() else float("nan")  # noqa: E731
         metrics = {
             "generation": g + 1,
-            "fitness_max": float(fitness[finite].max()) if finite.any() else float("nan"),
-            "fitness_mean": float(fitness[finite].mean()) if finite.any() else float("nan"),
-            "fitness_min": float(fitness[finite].min()) if finite.any() else float("nan"),
+            "fitness_max": stat(np.max),
+            "fitness_mean": stat(np.mean),
+            "fitness_min": stat(np.min),
+            "fitness_ci": stat(lambda f: 1.96 * np.std(f) / np.sqrt(f.size)),
             "fitness": [float(f) for f in fitness],
+            "scores": [float(x) for x in scores],
             "diverged": int(diverged.sum()),
             "life_loss_first": float(jnp.nanmean(life_losses[0])),
             "life_loss_last": float(jnp.nanmean(life_losses[-1])),

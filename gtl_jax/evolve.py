@@ -39,12 +39,14 @@ from gtl_jax.data import (
     sample_episode,
 )
 from gtl_jax.descendants import Recipe
-from gtl_jax.evolution import Evolution, EvolutionConfig, Lives
+from gtl_jax.evolution import SELECTIONS, Evolution, EvolutionConfig, Lives
 from gtl_jax.learngene import make_spec, parameter_share
 from gtl_jax.models import MODELS, PRECISIONS, build_model
 from gtl_jax.population import STRATEGIES, resolve_strategy
 
-FITNESS_KEYS = ("fitness_max", "fitness_mean", "fitness_min")
+FITNESS_KEYS = ("fitness_max", "fitness_mean", "fitness_min", "fitness_ci")
+# The stream of the final choice's key (re-scoring episodes), folded into the root key.
+FINAL_STREAM = 2**31 - 2
 # Descendant progress advances by fractions of a step when descendants run one at a time.
 PROGRESS_FORMAT = (
     "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} steps "
@@ -84,6 +86,14 @@ RESUMABLE_CHANGES = frozenset(
         "pretrain_lr",
         "pretrain_weight_decay",
         "workers",
+        # The final choice and the study's fields (python -m gtl_jax.study).
+        "final_candidates",
+        "rescore_episodes",
+        "seeds",
+        "study_ways",
+        "study_episodes",
+        "study_methods",
+        "transfer_dataset",
     }
 )
 
@@ -173,6 +183,10 @@ def validate_config(
     need(int(c.get("processes", 1)) >= 1, "processes", "must be >= 1")
     need(int(c.get("workers", 0)) >= 0, "workers", "must be >= 0")
     need(c.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}")
+    need(c.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}")
+    need(0 <= c.score_decay <= 1, "score_decay", "must be in [0, 1]")
+    need(int(c.final_candidates) >= 1, "final_candidates", "must be >= 1")
+    need(int(c.rescore_episodes) >= 0, "rescore_episodes", "must be >= 0")
     shots = parse_shots(c.eval_shots)
     if pools is not None:
         for split, field, way in (
@@ -285,15 +299,23 @@ def _start_life_worker(config_json: str) -> None:
     _WORKER_EVOLUTION = make_evolution(c, pools)
 
 
-def _life_job(key_data, learngenes, lo: int, hi: int, progress) -> Lives:
+def _life_job(
+    key_data, learngenes, lo: int, hi: int, progress, critic_key_data
+) -> Lives:
     evo = _WORKER_EVOLUTION
-    share = (hi - lo) / evo.config.pop_size  # progress counts steps of the whole population
+    share = (
+        hi - lo
+    ) / evo.config.pop_size  # progress counts steps of the whole population
+    critic_key = None
+    if critic_key_data is not None:
+        critic_key = jax.random.wrap_key_data(critic_key_data)
     life = evo.lives(
         jax.random.wrap_key_data(key_data),
         jax.tree.map(jnp.asarray, learngenes),
         lo,
         hi,
         on_step=lambda n: progress.put(n * share),
+        critic_key=critic_key,
     )
     return jax.device_get(life)
 
@@ -313,7 +335,9 @@ class LifeWorkers:
 
     def __init__(self, c: ml_collections.ConfigDict, workers: int):
         self.size, self.workers = int(c.pop_size), workers
-        self._pool = distributed.worker_pool(workers, _start_life_worker, (c.to_json(),))
+        self._pool = distributed.worker_pool(
+            workers, _start_life_worker, (c.to_json(),)
+        )
 
     def __enter__(self) -> LifeWorkers:
         self.pool, self.progress = self._pool.__enter__()
@@ -322,10 +346,13 @@ class LifeWorkers:
     def __exit__(self, *exc) -> None:
         self._pool.__exit__(*exc)
 
-    def __call__(self, key, learngenes, on_step=None) -> Lives:
+    def __call__(self, key, learngenes, on_step=None, critic_key=None) -> Lives:
         bounds = distributed.block_bounds(self.size, self.workers)
         genes = distributed.to_host(learngenes)
         key_data = np.asarray(jax.random.key_data(key))
+        critic_key_data = None
+        if critic_key is not None:
+            critic_key_data = np.asarray(jax.random.key_data(critic_key))
         futures = [
             self.pool.submit(
                 _life_job,
@@ -334,13 +361,16 @@ class LifeWorkers:
                 int(lo),
                 int(hi),
                 self.progress,
+                critic_key_data,
             )
             for lo, hi in zip(bounds[:-1], bounds[1:])
         ]
         blocks = distributed.wait_all(futures, self.progress, on_step)
         join = lambda *xs, axis=0: np.concatenate(xs, axis=axis)  # noqa: E731
         return Lives(
-            jax.tree.map(lambda *xs: jnp.asarray(join(*xs)), *[b.trained for b in blocks]),
+            jax.tree.map(
+                lambda *xs: jnp.asarray(join(*xs)), *[b.trained for b in blocks]
+            ),
             join(*[b.life_losses for b in blocks], axis=1),
             join(*[b.diverged for b in blocks]),
             join(*[b.fitness for b in blocks]),
@@ -541,9 +571,16 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def run(
-    c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False
+    c: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    *,
+    quiet: bool = False,
+    final_table: bool = True,
 ) -> dict:
     """Evolution, learngene file, evaluation; returns the results (also written to workdir).
+
+    ``final_table=False`` stops after the learngene file (``gtl_jax.study`` evaluates many
+    evolutions together).
 
     Every check (config, data, the workdir's previous config, its checkpoint) runs before
     anything in the workdir is written, so a refused run leaves the workdir as it was.
@@ -617,13 +654,16 @@ def run(
     evolve_start = time.perf_counter()
     steps_per_generation = ec.life_steps + c.critic_steps
     workers = life_workers(c) if int(state.generation) < c.generations else 1
-    with contextlib.ExitStack() as stack, tqdm(
-        total=c.generations * steps_per_generation,
-        desc="evolution",
-        unit="step",
-        disable=quiet,
-        initial=int(state.generation) * steps_per_generation,
-    ) as bar:
+    with (
+        contextlib.ExitStack() as stack,
+        tqdm(
+            total=c.generations * steps_per_generation,
+            desc="evolution",
+            unit="step",
+            disable=quiet,
+            initial=int(state.generation) * steps_per_generation,
+        ) as bar,
+    ):
         stack.callback(manager.close)  # also when a generation raises
         pool = None
         if workers > 1:
@@ -655,9 +695,18 @@ def run(
         jax.random.key(0),
     )
     share = parameter_share(spec, shapes["params"])
+    final, choice = evo.choose_final(
+        jax.random.fold_in(root_key, FINAL_STREAM),
+        state,
+        candidates=int(c.final_candidates),
+        episodes=int(c.rescore_episodes),
+    )
+    final_fitness = choice.get("rescored", [float(state.fitness[final])])
+    if "candidates" in choice:
+        final_fitness = final_fitness[choice["candidates"].index(final)]
     checkpoint.save_learngene(  # by process 0 only
         workdir / "learngene",
-        distributed.to_host(state.best_learngene),
+        jax.tree.map(lambda x: distributed.to_host(x)[final], state.trained),
         {
             "model": {"name": c.model, "width": c.width},
             "spec": spec.to_json(),
@@ -668,7 +717,8 @@ def run(
                 "splits": {s: pools[s].num_classes for s in pools},
             },
             "generation": int(state.generation),
-            "fitness": float(state.best_fitness),
+            "fitness": float(np.asarray(final_fitness).ravel()[0]),
+            "choice": choice,
             "parameter_share": share,
             "config": config_json,
             # What the learngene cost, and its fitness over generations (for plots).
@@ -689,6 +739,8 @@ def run(
     )
     if writer and history:
         plots.plot_fitness(history, workdir / "fitness.png")
+    if not final_table:
+        return {"evolution_seconds": evolve_seconds, "history": history}
 
     results = evaluate(c, workdir, quiet=quiet)
     table = results_table(c, results, share)

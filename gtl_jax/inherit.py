@@ -141,8 +141,12 @@ def pretrained_network(
     workdir: pathlib.Path,
     *,
     quiet: bool,
+    closed_spec: LearngeneSpec | None = None,
 ) -> tuple[Any, dict]:
-    """The pretrained source network of the baselines, trained once and cached in the workdir."""
+    """The pretrained source network of the baselines, trained once and cached in the workdir.
+
+    ``closed_spec``: pre-train with that circuit kept closed (``gtl_jax.pretrain.pretrain``).
+    """
     pc = from_config(PretrainConfig, c)
     model = model_of(c, train_images.shape[0])
     key = {
@@ -156,6 +160,7 @@ def pretrained_network(
         **dataclasses.asdict(pc),
         # Only a non-default precision joins the key: float32 caches keep their digests.
         **({"precision": c.precision} if c.precision != "float32" else {}),
+        **({"closed": closed_spec.to_json()} if closed_spec is not None else {}),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     path = workdir / "pretrained" / f"{c.model}-x{c.width:g}-{c.dataset}-{digest}"
@@ -186,6 +191,7 @@ def pretrained_network(
             pc,
             on_step=on_step,
             augment_fn=augment_fn(c.augment, train_images.shape[2]),
+            closed_spec=closed_spec,
         )
     losses = np.asarray(losses)
     meta = {

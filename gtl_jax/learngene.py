@@ -189,6 +189,26 @@ def insert_learngene(
     return params, batch_stats
 
 
+def close_circuit(spec: LearngeneSpec, params: Variables) -> Variables:
+    """``params`` with the weights from non-gene inputs into gene outputs set to zero.
+
+    Applied after every lifetime step (``EvolutionConfig.life_closed``), it keeps the gene
+    channels a closed sub-network during life: what the circuit computes in its host is what
+    it computes on its own, so extraction cuts nothing it relied on.
+    """
+    for layer in spec.layers:
+        path = _layer_path(layer.name) + ("conv",)
+        params = _replace(
+            params,
+            path,
+            lambda c, gene=layer: {
+                **c,
+                "kernel": c["kernel"].at[:, :, gene.k_in :, : gene.k_out].set(0.0),
+            },
+        )
+    return params
+
+
 def check_fits(
     spec: LearngeneSpec,
     model: nn.Module,

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.data.pool import sample_batch
+from gtl_jax.learngene import LearngeneSpec, close_circuit
 from gtl_jax.population import TrainState, init_network, make_optimizer, train_step
 
 
@@ -46,6 +47,7 @@ def pretrain(
     *,
     on_step: Callable[[int, jax.Array], Any] | None = None,
     augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    closed_spec: LearngeneSpec | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """Trains one network on all classes of ``images: u8[C, M, H, W, Ch]``.
 
@@ -56,6 +58,9 @@ def pretrain(
       config: steps, batch, learning rate.
       on_step: called with ``(step, loss)`` after each step (progress bar).
       augment_fn: training augmentation (``gtl_jax.data.augment_fn``), or None.
+      closed_spec: if given, the weights from non-gene inputs into this spec's gene outputs
+        are kept at zero (as lifetime learning does with ``life_closed``), so the circuit cut
+        from the network is the closed sub-network it trained as.
 
     Returns:
       ``(state, losses: f32[steps])``.
@@ -79,9 +84,12 @@ def pretrain(
         if augment_fn is not None:  # without augmentation no extra key is drawn
             step_key, augment_key = jax.random.split(step_key)
         x, y = sample_batch(step_key, images, classes, batch_size=config.pretrain_batch)
-        return train_step(
+        state, loss = train_step(
             model, tx, state, x, y, key=augment_key, augment_fn=augment_fn
         )
+        if closed_spec is not None:
+            state = state.replace(params=close_circuit(closed_spec, state.params))
+        return state, loss
 
     losses = []
     for i in range(config.pretrain_steps):

@@ -127,3 +127,39 @@ def test_reproduce_keeps_size_elite_and_lineage():
         assert not np.array_equal(
             nxt["stage1/conv1"]["kernel"][i], genes["stage1/conv1"]["kernel"][p]
         )
+
+
+def test_no_selection_draws_parents_whatever_the_fitness():
+    genes = _learngene(jax.random.key(0), pop=6)
+    key = jax.random.key(3)
+    runs = [
+        reproduce(
+            key,
+            genes,
+            fitness,
+            tournament_size=3,
+            sigma=0.1,
+            rate=0.5,
+            selection="none",
+        )[1]
+        for fitness in (jnp.arange(6.0), -jnp.arange(6.0), jnp.full(6, jnp.nan))
+    ]
+    for parents in runs:
+        np.testing.assert_array_equal(parents, runs[0])
+        assert (
+            parents.shape == (6,) and 0 <= int(parents.min()) <= int(parents.max()) < 6
+        )
+    # Over many keys every member becomes a parent, the fittest no more often than others.
+    counts = np.zeros(6)
+    for seed in range(200):
+        _, parents = reproduce(
+            jax.random.key(seed),
+            genes,
+            jnp.arange(6.0),
+            tournament_size=3,
+            sigma=0.1,
+            rate=0.5,
+            selection="none",
+        )
+        counts += np.bincount(np.asarray(parents), minlength=6)
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()

@@ -121,9 +121,12 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert (part / "learngene" / "metadata.json").is_file()
 
 
-def _tiny_evolution(omniglot) -> Evolution:
+def _tiny_evolution(omniglot, **overrides) -> Evolution:
     """3 VGG11 x1/16 on the first 20 classes of each split, a few steps each."""
-    config = EvolutionConfig(pop_size=3, tournament_size=3, life_steps=2, num_critics=1)
+    config = EvolutionConfig(
+        **{"pop_size": 3, "tournament_size": 3, "life_steps": 2, "num_critics": 1}
+        | overrides
+    )
     model = build_model("vgg11", 5, width=1 / 16)
     train, val = (jnp.asarray(omniglot[s].images[:20]) for s in ("train", "val"))
     spec = make_spec(model, 0.45, 1)
@@ -162,7 +165,9 @@ def test_blocks_of_members_live_as_in_the_whole_population(omniglot):
     whole = jax.device_get(evo.lives(key, genes))
     blocks = [
         jax.device_get(
-            evo.lives(key, jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], genes), lo, hi)
+            evo.lives(
+                key, jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], genes), lo, hi
+            )
         )
         for lo, hi in ((0, 2), (2, 3))
     ]
@@ -172,7 +177,9 @@ def test_blocks_of_members_live_as_in_the_whole_population(omniglot):
     np.testing.assert_array_equal(
         whole.life_losses, np.concatenate([b.life_losses for b in blocks], axis=1)
     )
-    for a, *parts in zip(*map(jax.tree.leaves, [whole.trained] + [b.trained for b in blocks])):
+    for a, *parts in zip(
+        *map(jax.tree.leaves, [whole.trained] + [b.trained for b in blocks])
+    ):
         np.testing.assert_array_equal(a, np.concatenate(parts))
 
 
@@ -191,7 +198,9 @@ def test_worker_processes_compute_the_lives_of_the_population(omniglot):
     np.testing.assert_allclose(there.fitness, here.fitness, atol=query + 1e-6)
     np.testing.assert_allclose(there.instinct, here.instinct, atol=query + 1e-6)
     np.testing.assert_array_equal(there.diverged, here.diverged)
-    np.testing.assert_allclose(there.life_losses, here.life_losses, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        there.life_losses, here.life_losses, rtol=1e-4, atol=1e-5
+    )
     for a, b in zip(jax.tree.leaves(there.trained), jax.tree.leaves(here.trained)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # The progress the workers report adds up to the steps of the whole population.
@@ -243,3 +252,38 @@ def test_cpu_xla_flags_only_for_checked_jaxlib_and_never_over_the_users():
     # XLA aborts on flags it does not know: other versions get XLA_FLAGS unchanged.
     assert cpu_xla_flags("", "0.4.35") == ""
     assert cpu_xla_flags("--x=1", "0.11.0") == "--x=1"
+
+
+def test_lineage_score_fixed_critics_and_the_final_choice(omniglot):
+    evo = _tiny_evolution(omniglot, selection="score", fixed_critics=True, life_steps=0)
+    key = jax.random.key(0)
+    state = evo.init(key)
+    genes = state.learngenes
+    state, first = evo.generation(key, state)
+    # ECO's score: fitness plus the decayed score of the parent (none in generation 1).
+    np.testing.assert_allclose(first["scores"], first["fitness"], rtol=1e-6)
+    inherited = np.asarray(first["scores"])[first["parents"]]
+    np.testing.assert_allclose(state.scores, inherited, rtol=1e-6)
+    # With no lifetime steps a learngene comes out as it went in; with fixed critics the
+    # same learngenes get the same fitness in any generation.
+    again, second = evo.generation(key, state.replace(learngenes=genes))
+    np.testing.assert_allclose(second["fitness"], first["fitness"], atol=1e-6)
+    expected = np.asarray(second["fitness"]) + 0.6 * np.asarray(state.scores)
+    np.testing.assert_allclose(second["scores"], expected, rtol=1e-5)
+
+    # The final choice: the best re-scored of the fittest candidates, or the fittest.
+    index, info = evo.choose_final(key, again, candidates=2, episodes=3)
+    assert info["candidates"] == list(np.argsort(-np.asarray(again.fitness))[:2])
+    assert index == info["candidates"][int(np.argmax(info["rescored"]))]
+    index, info = evo.choose_final(key, again, candidates=1, episodes=3)
+    assert index == int(np.argmax(again.fitness)) and info["rule"] == "fittest"
+
+
+def test_no_selection_control_chooses_its_final_learngene_at_random(omniglot):
+    evo = _tiny_evolution(omniglot, selection="none")
+    state = evo.init(jax.random.key(0))
+    chosen = {
+        evo.choose_final(jax.random.key(s), state, candidates=3, episodes=5)[0]
+        for s in range(20)
+    }
+    assert chosen == {0, 1, 2}

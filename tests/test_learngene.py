@@ -146,3 +146,38 @@ def test_check_fits_lists_every_mismatch():
             build_model("vgg11", 5, width=1 / 16),
             1,
         )
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet12"])
+def test_closed_training_keeps_the_circuit_a_network_of_its_own(name):
+    """Trained with ``closed_spec`` (as lifetimes with ``life_closed``), the network's gene
+    channels compute what its extracted learngene computes in any other fresh network."""
+    from gtl_jax.pretrain import PretrainConfig, pretrain
+
+    model = build_model(name, 4, width=1 / 16)
+    spec = lg.make_spec(model, 0.45, 1)
+    images = jax.random.randint(jax.random.key(0), (4, 6, 28, 28, 1), 0, 256).astype(
+        jnp.uint8
+    )
+    config = PretrainConfig(pretrain_steps=3, pretrain_batch=8, pretrain_lr=1e-2)
+    state, _ = pretrain(model, jax.random.key(1), images, config, closed_spec=spec)
+    for layer in spec.layers:
+        path = tuple(layer.name.split("/")) + ("conv",)
+        kernel = lg._get(state.params, path)["kernel"]
+        assert not np.any(kernel[:, :, layer.k_in :, : layer.k_out]), layer.name
+    gene = lg.extract_learngene(spec, state.params, state.batch_stats)
+    x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
+    trained = _conv_outputs(
+        model, {"params": state.params, "batch_stats": state.batch_stats}, x
+    )
+    fresh = _variables(model, jax.random.key(9))
+    params, stats = lg.insert_learngene(gene, fresh["params"], fresh["batch_stats"])
+    inherited = _conv_outputs(model, {"params": params, "batch_stats": stats}, x)
+    for layer in spec.layers:
+        np.testing.assert_allclose(
+            inherited[layer.name][..., : layer.k_out],
+            trained[layer.name][..., : layer.k_out],
+            rtol=1e-4,
+            atol=1e-5,
+            err_msg=layer.name,
+        )

@@ -45,6 +45,24 @@ FIELD_HELP = {
     "critic_shot": "shots of critic episodes",
     "critic_query": "queries per class of critic episodes",
     "critic_steps": "fine-tuning steps of each critic (S_critic)",
+    "life_closed": "keep the weights from non-gene into gene channels at zero during "
+    "lifetime learning (the circuit a host trains is the one it passes on)",
+    "fixed_critics": "critics fine-tune on the same meta-validation episodes every "
+    "generation (fitness comparable across generations)",
+    "selection": "what tournaments rank: tournament (fitness), score (ECO's lineage score) "
+    "or none (parents drawn at random: the no-selection control)",
+    "score_decay": "lineage score: fitness plus this times the parent's score",
+    "final_candidates": "the fittest members of the last generation re-scored before the "
+    "final learngene is chosen",
+    "rescore_episodes": "meta-validation episodes the final candidates are re-scored on "
+    "(0: the fittest is chosen)",
+    "seeds": "study: comma-separated seeds, one evolution (and one control) each",
+    "study_ways": "study: comma-separated ways of the evaluation settings",
+    "study_episodes": "study: fixed episodes per setting",
+    "study_methods": "study: comma-separated methods (learngene, no-selection, "
+    "untrained-circuit, pretrain-circuit-eq, pretrain-closed-eq, scratch, pretrain-full)",
+    "transfer_dataset": "study: another dataset the learngenes are evaluated on, 5-way "
+    "(digits, or empty for none)",
     "mutation_sigma": "mutation noise, relative to each tensor's std",
     "mutation_rate": "probability that a tensor is mutated",
     "eval_episodes": "test episodes per shot setting (meta-test classes)",
@@ -106,8 +124,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.critic_shot = 1
     c.critic_query = 15
     c.critic_steps = 20
+    c.life_closed = False
+    c.fixed_critics = False
+    c.selection = "tournament"
+    c.score_decay = 0.6
     c.mutation_sigma = 0.1
     c.mutation_rate = 0.5
+    c.final_candidates = 3
+    c.rescore_episodes = 100
 
     c.eval_episodes = 200
     c.eval_way = 5
@@ -133,6 +157,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pretrain_weight_decay = 0.0
     c.workers = 0
 
+    # The study (python -m gtl_jax.study): several evolutions, controls, baselines.
+    c.seeds = "0,1,2"
+    c.study_ways = "5,20"
+    c.study_episodes = 200
+    c.study_methods = (
+        "learngene,no-selection,untrained-circuit,pretrain-circuit-eq,"
+        "pretrain-closed-eq,scratch,pretrain-full"
+    )
+    c.transfer_dataset = "digits"
+
     c.strategy = "auto"
     c.distributed = False
     c.processes = 1
@@ -150,6 +184,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_every = 1
         c.inherit_episodes = 3
         c.pretrain_steps = 3
+        c.rescore_episodes = 2
+        c.seeds = "0,1"
+        c.study_episodes = 2
         c.workers = 1  # at toy sizes a worker process costs more than it saves
     elif arg:
         raise ValueError(
