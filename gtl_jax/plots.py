@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -89,6 +90,47 @@ def plot_share(rows: Sequence[dict], path: str | pathlib.Path) -> None:
         ax.set_xlabel("parameters transferred (%)")
         ax.set_ylabel("query accuracy after fine-tuning (%)")
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_study_fitness(
+    histories: dict[str, Sequence[Sequence[dict]]], path: str | pathlib.Path
+) -> None:
+    """Population mean fitness per generation, mean and 95% band over seeds, per arm.
+
+    ``histories``: ``{arm: [metrics of each seed's evolution]}`` (``metrics.jsonl`` lines).
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    for arm, runs in histories.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        length = min(len(r) for r in runs)
+        g = np.array([m["generation"] for m in runs[0][:length]])
+        mean = np.array([[m["fitness_mean"] for m in r[:length]] for r in runs])
+        best = np.array([[m["fitness_max"] for m in r[:length]] for r in runs])
+        centre = mean.mean(0)
+        half = (
+            1.96 * mean.std(0, ddof=1) / np.sqrt(len(runs))
+            if len(runs) > 1
+            else np.zeros_like(centre)
+        )
+        label = arm.replace("_", "-")
+        (line,) = ax.plot(g, centre, marker="o", label=f"{label}: population mean")
+        ax.fill_between(
+            g, centre - half, centre + half, alpha=0.2, color=line.get_color()
+        )
+        ax.plot(
+            g, best.mean(0), ls="--", color=line.get_color(), label=f"{label}: best"
+        )
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("generation")
+    ax.set_ylabel("critic query accuracy")
+    ax.set_title(f"Fitness on fixed meta-validation critics ({len(runs)} seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,0 +1,620 @@
+"""``python -m gtl_jax.study``: the evidence for a claim, over several evolutions (seeds).
+
+One evolution is one sample: evolutions of one config that differ only in their seed end
+several points apart on the same test episodes. This command runs, for every seed of
+``seeds``, an evolution (``evolved/seed_S``) and its *no-selection* control (``selection=
+none``: the same lifetimes, critics and mutations, parents drawn at random;
+``no_selection/seed_S``), pre-trains the baselines, and evaluates every method on the same
+fixed episodes with the same descendant keys:
+
+- ``learngene``: each evolution's learngene file.
+- ``no-selection``: each control evolution's final learngene (drawn at random from its last
+  population, as its parents were).
+- ``untrained-circuit``: the circuit of a randomly initialised network (seed S): what the
+  circuit's shape and the zeroed cross weights give without any training.
+- ``pretrain-circuit-eq``: the circuit cut from a network pre-trained conventionally on all
+  meta-train classes, seeing as many images as one evolution's lifetimes and critics (seed S).
+- ``pretrain-closed-eq``: the same pre-training with the circuit kept closed (weights from
+  non-gene into gene channels held at zero, as lifetimes with ``life_closed`` do): what
+  evolution adds over plain pre-training of the same closed circuit at equal compute.
+- ``scratch``: random initialisation (the reference every gain is measured from).
+- ``pretrain-full``: every conv layer of a network pre-trained for ``pretrain_steps``
+  (transfers five times the parameters: a reference, not a competitor).
+
+Settings: ``study_ways`` x ``eval_shots`` on the dataset's evaluation split, and 5-way on
+``transfer_dataset`` (another domain; ``digits``: scikit-learn's 8x8 digits). The table
+gives each method's mean over seeds with a 95% confidence half-width over the seeds
+(Student's t, ``seeds - 1`` degrees of freedom), the mean per-episode half-width, and the
+gain over scratch (paired by episode, then over seeds).
+
+Workdir: ``evolved/``, ``no_selection/``, ``pretrained/``, ``results.md``, ``results.json``,
+``jobs.jsonl`` (one line per method, seed and setting), ``fitness.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from gtl_jax import checkpoint, distributed, evolve, plots
+from gtl_jax.configs import load_config
+from gtl_jax.data import DataError, load_dataset
+from gtl_jax.data.digits import load_digits
+from gtl_jax.descendants import DescendantEvaluator
+from gtl_jax.evolve import (
+    PROGRESS_FORMAT,
+    ConfigError,
+    build_parser,
+    configure_jax,
+    descendant_recipe,
+    fixed_episodes,
+    model_of,
+    parse_shots,
+    resolve_config,
+)
+from gtl_jax.inherit import episode_fingerprint, pretrained_network
+from gtl_jax.learngene import (
+    Learngene,
+    LearngeneSpec,
+    extract_learngene,
+    learngene_size,
+    make_spec,
+)
+from gtl_jax.population import init_network, make_optimizer
+
+STUDY_METHODS = (
+    "learngene",
+    "no-selection",
+    "untrained-circuit",
+    "pretrain-circuit-eq",
+    "pretrain-closed-eq",
+    "scratch",
+    "pretrain-full",
+)
+SEEDED = frozenset(STUDY_METHODS[:5])  # one transfer per seed
+TRANSFER_DATASETS = {"": None, "digits": load_digits}
+
+# Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: 1.96 is close).
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t95(n: int) -> float:
+    """The 95% two-sided t quantile for a mean of ``n`` values (``n - 1`` d.o.f.)."""
+    if n < 2:
+        return float("nan")
+    return T95[n - 2] if n - 2 < len(T95) else 1.96
+
+
+def seed_interval(values: Any) -> tuple[float, float]:
+    """Mean and 95% confidence half-width over seeds (Student's t; NaN for one seed)."""
+    v = np.asarray(values, np.float64)
+    if v.size < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(t95(v.size) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def parse_ints(c: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in str(c[field]).split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(
+            f"config field {field}={c[field]!r}: not a comma-separated list of ints"
+        ) from None
+    if not values:
+        raise ConfigError(f"config field {field}={c[field]!r}: empty")
+    return values
+
+
+def study_methods(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in str(c.study_methods).split(",") if m.strip())
+    unknown = [m for m in methods if m not in STUDY_METHODS]
+    if not methods or unknown:
+        raise ConfigError(
+            f"config field study_methods={c.study_methods!r}: unknown "
+            f"{unknown or 'empty'}; known: {', '.join(STUDY_METHODS)}"
+        )
+    return methods
+
+
+def validate_study(c: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first impossible study field."""
+    seeds = parse_ints(c, "seeds")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"config field seeds={c.seeds!r}: a seed appears twice")
+    if min(parse_ints(c, "study_ways")) < 2:
+        raise ConfigError(
+            f"config field study_ways={c.study_ways!r}: ways must be >= 2"
+        )
+    study_methods(c)
+    if int(c.study_episodes) < 1:
+        raise ConfigError(
+            f"config field study_episodes={c.study_episodes!r}: must be >= 1"
+        )
+    if c.transfer_dataset not in TRANSFER_DATASETS:
+        raise ConfigError(
+            f"config field transfer_dataset={c.transfer_dataset!r}: known: "
+            + ", ".join(repr(k) for k in TRANSFER_DATASETS)
+        )
+
+
+def seed_config(
+    c: ml_collections.ConfigDict, seed: int, selection: str
+) -> ml_collections.ConfigDict:
+    s = ml_collections.ConfigDict(c.to_dict())
+    s.seed, s.selection = seed, selection
+    return s
+
+
+def evolution_images(c: ml_collections.ConfigDict, cost: dict) -> int:
+    """Images one evolution trained on: lifetime batches and critic support sets."""
+    return int(
+        cost["lifetime_steps"] * c.life_batch
+        + cost["critic_steps"] * c.critic_way * c.critic_shot
+    )
+
+
+# --------------------------------------------------------------------------- transfers
+
+
+def sources(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
+    """What each job transfers, as JSON (every worker process rebuilds it from this)."""
+    out = []
+    for method in study_methods(c):
+        if method not in SEEDED:
+            out.append({"label": method, "method": method, "seed": None})
+            continue
+        for seed in parse_ints(c, "seeds"):
+            out.append(
+                {"label": f"{method}/seed{seed}", "method": method, "seed": seed}
+            )
+    return out
+
+
+def learngene_path(workdir: pathlib.Path, method: str, seed: int) -> pathlib.Path:
+    folder = "evolved" if method == "learngene" else "no_selection"
+    return workdir / folder / f"seed_{seed}" / "learngene"
+
+
+def equal_compute_steps(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> int:
+    """Pre-training steps that see as many images as one evolution (seed 0's file)."""
+    seed = parse_ints(c, "seeds")[0]
+    meta = checkpoint.read_metadata(learngene_path(workdir, "learngene", seed))
+    return math.ceil(evolution_images(c, meta["cost"]) / int(c.pretrain_batch))
+
+
+def pretrained(
+    c: ml_collections.ConfigDict,
+    method: str,
+    seed: int | None,
+    train_images: jax.Array,
+    spec: LearngeneSpec,
+    workdir: pathlib.Path,
+    quiet: bool,
+) -> tuple[Any, dict]:
+    """The pretrained network a method cuts from (cached in ``workdir/pretrained``)."""
+    p = ml_collections.ConfigDict(c.to_dict())
+    if method in ("pretrain-circuit-eq", "pretrain-closed-eq"):
+        p.seed, p.pretrain_steps = seed, equal_compute_steps(c, workdir)
+    closed = spec if method == "pretrain-closed-eq" else None
+    return pretrained_network(p, train_images, workdir, quiet=quiet, closed_spec=closed)
+
+
+def build_transfer(
+    source: dict,
+    c: ml_collections.ConfigDict,
+    spec: LearngeneSpec,
+    train_images: jax.Array,
+    workdir: pathlib.Path,
+    quiet: bool = True,
+) -> tuple[Learngene | None, dict]:
+    """``(transfer, cost)`` of one source: a learngene-shaped dict of blocks, or None."""
+    method, seed = source["method"], source["seed"]
+    if method == "scratch":
+        return None, {"what": "none", "images": 0}
+    if method in ("learngene", "no-selection"):
+        learngene, meta = checkpoint.load_learngene(
+            learngene_path(workdir, method, seed)
+        )
+        cost = meta.get("cost", {})
+        return learngene, {
+            "what": "evolution",
+            "images": evolution_images(c, cost),
+            "seconds": cost.get("seconds"),
+        }
+    if method == "untrained-circuit":
+        model = model_of(c, c.life_way)
+        tx = make_optimizer("sgd", 0.0)
+        state = init_network(
+            model, tx, jax.random.key(seed), tuple(train_images.shape[2:])
+        )
+        return extract_learngene(spec, state.params, state.batch_stats), {
+            "what": "none",
+            "images": 0,
+        }
+    variables, meta = pretrained(c, method, seed, train_images, spec, workdir, quiet)
+    cost = {
+        "what": "pre-training",
+        "images": int(meta["images_seen"]),
+        "seconds": meta.get("seconds"),
+    }
+    params, stats = variables["params"], variables["batch_stats"]
+    if method == "pretrain-full":
+        model = model_of(c, c.life_way)
+        full = make_spec(model, 1.0, spec.in_channels)
+        return extract_learngene(full, params, stats), cost
+    return extract_learngene(spec, params, stats), cost
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def settings(c: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
+    """``(dataset, way, shot)`` of every evaluation setting."""
+    shots = parse_shots(c.eval_shots)
+    out = [("source", w, s) for w in parse_ints(c, "study_ways") for s in shots]
+    if c.transfer_dataset:
+        out += [(c.transfer_dataset, 5, s) for s in shots]
+    return out
+
+
+class StudySuite:
+    """Pools, transfers, evaluators and fixed episodes of every setting, built once per
+    process (the main one, or each worker)."""
+
+    def __init__(self, c: ml_collections.ConfigDict, workdir: pathlib.Path):
+        self.c, self.workdir = c, workdir
+        pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
+        self.pools = {"source": pools[c.eval_split]}
+        if c.transfer_dataset:
+            loader = TRANSFER_DATASETS[c.transfer_dataset]
+            self.pools[c.transfer_dataset] = loader(image_size=c.image_size)["test"]
+        train_images = jnp.asarray(pools["train"].images)
+        first = parse_ints(c, "seeds")[0]
+        self.spec = LearngeneSpec.from_json(
+            checkpoint.read_metadata(learngene_path(workdir, "learngene", first))[
+                "spec"
+            ]
+        )
+        self.transfers, self.costs = {}, {}
+        for source in sources(c, workdir):
+            transfer, cost = build_transfer(source, c, self.spec, train_images, workdir)
+            self.transfers[source["label"]] = transfer
+            self.costs[source["label"]] = cost
+        self.recipe = descendant_recipe(c)
+        self._evaluators, self._episodes = {}, {}
+
+    def evaluator(self, way: int) -> DescendantEvaluator:
+        if way not in self._evaluators:
+            self._evaluators[way] = DescendantEvaluator(
+                model_of(self.c, way),
+                self.recipe,
+                n_way=way,
+                strategy=self.c.strategy,
+                zero_cross=self.c.zero_cross,
+            )
+        return self._evaluators[way]
+
+    def episodes(self, dataset: str, way: int, shot: int):
+        setting = (dataset, way, shot)
+        if setting not in self._episodes:
+            key = jax.random.fold_in(jax.random.key(self.c.eval_seed), shot)
+            key = jax.random.fold_in(key, way)
+            pool = self.pools[dataset]
+            self._episodes[setting] = fixed_episodes(
+                key,
+                jnp.asarray(pool.images),
+                episodes=int(self.c.study_episodes),
+                n_way=way,
+                k_shot=shot,
+                n_query=min(int(self.c.eval_query), pool.images_per_class - shot),
+            )
+        return self._episodes[setting]
+
+    def job(self, dataset: str, way: int, shot: int, label: str, on_step=None) -> dict:
+        episodes, keys = self.episodes(dataset, way, shot)
+        r = self.evaluator(way)(keys, episodes, self.transfers[label], on_step=on_step)
+        return {
+            "dataset": dataset,
+            "way": way,
+            "shot": shot,
+            "label": label,
+            "fingerprint": episode_fingerprint(episodes),
+            "final": np.asarray(r.final).tolist(),
+            "instinct": np.asarray(r.instinct).tolist(),
+            "curve": np.asarray(r.curve).mean(0).tolist(),
+            "curve_steps": list(self.recipe.curve_steps),
+        }
+
+
+_WORKER_SUITE: StudySuite | None = None
+
+
+def _start_worker(config_json: str, workdir: str) -> None:
+    global _WORKER_SUITE
+    configure_jax()
+    _WORKER_SUITE = StudySuite(
+        ml_collections.ConfigDict(json.loads(config_json)), pathlib.Path(workdir)
+    )
+
+
+def _worker_job(job, progress):
+    return _WORKER_SUITE.job(*job, on_step=progress.put)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def evolve_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: bool):
+    """Every seed's evolution and no-selection control (each resumes from its workdir)."""
+    methods = study_methods(c)
+    runs = []
+    for seed in parse_ints(c, "seeds"):
+        if "learngene" in methods or "no-selection" not in methods:
+            runs.append(("evolved", seed_config(c, seed, c.selection)))
+        if "no-selection" in methods:
+            runs.append(("no_selection", seed_config(c, seed, "none")))
+    histories = {}
+    for i, (folder, sc) in enumerate(runs, start=1):
+        if not quiet:
+            print(
+                f"[{i}/{len(runs)}] evolution {folder}/seed_{sc.seed}", file=sys.stderr
+            )
+        out = evolve.run(
+            sc, workdir / folder / f"seed_{sc.seed}", quiet=quiet, final_table=False
+        )
+        histories.setdefault(folder, []).append(out["history"])
+    return histories
+
+
+def aggregate(c, results: list[dict], costs: dict) -> list[dict]:
+    """One row per (setting, method): seed-level mean and CI, episode CI, gain on scratch."""
+    by = {}
+    for r in results:
+        by[(r["dataset"], r["way"], r["shot"], r["label"])] = r
+    rows = []
+    for dataset, way, shot in sorted(
+        {k[:3] for k in by}, key=lambda s: (s[0] != "source", s)
+    ):
+        scratch = by.get((dataset, way, shot, "scratch"))
+        methods = {}
+        for key, r in by.items():
+            if key[:3] == (dataset, way, shot):
+                method = r["label"].split("/")[0]
+                methods.setdefault(method, []).append(r)
+        for method in STUDY_METHODS:
+            if method not in methods:
+                continue
+            jobs = sorted(methods[method], key=lambda r: r["label"])
+            final = [np.mean(r["final"]) for r in jobs]
+            instinct = [np.mean(r["instinct"]) for r in jobs]
+            episode_ci = [
+                1.96 * np.std(r["final"]) / math.sqrt(len(r["final"])) for r in jobs
+            ]
+            row = {
+                "dataset": dataset,
+                "way": way,
+                "shot": shot,
+                "method": method,
+                "seeds": len(jobs),
+                "accuracy": seed_interval(final),
+                "instinct": seed_interval(instinct),
+                "per_seed": final,
+                "per_seed_instinct": instinct,
+                "episode_ci": float(np.mean(episode_ci)),
+                "images": int(np.mean([costs[r["label"]]["images"] for r in jobs])),
+                "curve_steps": jobs[0]["curve_steps"],
+                "curve": np.mean([r["curve"] for r in jobs], axis=0).tolist(),
+            }
+            if scratch is not None:
+                gains = [
+                    np.mean(np.subtract(r["final"], scratch["final"])) for r in jobs
+                ]
+                instinct_gains = [
+                    np.mean(np.subtract(r["instinct"], scratch["instinct"]))
+                    for r in jobs
+                ]
+                row["gain"] = seed_interval(gains)
+                row["instinct_gain"] = seed_interval(instinct_gains)
+            rows.append(row)
+    return rows
+
+
+def _cell(interval: tuple[float, float]) -> str:
+    mean, half = interval
+    return f"{100 * mean:.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
+
+
+def _gain(interval: tuple[float, float]) -> str:
+    mean, half = interval
+    return f"{100 * mean:+.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
+
+
+def results_table(c, rows: list[dict], share: float) -> str:
+    """Markdown: per setting, each method's accuracy, instinct and gains over scratch."""
+    seeds = parse_ints(c, "seeds")
+    recipe = descendant_recipe(c)
+    lines = [
+        f"{len(seeds)} evolutions (seeds {c.seeds}), {c.study_episodes} fixed episodes per "
+        f"setting, {c.eval_query} queries per class; {c.model} x{c.width:g}, learngene "
+        f"{100 * share:.1f}% of the parameters; descendants: {recipe.describe()}. "
+        "Mean over seeds ± 95% CI over seeds (Student's t); 'episode CI': the mean "
+        "per-episode 95% half-width within one seed; gains are paired with scratch by "
+        "episode. Accuracies in %.",
+    ]
+    settings = sorted(
+        {(r["dataset"], r["way"], r["shot"]) for r in rows},
+        key=lambda s: (s[0] != "source", s),
+    )
+    for dataset, way, shot in settings:
+        name = c.dataset if dataset == "source" else dataset
+        split = f"{c.eval_split} classes" if dataset == "source" else "all classes"
+        lines += [
+            "",
+            f"**{name} ({split}), {way}-way {shot}-shot**",
+            "",
+            "| method | images trained on | accuracy | episode CI | gain on scratch "
+            "| instinct | instinct gain |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in rows:
+            if (r["dataset"], r["way"], r["shot"]) != (dataset, way, shot):
+                continue
+            lines.append(
+                f"| {r['method']} | {r['images']:,} | {_cell(r['accuracy'])} | "
+                f"{100 * r['episode_ci']:.1f} | {_gain(r.get('gain', (float('nan'),) * 2))} | "
+                f"{_cell(r['instinct'])} | "
+                f"{_gain(r.get('instinct_gain', (float('nan'),) * 2))} |"
+            )
+    return "\n".join(lines)
+
+
+def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False):
+    """Evolutions, controls, baselines and the evaluation; returns the summary."""
+    start = time.perf_counter()
+    validate_study(c)
+    evolve.validate_config(c)
+    histories = evolve_all(c, workdir, quiet)
+    evolve_seconds = time.perf_counter() - start
+
+    # Pre-train every baseline once in this process (workers then read them from the cache).
+    pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
+    train_images = jnp.asarray(pools["train"].images)
+    seed0 = parse_ints(c, "seeds")[0]
+    spec = LearngeneSpec.from_json(
+        checkpoint.read_metadata(learngene_path(workdir, "learngene", seed0))["spec"]
+    )
+    for source in sources(c, workdir):
+        if source["method"].startswith("pretrain"):
+            build_transfer(source, c, spec, train_images, workdir, quiet=quiet)
+
+    suite = StudySuite(c, workdir) if resolve_workers(c) == 1 else None
+    labels = [s["label"] for s in sources(c, workdir)]
+    jobs = [(*setting, label) for setting in settings(c) for label in labels]
+    # Most expensive first (more ways and shots), so the workers finish together.
+    jobs.sort(key=lambda j: -(j[1] * j[2]))
+    steps = descendant_recipe(c).steps
+    t = time.perf_counter()
+    with tqdm(
+        total=len(jobs) * steps,
+        desc="descendants",
+        disable=quiet,
+        bar_format=PROGRESS_FORMAT,
+    ) as bar:
+        workers = resolve_workers(c)
+        bar.set_postfix_str(f"{len(jobs)} jobs, {workers} worker process(es)")
+        if suite is not None:
+            results = [suite.job(*job, on_step=bar.update) for job in jobs]
+        else:
+            init = (c.to_json(), str(workdir))
+            with distributed.worker_pool(workers, _start_worker, init) as (
+                pool,
+                progress,
+            ):
+                futures = [pool.submit(_worker_job, job, progress) for job in jobs]
+                results = distributed.wait_all(futures, progress, bar.update)
+    evaluate_seconds = time.perf_counter() - t
+    for setting in {(r["dataset"], r["way"], r["shot"]) for r in results}:
+        prints = {
+            r["fingerprint"]
+            for r in results
+            if (r["dataset"], r["way"], r["shot"]) == setting
+        }
+        if len(prints) != 1:
+            raise RuntimeError(f"episodes of {setting} differ between jobs")
+
+    costs = {}
+    for source in sources(c, workdir):
+        costs[source["label"]] = build_transfer_cost(source, c, workdir)
+    rows = aggregate(c, results, costs)
+    learngene, meta = checkpoint.load_learngene(
+        learngene_path(workdir, "learngene", seed0)
+    )
+    share = float(meta["parameter_share"]["share_of_network"])
+    table = results_table(c, rows, share)
+    summary = {
+        "rows": rows,
+        "parameter_share": share,
+        "learngene_params": learngene_size(learngene),
+        "evolution_seconds": evolve_seconds,
+        "evaluation_seconds": evaluate_seconds,
+        "total_seconds": time.perf_counter() - start,
+        "backend": jax.default_backend(),
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    (workdir / "results.json").write_text(json.dumps(summary, indent=1))
+    (workdir / "results.md").write_text(table + "\n")
+    plots.plot_study_fitness(histories, workdir / "fitness.png")
+    summary["table"] = table
+    return summary
+
+
+def build_transfer_cost(source: dict, c, workdir: pathlib.Path) -> dict:
+    """The images a source's transfer was trained on (from its files, without loading it)."""
+    method, seed = source["method"], source["seed"]
+    if method in ("learngene", "no-selection"):
+        meta = checkpoint.read_metadata(learngene_path(workdir, method, seed))
+        return {"images": evolution_images(c, meta["cost"])}
+    if method in ("pretrain-circuit-eq", "pretrain-closed-eq"):
+        return {"images": equal_compute_steps(c, workdir) * int(c.pretrain_batch)}
+    if method == "pretrain-full":
+        return {"images": int(c.pretrain_steps) * int(c.pretrain_batch)}
+    return {"images": 0}
+
+
+def resolve_workers(c: ml_collections.ConfigDict) -> int:
+    return distributed.default_workers(int(c.workers))
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = load_config("omniglot")
+    parser = build_parser(defaults)
+    parser.prog = "python -m gtl_jax.study"
+    parser.description = (
+        "Several evolutions (seeds), their no-selection controls and the pre-training "
+        "baselines, evaluated on the same fixed episodes: every method as mean and 95% CI "
+        "over seeds."
+    )
+    args = parser.parse_args(argv)
+    try:
+        c = resolve_config(args)
+        validate_study(c)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    workdir = pathlib.Path(
+        args.workdir or f"runs/study_{args.config.replace(':', '_')}"
+    )
+    configure_jax()
+    try:
+        summary = run(c, workdir, quiet=args.quiet)
+    except (
+        ConfigError,
+        DataError,
+        checkpoint.LearngeneFileError,
+        checkpoint.CheckpointError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(summary["table"])
+    print(
+        f"\nwall time {summary['total_seconds']:.0f} s (evolutions "
+        f"{summary['evolution_seconds']:.0f} s, descendants "
+        f"{summary['evaluation_seconds']:.0f} s); workdir {workdir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
