@@ -6,8 +6,9 @@ core, ``LifeWorkers``), writes metrics as JSON lines, checkpoints every generati
 (a rerun with the same workdir resumes), writes the best learngene as a learngene file, and ends
 with a table of descendants vs scratch on fixed test episodes of the meta-test classes.
 
-Workdir contents: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``learngene/``,
-``results.md``, ``results.json``, ``fitness.png``, ``curves.png``.
+Workdir contents: ``config.json``, ``metrics.jsonl`` (and the same scalars as TensorBoard
+event files in ``tensorboard/``), ``checkpoints/``, ``learngene/``, ``results.md``,
+``results.json``, ``fitness.png``, ``curves.png``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed, plots
+from gtl_jax import checkpoint, distributed, plots, tensorboard
 from gtl_jax.configs import load_config
 from gtl_jax.configs.omniglot import FIELD_HELP
 from gtl_jax.data import (
@@ -412,6 +413,18 @@ def evaluate(
     }
 
 
+def add_curve(curves: dict, setting: str, row: dict) -> None:
+    """Adds one result row's learning curve to ``plots.plot_curves``'s input: the mean
+    curve, its instinct and the final step's 95% half-width (the row's accuracy)."""
+    entry = curves.setdefault(setting, {"steps": row["curve_steps"]})
+    method = row["method"]
+    entry[method] = row["curve"]
+    entry[f"{method}_instinct"] = tuple(row["instinct"])
+    entry[f"{method}_ci"] = [float("nan")] * (len(row["curve"]) - 1) + [
+        row["accuracy"][1]
+    ]
+
+
 def results_table(c, results: dict, share: dict) -> str:
     shots = parse_shots(c.eval_shots)
     recipe = descendant_recipe(c)
@@ -665,6 +678,13 @@ def run(
         ) as bar,
     ):
         stack.callback(manager.close)  # also when a generation raises
+        events = None
+        if writer and int(state.generation) < c.generations:  # closed by the stack
+            events = stack.enter_context(
+                tensorboard.EventWriter(
+                    workdir / "tensorboard", start_step=int(state.generation) + 1
+                )
+            )
         pool = None
         if workers > 1:
             pool = stack.enter_context(LifeWorkers(c, workers))
@@ -682,6 +702,7 @@ def run(
             if writer:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(m) + "\n")
+                events.scalars(m["generation"], m)
             checkpoint.save_state(
                 manager,
                 int(state.generation),
@@ -755,10 +776,7 @@ def run(
     }
     curves = {}
     for r in results.values():
-        setting = f"{c.eval_way}-way {r['shot']}-shot"
-        curves.setdefault(setting, {"steps": r["curve_steps"]})[r["method"]] = r[
-            "curve"
-        ]
+        add_curve(curves, f"{c.eval_way}-way {r['shot']}-shot", r)
     if writer:
         (workdir / "results.md").write_text(table + "\n")
         (workdir / "results.json").write_text(json.dumps(summary, indent=1))

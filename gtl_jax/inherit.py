@@ -47,6 +47,7 @@ from gtl_jax.evolve import (
     FITNESS_KEYS,
     PROGRESS_FORMAT,
     ConfigError,
+    add_curve,
     build_parser,
     configure_jax,
     descendant_recipe,
@@ -569,10 +570,7 @@ def write_plots(c, rows, meta, learngene_path: pathlib.Path, workdir: pathlib.Pa
     for r in rows:
         if r["method"] == "proto-frozen":
             continue
-        setting = f"{r['way']}-way {r['shot']}-shot, {r['head']} head"
-        curves.setdefault(setting, {"steps": r["curve_steps"]})[r["method"]] = r[
-            "curve"
-        ]
+        add_curve(curves, f"{r['way']}-way {r['shot']}-shot, {r['head']} head", r)
     if curves:
         plots.plot_curves(curves, workdir / "curves.png")
     plots.plot_share(rows, workdir / "share.png")
@@ -581,7 +579,7 @@ def write_plots(c, rows, meta, learngene_path: pathlib.Path, workdir: pathlib.Pa
         metrics = pathlib.Path(learngene_path).parent / "metrics.jsonl"
         if metrics.is_file():
             history = [json.loads(x) for x in metrics.read_text().splitlines() if x]
-    if history and all(k in history[0] for k in FITNESS_KEYS):
+    if history and all(k in history[0] for k in FITNESS_KEYS[:3]):
         plots.plot_fitness(history, workdir / "fitness.png")
 
 

@@ -267,6 +267,13 @@ def settings(c: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
     return out
 
 
+def setting_episodes(c: ml_collections.ConfigDict, way: int) -> int:
+    """Episodes of an N-way setting: ``study_episodes`` at 5-way, 5/N as many otherwise, so
+    every setting scores about as many query images (a 20-way episode has four times the
+    queries of a 5-way one, and costs about four times as much)."""
+    return max(1, round(int(c.study_episodes) * 5 / way))
+
+
 class StudySuite:
     """Pools, transfers, evaluators and fixed episodes of every setting, built once per
     process (the main one, or each worker)."""
@@ -313,7 +320,7 @@ class StudySuite:
             self._episodes[setting] = fixed_episodes(
                 key,
                 jnp.asarray(pool.images),
-                episodes=int(self.c.study_episodes),
+                episodes=setting_episodes(self.c, way),
                 n_way=way,
                 k_shot=shot,
                 n_query=min(int(self.c.eval_query), pool.images_per_class - shot),
@@ -352,6 +359,42 @@ def _worker_job(job, progress):
 
 
 # --------------------------------------------------------------------------- run
+
+
+def _pretrain_job(config_json: str, source: dict, workdir: str) -> str:
+    c = ml_collections.ConfigDict(json.loads(config_json))
+    pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
+    seed0 = parse_ints(c, "seeds")[0]
+    path = learngene_path(pathlib.Path(workdir), "learngene", seed0)
+    spec = LearngeneSpec.from_json(checkpoint.read_metadata(path)["spec"])
+    train_images = jnp.asarray(pools["train"].images)
+    build_transfer(source, c, spec, train_images, pathlib.Path(workdir))
+    return source["label"]
+
+
+def pretrain_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: bool):
+    """Every pre-trained baseline's network, trained in parallel worker processes and
+    cached in ``workdir/pretrained`` (a rerun finds them there and trains nothing)."""
+    todo = [s for s in sources(c, workdir) if s["method"].startswith("pretrain")]
+    if not todo:
+        return
+    workers = min(resolve_workers(c), len(todo))
+    with tqdm(
+        total=len(todo), desc="pre-training", unit="network", disable=quiet
+    ) as bar:
+        if workers == 1:
+            for source in todo:
+                _pretrain_job(c.to_json(), source, str(workdir))
+                bar.update()
+            return
+        with distributed.worker_pool(workers, configure_jax) as (pool, progress):
+            futures = [
+                pool.submit(_pretrain_job, c.to_json(), source, str(workdir))
+                for source in todo
+            ]
+            for future in futures:
+                future.result()
+                bar.update()
 
 
 def evolve_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: bool):
@@ -444,8 +487,9 @@ def results_table(c, rows: list[dict], share: float) -> str:
     seeds = parse_ints(c, "seeds")
     recipe = descendant_recipe(c)
     lines = [
-        f"{len(seeds)} evolutions (seeds {c.seeds}), {c.study_episodes} fixed episodes per "
-        f"setting, {c.eval_query} queries per class; {c.model} x{c.width:g}, learngene "
+        f"{len(seeds)} evolutions (seeds {c.seeds}), {c.study_episodes} fixed 5-way episodes "
+        f"per setting (N-way: 5/N as many), {c.eval_query} queries per class; {c.model} "
+        f"x{c.width:g}, learngene "
         f"{100 * share:.1f}% of the parameters; descendants: {recipe.describe()}. "
         "Mean over seeds ± 95% CI over seeds (Student's t); 'episode CI': the mean "
         "per-episode 95% half-width within one seed; gains are paired with scratch by "
@@ -486,16 +530,9 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
     histories = evolve_all(c, workdir, quiet)
     evolve_seconds = time.perf_counter() - start
 
-    # Pre-train every baseline once in this process (workers then read them from the cache).
-    pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
-    train_images = jnp.asarray(pools["train"].images)
-    seed0 = parse_ints(c, "seeds")[0]
-    spec = LearngeneSpec.from_json(
-        checkpoint.read_metadata(learngene_path(workdir, "learngene", seed0))["spec"]
-    )
-    for source in sources(c, workdir):
-        if source["method"].startswith("pretrain"):
-            build_transfer(source, c, spec, train_images, workdir, quiet=quiet)
+    # Pre-train every baseline once (in worker processes, one per core on CPU); the
+    # evaluation then reads them from the cache.
+    pretrain_all(c, workdir, quiet)
 
     suite = StudySuite(c, workdir) if resolve_workers(c) == 1 else None
     labels = [s["label"] for s in sources(c, workdir)]
@@ -537,7 +574,7 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
         costs[source["label"]] = build_transfer_cost(source, c, workdir)
     rows = aggregate(c, results, costs)
     learngene, meta = checkpoint.load_learngene(
-        learngene_path(workdir, "learngene", seed0)
+        learngene_path(workdir, "learngene", parse_ints(c, "seeds")[0])
     )
     share = float(meta["parameter_share"]["share_of_network"])
     table = results_table(c, rows, share)

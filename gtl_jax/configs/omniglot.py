@@ -58,7 +58,8 @@ FIELD_HELP = {
     "(0: the fittest is chosen)",
     "seeds": "study: comma-separated seeds, one evolution (and one control) each",
     "study_ways": "study: comma-separated ways of the evaluation settings",
-    "study_episodes": "study: fixed episodes per setting",
+    "study_episodes": "study: fixed episodes of a 5-way setting (N-way: 5/N as many, the "
+    "same number of queries)",
     "study_methods": "study: comma-separated methods (learngene, no-selection, "
     "untrained-circuit, pretrain-circuit-eq, pretrain-closed-eq, scratch, pretrain-full)",
     "transfer_dataset": "study: another dataset the learngenes are evaluated on, 5-way "
