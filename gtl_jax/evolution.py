@@ -270,13 +270,13 @@ class EvolutionConfig:
 
     pop_size: int = 9
     tournament_size: int = 3
-    life_way: int = 5
-    life_steps: int = 60
+    life_way: int = 50
+    life_steps: int = 100
     life_batch: int = 32
     life_lr: float = 0.05
     life_momentum: float = 0.9
     life_weight_decay: float = 5e-4
-    num_critics: int = 2
+    num_critics: int = 4
     critic_way: int = 5
     critic_shot: int = 1
     critic_query: int = 15
@@ -284,8 +284,8 @@ class EvolutionConfig:
     mutation_rate: float = 0.5
     zero_cross: bool = True
     augment: str = "none"
-    life_closed: bool = False
-    fixed_critics: bool = False
+    life_closed: bool = True
+    fixed_critics: bool = True
     selection: str = "tournament"
     score_decay: float = 0.6
 

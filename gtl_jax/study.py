@@ -10,6 +10,8 @@ fixed episodes with the same descendant keys:
 - ``learngene``: each evolution's learngene file.
 - ``no-selection``: each control evolution's final learngene (drawn at random from its last
   population, as its parents were).
+- ``score-selection``: evolutions whose tournaments rank ECO's lineage score (fitness plus
+  the parent's score decayed by ``score_decay``) instead of raw fitness (``score/seed_S``).
 - ``untrained-circuit``: the circuit of a randomly initialised network (seed S): what the
   circuit's shape and the zeroed cross weights give without any training.
 - ``pretrain-circuit-eq``: the circuit cut from a network pre-trained conventionally on all
@@ -27,7 +29,7 @@ gives each method's mean over seeds with a 95% confidence half-width over the se
 (Student's t, ``seeds - 1`` degrees of freedom), the mean per-episode half-width, and the
 gain over scratch (paired by episode, then over seeds).
 
-Workdir: ``evolved/``, ``no_selection/``, ``pretrained/``, ``results.md``, ``results.json``,
+Workdir: ``evolved/``, ``no_selection/``, ``score/``, ``pretrained/``, ``results.md``, ``results.json``,
 ``jobs.jsonl`` (one line per method, seed and setting), ``fitness.png``.
 """
 
@@ -75,13 +77,20 @@ from gtl_jax.population import init_network, make_optimizer
 STUDY_METHODS = (
     "learngene",
     "no-selection",
+    "score-selection",
     "untrained-circuit",
     "pretrain-circuit-eq",
     "pretrain-closed-eq",
     "scratch",
     "pretrain-full",
 )
-SEEDED = frozenset(STUDY_METHODS[:5])  # one transfer per seed
+SEEDED = frozenset(STUDY_METHODS[:6])  # one transfer per seed
+# The evolution arms: method -> (folder, selection; None: the config's own).
+ARMS = {
+    "learngene": ("evolved", None),
+    "no-selection": ("no_selection", "none"),
+    "score-selection": ("score", "score"),
+}
 TRANSFER_DATASETS = {"": None, "digits": load_digits}
 
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: 1.96 is close).
@@ -181,8 +190,7 @@ def sources(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
 
 
 def learngene_path(workdir: pathlib.Path, method: str, seed: int) -> pathlib.Path:
-    folder = "evolved" if method == "learngene" else "no_selection"
-    return workdir / folder / f"seed_{seed}" / "learngene"
+    return workdir / ARMS[method][0] / f"seed_{seed}" / "learngene"
 
 
 def equal_compute_steps(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> int:
@@ -221,7 +229,7 @@ def build_transfer(
     method, seed = source["method"], source["seed"]
     if method == "scratch":
         return None, {"what": "none", "images": 0}
-    if method in ("learngene", "no-selection"):
+    if method in ARMS:
         learngene, meta = checkpoint.load_learngene(
             learngene_path(workdir, method, seed)
         )
@@ -399,13 +407,13 @@ def pretrain_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: boo
 
 def evolve_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: bool):
     """Every seed's evolution and no-selection control (each resumes from its workdir)."""
-    methods = study_methods(c)
+    # The learngene arm always runs: its first seed's file names the spec and the cost.
+    methods = {"learngene", *study_methods(c)}
     runs = []
     for seed in parse_ints(c, "seeds"):
-        if "learngene" in methods or "no-selection" not in methods:
-            runs.append(("evolved", seed_config(c, seed, c.selection)))
-        if "no-selection" in methods:
-            runs.append(("no_selection", seed_config(c, seed, "none")))
+        for method, (folder, selection) in ARMS.items():
+            if method in methods:
+                runs.append((folder, seed_config(c, seed, selection or c.selection)))
     histories = {}
     for i, (folder, sc) in enumerate(runs, start=1):
         if not quiet:
@@ -599,7 +607,7 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
 def build_transfer_cost(source: dict, c, workdir: pathlib.Path) -> dict:
     """The images a source's transfer was trained on (from its files, without loading it)."""
     method, seed = source["method"], source["seed"]
-    if method in ("learngene", "no-selection"):
+    if method in ARMS:
         meta = checkpoint.read_metadata(learngene_path(workdir, method, seed))
         return {"images": evolution_images(c, meta["cost"])}
     if method in ("pretrain-circuit-eq", "pretrain-closed-eq"):

@@ -124,7 +124,8 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
 def _tiny_evolution(omniglot, **overrides) -> Evolution:
     """3 VGG11 x1/16 on the first 20 classes of each split, a few steps each."""
     config = EvolutionConfig(
-        **{"pop_size": 3, "tournament_size": 3, "life_steps": 2, "num_critics": 1}
+        **{"pop_size": 3, "tournament_size": 3, "life_way": 5, "life_steps": 2}
+        | {"num_critics": 1}
         | overrides
     )
     model = build_model("vgg11", 5, width=1 / 16)

@@ -105,7 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data_dir = ""
     c.image_size = 28
     c.model = "vgg11"
-    c.width = 0.125
+    c.width = 0.25
     c.ratio = 0.45
     c.zero_cross = True
     c.precision = "float32"
@@ -113,20 +113,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pop_size = 9
     c.tournament_size = 3
     c.generations = 8
-    c.life_way = 5
-    c.life_steps = 60
+    c.life_way = 50
+    c.life_steps = 100
     c.life_batch = 32
     c.life_lr = 0.05
     c.life_momentum = 0.9
     c.life_weight_decay = 5e-4
     c.augment = "none"
-    c.num_critics = 2
+    c.num_critics = 4
     c.critic_way = 5
     c.critic_shot = 1
     c.critic_query = 15
     c.critic_steps = 20
-    c.life_closed = False
-    c.fixed_critics = False
+    c.life_closed = True
+    c.fixed_critics = True
     c.selection = "tournament"
     c.score_decay = 0.6
     c.mutation_sigma = 0.1
@@ -161,9 +161,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The study (python -m gtl_jax.study): several evolutions, controls, baselines.
     c.seeds = "0,1,2"
     c.study_ways = "5,20"
-    c.study_episodes = 200
+    c.study_episodes = 100
     c.study_methods = (
-        "learngene,no-selection,untrained-circuit,pretrain-circuit-eq,"
+        "learngene,no-selection,score-selection,untrained-circuit,pretrain-circuit-eq,"
         "pretrain-closed-eq,scratch,pretrain-full"
     )
     c.transfer_dataset = "digits"
