@@ -114,6 +114,7 @@ def main() -> None:
     config = EvolutionConfig(
         pop_size=args.pop_size,
         tournament_size=args.tournament_size,
+        life_way=5,
         life_steps=2,
         num_critics=1,
     )
