@@ -324,6 +324,15 @@ class Evolution:
         *,
         strategy: str = "auto",
     ):
+        for name, model, way in (
+            ("life_model", life_model, config.life_way),
+            ("critic_model", critic_model, config.critic_way),
+        ):
+            if getattr(model, "num_classes", way) != way:
+                raise ValueError(
+                    f"{name} has a {model.num_classes}-class head, the config's tasks are "
+                    f"{way}-way (life_way={config.life_way}, critic_way={config.critic_way})"
+                )
         self.config, self.spec = config, spec
         # Several devices: the population is sharded over them (population_map) and the pools,
         # which every member samples from, are replicated onto each device once.

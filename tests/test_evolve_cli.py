@@ -288,3 +288,8 @@ def test_no_selection_control_chooses_its_final_learngene_at_random(omniglot):
         for s in range(20)
     }
     assert chosen == {0, 1, 2}
+
+
+def test_a_head_that_does_not_match_the_tasks_is_refused(omniglot):
+    with pytest.raises(ValueError, match="life_model has a 5-class head.*life_way=50"):
+        _tiny_evolution(omniglot, life_way=50)
