@@ -35,6 +35,7 @@ Workdir: ``evolved/``, ``no_selection/``, ``score/``, ``pretrained/``, ``results
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pathlib
@@ -275,6 +276,43 @@ def settings(c: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
     return out
 
 
+# Config fields that do not change any job's numbers: how the work is laid out, and which
+# jobs are asked for (a job is named by its setting and its method and seed).
+NEUTRAL_FIELDS = frozenset(
+    {
+        "workers",
+        "data_dir",
+        "distributed",
+        "processes",
+        "seeds",
+        "study_methods",
+        "study_ways",
+        "eval_shots",
+        "transfer_dataset",
+        "eval_episodes",
+        "inherit_episodes",
+        "methods",
+        "heads",
+    }
+)
+
+
+def job_path(
+    workdir: pathlib.Path, c: ml_collections.ConfigDict, job: tuple
+) -> pathlib.Path:
+    """Where a job's result is kept: named by its setting, method and seed, and a digest of
+    the config fields that change its numbers (another config computes it again)."""
+    fields = {
+        k: v for k, v in json.loads(c.to_json()).items() if k not in NEUTRAL_FIELDS
+    }
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[
+        :10
+    ]
+    dataset, way, shot, label = job
+    name = f"{dataset}-{way}way-{shot}shot-{label.replace('/', '-')}-{digest}.json"
+    return workdir / "jobs" / name
+
+
 def setting_episodes(c: ml_collections.ConfigDict, way: int) -> int:
     """Episodes of an N-way setting: ``study_episodes`` at 5-way, 5/N as many otherwise, so
     every setting scores about as many query images (a 20-way episode has four times the
@@ -336,9 +374,11 @@ class StudySuite:
         return self._episodes[setting]
 
     def job(self, dataset: str, way: int, shot: int, label: str, on_step=None) -> dict:
+        """One method's (one seed's) descendants on one setting's episodes; the result is
+        also written to ``job_path`` (a rerun of the study reads it instead)."""
         episodes, keys = self.episodes(dataset, way, shot)
         r = self.evaluator(way)(keys, episodes, self.transfers[label], on_step=on_step)
-        return {
+        result = {
             "dataset": dataset,
             "way": way,
             "shot": shot,
@@ -349,6 +389,10 @@ class StudySuite:
             "curve": np.asarray(r.curve).mean(0).tolist(),
             "curve_steps": list(self.recipe.curve_steps),
         }
+        path = job_path(self.workdir, self.c, (dataset, way, shot, label))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        evolve.write_atomic(path, json.dumps(result))
+        return result
 
 
 _WORKER_SUITE: StudySuite | None = None
@@ -530,6 +574,39 @@ def results_table(c, rows: list[dict], share: float) -> str:
     return "\n".join(lines)
 
 
+def _order(setting: tuple) -> tuple:
+    return (setting[0] != "source", *setting)
+
+
+def summary_table(c, rows: list[dict]) -> str:
+    """Markdown: methods by settings, three blocks (accuracy, gain on scratch, instinct)."""
+    columns = sorted({(r["dataset"], r["way"], r["shot"]) for r in rows}, key=_order)
+    names = [
+        f"{w}-way {k}-shot" if d == "source" else f"{d} {w}-way {k}-shot"
+        for d, w, k in columns
+    ]
+    cell = {(r["method"], r["dataset"], r["way"], r["shot"]): r for r in rows}
+    methods = [m for m in STUDY_METHODS if any(r["method"] == m for r in rows)]
+    lines = []
+    for title, fmt, field in (
+        ("accuracy", _cell, "accuracy"),
+        ("gain on scratch", _gain, "gain"),
+        ("instinct (before any step)", _cell, "instinct"),
+    ):
+        lines += [
+            f"| {title} | " + " | ".join(names) + " |",
+            "| --- |" + " --- |" * len(names),
+        ]
+        for m in methods:
+            values = []
+            for d, w, k in columns:
+                r = cell.get((m, d, w, k))
+                values.append(fmt(r[field]) if r is not None and field in r else "")
+            lines.append(f"| {m} | " + " | ".join(values) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False):
     """Evolutions, controls, baselines and the evaluation; returns the summary."""
     start = time.perf_counter()
@@ -542,31 +619,43 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
     # evaluation then reads them from the cache.
     pretrain_all(c, workdir, quiet)
 
-    suite = StudySuite(c, workdir) if resolve_workers(c) == 1 else None
+    suite = None
+    if resolve_workers(c) == 1:
+        suite = StudySuite(c, workdir)
     labels = [s["label"] for s in sources(c, workdir)]
     jobs = [(*setting, label) for setting in settings(c) for label in labels]
     # Most expensive first (more ways and shots), so the workers finish together.
     jobs.sort(key=lambda j: -(j[1] * j[2]))
     steps = descendant_recipe(c).steps
     t = time.perf_counter()
+    done = {}
+    for job in jobs:  # a rerun reads the jobs an earlier (or killed) run finished
+        path = job_path(workdir, c, job)
+        if path.is_file():
+            done[job] = json.loads(path.read_text())
+    todo = [job for job in jobs if job not in done]
     with tqdm(
         total=len(jobs) * steps,
+        initial=len(done) * steps,
         desc="descendants",
         disable=quiet,
         bar_format=PROGRESS_FORMAT,
     ) as bar:
         workers = resolve_workers(c)
-        bar.set_postfix_str(f"{len(jobs)} jobs, {workers} worker process(es)")
-        if suite is not None:
-            results = [suite.job(*job, on_step=bar.update) for job in jobs]
+        bar.set_postfix_str(f"{len(todo)} jobs, {workers} worker process(es)")
+        if not todo:
+            results = []
+        elif suite is not None:
+            results = [suite.job(*job, on_step=bar.update) for job in todo]
         else:
             init = (c.to_json(), str(workdir))
             with distributed.worker_pool(workers, _start_worker, init) as (
                 pool,
                 progress,
             ):
-                futures = [pool.submit(_worker_job, job, progress) for job in jobs]
+                futures = [pool.submit(_worker_job, job, progress) for job in todo]
                 results = distributed.wait_all(futures, progress, bar.update)
+    results = [done[job] for job in done] + results
     evaluate_seconds = time.perf_counter() - t
     for setting in {(r["dataset"], r["way"], r["shot"]) for r in results}:
         prints = {
@@ -586,6 +675,7 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
     )
     share = float(meta["parameter_share"]["share_of_network"])
     table = results_table(c, rows, share)
+    table = table.replace("\n", "\n\n" + summary_table(c, rows) + "\n", 1)
     summary = {
         "rows": rows,
         "parameter_share": share,

@@ -70,3 +70,10 @@ def test_smoke_study_evaluates_every_method_over_seeds(tmp_path, capsys):
     images = {r["method"]: r["images"] for r in rows}
     assert 0 <= images["pretrain-circuit-eq"] - images["learngene"] < 64
     assert (workdir / "fitness.png").is_file()
+    # A rerun finds every evolution, pre-trained network and job done: the same table.
+    jobs_kept = sorted(p.name for p in (workdir / "jobs").iterdir())
+    assert len(jobs_kept) == len(jobs)
+    assert main(flags) == 0
+    again = json.loads((workdir / "results.json").read_text())
+    assert again["rows"] == rows
+    assert sorted(p.name for p in (workdir / "jobs").iterdir()) == jobs_kept
