@@ -3,7 +3,13 @@
 Evolve *learngenes* (the channel circuit of a network, about 20% of its parameters) through
 generations of a population of networks; networks that inherit one start good and learn new
 tasks fast. The public API is a few pure functions; ``python -m gtl_jax.evolve`` runs it all.
+
+``configure_jax`` (the command line's JAX settings) and ``descendant_recipe`` (a config's
+``Recipe``) live in ``gtl_jax.evolve`` and are loaded on first use, so ``import gtl_jax``
+does not import the command line's plotting and progress bars.
 """
+
+import importlib
 
 from gtl_jax.checkpoint import load_learngene, save_learngene
 from gtl_jax.data import ClassPool, Episode, load_dataset, sample_batch, sample_episode
@@ -25,6 +31,7 @@ from gtl_jax.learngene import (
 )
 from gtl_jax.models import MODELS, build_model
 from gtl_jax.population import TrainState, init_network, population_map, train_step
+from gtl_jax.pretrain import PretrainConfig, pretrain
 
 __version__ = "0.1.0"
 
@@ -37,9 +44,12 @@ __all__ = [
     "EvolutionConfig",
     "EvolutionState",
     "LearngeneSpec",
+    "PretrainConfig",
     "Recipe",
     "TrainState",
     "build_model",
+    "configure_jax",
+    "descendant_recipe",
     "extract_learngene",
     "init_network",
     "insert_learngene",
@@ -50,6 +60,7 @@ __all__ = [
     "mutate",
     "parameter_share",
     "population_map",
+    "pretrain",
     "reproduce",
     "sample_batch",
     "sample_episode",
@@ -57,3 +68,16 @@ __all__ = [
     "tournament_select",
     "train_step",
 ]
+
+# Public names defined in gtl_jax.evolve, imported when first used.
+_FROM_EVOLVE = ("configure_jax", "descendant_recipe")
+
+
+def __getattr__(name: str):
+    if name in _FROM_EVOLVE:
+        return getattr(importlib.import_module("gtl_jax.evolve"), name)
+    raise AttributeError(f"module 'gtl_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

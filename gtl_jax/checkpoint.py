@@ -8,13 +8,24 @@ The only module that touches Orbax. Two kinds of data:
 - A *learngene file*: a directory with the arrays (Orbax) and ``metadata.json`` (architecture,
   r, k per layer, image shape, dataset, splits, generation, fitness, config, library version).
   ``load_learngene`` checks the arrays against the metadata before anything uses them.
+
+Every Orbax call runs inside ``_orbax``: SIGINT and SIGTERM wait until it returns
+(``gtl_jax.stopping.deferred``), and the event loops Orbax creates for it let their pending
+tasks finish before they close (``_DrainingLoop``). Orbax runs each save or restore in a fresh
+asyncio loop and closes it when its result is known; when one of many concurrent TensorStore
+reads fails (a damaged checkpoint) the others are still running, and each of them, finishing,
+called back into the closed loop and printed a "RuntimeError: Event loop is closed" traceback
+after our one-line error. Loops created inside ``_orbax`` wait for them instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import pathlib
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -22,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gtl_jax.learngene import Learngene, LearngeneSpec
+from gtl_jax.stopping import deferred
 
 FORMAT = "gtl_jax.learngene/1"
 LIBRARY_VERSION = "0.1.0"  # kept equal to gtl_jax.__version__ (a test checks)
@@ -35,6 +47,50 @@ class CheckpointError(ValueError):
     """A checkpoint of the workdir cannot be restored; the message names its directory."""
 
 
+# Seconds a closing loop waits for its pending tasks before it cancels them.
+DRAIN_SECONDS = 60.0
+
+
+class _DrainingLoop(asyncio.SelectorEventLoop):
+    """An event loop that, closed with tasks still pending, first lets them finish (and
+    cancels what is left after ``DRAIN_SECONDS``), as ``asyncio.run`` does on the way out."""
+
+    def close(self) -> None:
+        if not self.is_closed() and not self.is_running():
+            pending = [t for t in asyncio.all_tasks(self) if not t.done()]
+            if pending:
+                _, late = self.run_until_complete(
+                    asyncio.wait(pending, timeout=DRAIN_SECONDS)
+                )
+                for task in late:
+                    task.cancel()
+                if late:
+                    self.run_until_complete(
+                        asyncio.gather(*late, return_exceptions=True)
+                    )
+                for task in pending:  # their errors are the one already raised
+                    if not task.cancelled():
+                        task.exception()
+        super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingLoop()
+
+
+@contextlib.contextmanager
+def _orbax() -> Iterator[None]:
+    """Around every Orbax call: signals deferred, and Orbax's event loops drained on close."""
+    with deferred():
+        policy = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(_DrainingPolicy())
+        try:
+            yield
+        finally:
+            asyncio.set_event_loop_policy(policy)
+
+
 def state_manager(
     workdir: str | pathlib.Path, max_to_keep: int = 2
 ) -> ocp.CheckpointManager:
@@ -45,25 +101,46 @@ def state_manager(
     removed when the next run opens the workdir.
     """
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    return ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
-        ),
-    )
+    with _orbax():
+        return ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+            ),
+        )
+
+
+def close_manager(manager: ocp.CheckpointManager) -> None:
+    """Waits for the manager's saves and background work, and closes it."""
+    with _orbax():
+        manager.close()
+
+
+def latest_step(workdir: str | pathlib.Path) -> int | None:
+    """The last generation checkpointed in ``<workdir>/checkpoints`` (None if none), from the
+    directory names alone: Orbax renames a save's temporary directory to the step's number
+    only once the save is complete."""
+    directory = pathlib.Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+    return max(steps, default=None)
 
 
 def save_state(
     manager: ocp.CheckpointManager, step: int, state: Any, meta: dict
 ) -> None:
-    """Saves the state of generation ``step`` and waits until it is on disk."""
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-        ),
-    )
-    manager.wait_until_finished()
+    """Saves the state of generation ``step`` and waits until it is on disk.
+
+    A SIGINT or SIGTERM during the save takes effect once it is on disk."""
+    with _orbax():
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+        manager.wait_until_finished()
 
 
 def restore_state(
@@ -92,12 +169,13 @@ def restore_state(
             shardings,
         )
     try:
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
-        )
+        with _orbax():
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                ),
+            )
     except Exception as e:  # Orbax raises many types for damaged files; name the dir.
         path = pathlib.Path(manager.directory) / str(step)
         raise CheckpointError(
@@ -127,13 +205,17 @@ def save_learngene(
         shutil.rmtree(tmp)  # left by a killed write
     tmp.mkdir(parents=True)
     arrays = jax.tree.map(np.asarray, learngene)
-    checkpointer = ocp.StandardCheckpointer(
-        multiprocessing_options=ocp.options.MultiprocessingOptions(
-            primary_host=jax.process_index(), active_processes={jax.process_index()}
-        )
+    options = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
     )
-    checkpointer.save(tmp / "arrays", arrays)
-    checkpointer.wait_until_finished()
+    with (
+        _orbax(),
+        contextlib.closing(
+            ocp.StandardCheckpointer(multiprocessing_options=options)
+        ) as checkpointer,
+    ):
+        checkpointer.save(tmp / "arrays", arrays)
+        checkpointer.wait_until_finished()
     meta = {
         "format": FORMAT,
         "library_version": LIBRARY_VERSION,
@@ -201,7 +283,8 @@ def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]
         for name, gene in meta["shapes"].items()
     }
     try:
-        learngene = ocp.StandardCheckpointer().restore(path / "arrays", template)
+        with _orbax(), contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
+            learngene = checkpointer.restore(path / "arrays", template)
     except Exception as e:  # Orbax raises many types for damaged files; name the file.
         raise LearngeneFileError(
             f"cannot read the arrays of learngene file {path}: {type(e).__name__}: {e}"
@@ -250,9 +333,10 @@ def save_network(path: str | pathlib.Path, variables: Any, metadata: dict) -> No
     """
     path = pathlib.Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path / "arrays", jax.tree.map(np.asarray, variables), force=True)
-    checkpointer.wait_until_finished()
+    arrays = jax.tree.map(np.asarray, variables)
+    with _orbax(), contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
+        checkpointer.save(path / "arrays", arrays, force=True)
+        checkpointer.wait_until_finished()
     (path / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
 
 
@@ -263,7 +347,8 @@ def load_network(path: str | pathlib.Path, template: Any) -> tuple[Any, dict] | 
         return None
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     try:
-        variables = ocp.StandardCheckpointer().restore(path / "arrays", target)
+        with _orbax(), contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
+            variables = checkpointer.restore(path / "arrays", target)
     except Exception as e:  # Orbax raises many types for damaged files; name the file.
         raise LearngeneFileError(
             f"cannot read the saved network {path}: {type(e).__name__}: {e}; delete "

@@ -45,6 +45,11 @@ BATCH_NORM = ("batch", "frozen")
 class Recipe:
     """How a descendant is fine-tuned; every reported number names its recipe.
 
+    The defaults are the default config's (``gtl_jax/configs/omniglot.py``; a test checks):
+    ``Recipe()`` is the recipe of the descendants of ``python -m gtl_jax.evolve`` and
+    ``python -m gtl_jax.inherit`` run with that config, and
+    ``gtl_jax.descendant_recipe(config)`` builds the recipe of any config.
+
     Attributes:
       head: initial N-way head: "random", "zero", or "prototype" (class means of the support
         features: logits are minus squared distances to them, as in Proto-MAML).
@@ -60,7 +65,7 @@ class Recipe:
     head: str = "random"
     optimizer: str = "adam"
     learning_rate: float = 1e-3
-    steps: int = 50
+    steps: int = 20
     eval_every: int = 10
     batch_norm: str = "frozen"
 
@@ -344,7 +349,10 @@ class DescendantEvaluator:
         """
         size = keys.shape[0]
         lo, hi = process_block(size)
-        keys, episodes = rows(keys, lo, hi), jax.tree.map(lambda x: rows(x, lo, hi), episodes)
+        keys, episodes = (
+            rows(keys, lo, hi),
+            jax.tree.map(lambda x: rows(x, lo, hi), episodes),
+        )
         if self.shared_learngene:
             learngene = jax.tree.map(local, learngene)
         else:
@@ -381,7 +389,9 @@ class DescendantEvaluator:
         curve = gather_blocks(np.asarray(curves, np.float32).reshape(n, width), size)
         losses = gather_blocks(np.asarray(losses, np.float32).reshape(n, steps), size)
         curve = jnp.asarray(curve)
-        return DescendantResult(jnp.asarray(instinct), curve, curve[:, -1], jnp.asarray(losses.T))
+        return DescendantResult(
+            jnp.asarray(instinct), curve, curve[:, -1], jnp.asarray(losses.T)
+        )
 
 
 def mean_confidence(values: Sequence[float] | jax.Array) -> tuple[float, float]:

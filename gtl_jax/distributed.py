@@ -36,6 +36,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from gtl_jax.stopping import sigint_ignored
+
 CHILD_ENV = "GTL_JAX_LOCAL_PROCESS"  # set in the processes started by launch_local
 
 
@@ -88,6 +90,8 @@ def default_workers(requested: int) -> int:
 
 
 def _start_pinned(pin: bool, core_queue: Any, initializer: Callable, initargs: tuple):
+    # Started with SIGINT ignored already (_WorkerProcess); kept so even if started otherwise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if pin and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core_queue.get()})
     initializer(*initargs)
@@ -101,21 +105,57 @@ def worker_pool(
 
     Yields ``(pool, progress)``: a process pool whose workers ran ``initializer(*initargs)``
     after pinning, and a queue the jobs may put progress into (see ``wait_all``).
+
+    The workers (and the queues' manager process) ignore SIGINT: a Ctrl-C, which a terminal
+    sends to the whole process group, stops only the main process. When the block ends with
+    an exception (a ``KeyboardInterrupt``, ``gtl_jax.stopping.Stopped``, a job's error) the
+    running jobs are not waited for: the workers are terminated.
     """
-    context = multiprocessing.get_context("spawn")
+    context = _WorkerContext()
     with context.Manager() as manager:
         progress, core_queue = manager.Queue(), manager.Queue()
         cores = available_cores()
         pin = len(cores) >= workers
         for i in range(workers):
             core_queue.put(cores[i] if pin else 0)
-        with concurrent.futures.ProcessPoolExecutor(
+        pool = concurrent.futures.ProcessPoolExecutor(
             workers,
             mp_context=context,
             initializer=_start_pinned,
             initargs=(pin, core_queue, initializer, initargs),
-        ) as pool:
+        )
+        try:
             yield pool, progress
+        except BaseException:
+            _terminate(pool)
+            raise
+        pool.shutdown(wait=True)
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that ignores SIGINT from its start (``stopping.sigint_ignored``)."""
+
+    def start(self) -> None:
+        with sigint_ignored():
+            super().start()
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    Process = _WorkerProcess
+
+
+def _terminate(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Cancels the pool's pending jobs and terminates its workers (SIGTERM: they die without
+    a word), without waiting for running jobs."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    # ProcessPoolExecutor.terminate_workers (Python 3.14) does this; before it, the processes.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(timeout=10)
+    pool.shutdown(wait=True)  # the pool's manager thread sees the workers gone and ends
 
 
 def wait_all(
@@ -166,7 +206,9 @@ def launch_local(
     procs = []
     for i in range(n):
         child = dict(base, JAX_PROCESS_ID=str(i))
-        preexec = (lambda core=cores[i]: os.sched_setaffinity(0, {core})) if pin else None
+        preexec = (
+            (lambda core=cores[i]: os.sched_setaffinity(0, {core})) if pin else None
+        )
         procs.append(
             subprocess.Popen([sys.executable, *argv], env=child, preexec_fn=preexec)
         )
@@ -184,12 +226,15 @@ def launch_local(
                     code = rc
                     for other in pending:
                         other.send_signal(signal.SIGTERM)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        # Ctrl-C or SIGTERM (gtl_jax.stopping.Stopped): passed on to the processes, which
+        # stop and report (process 0 prints the line); their exit code is the command's.
+        signum = getattr(stop, "signum", signal.SIGINT)
         for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait()
-        raise
+            if p.poll() is None:
+                p.send_signal(signum)
+        codes = [p.wait() for p in procs]
+        return codes[0] if codes[0] > 0 else 128 + signum
     return code
 
 
@@ -265,7 +310,9 @@ def gather_blocks(values: np.ndarray, size: int) -> np.ndarray:
     longest = int(np.diff(bounds).max())
     padded = np.zeros((longest, *values.shape[1:]), values.dtype)
     padded[: len(values)] = values
-    gathered = np.asarray(multihost_utils.process_allgather(padded))  # [n, longest, ...]
+    gathered = np.asarray(
+        multihost_utils.process_allgather(padded)
+    )  # [n, longest, ...]
     return np.concatenate(
         [gathered[i, : bounds[i + 1] - bounds[i]] for i in range(len(bounds) - 1)]
     )

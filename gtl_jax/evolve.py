@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed, plots, tensorboard
+from gtl_jax import checkpoint, distributed, plots, stopping, tensorboard
 from gtl_jax.configs import load_config
 from gtl_jax.configs.omniglot import FIELD_HELP
 from gtl_jax.data import (
@@ -189,23 +189,25 @@ def validate_config(
     need(int(c.final_candidates) >= 1, "final_candidates", "must be >= 1")
     need(int(c.rescore_episodes) >= 0, "rescore_episodes", "must be >= 0")
     shots = parse_shots(c.eval_shots)
-    if pools is not None:
+    if pools is not None:  # only the splits loaded: callers require those they use
         for split, field, way in (
             ("train", "life_way", c.life_way),
             ("val", "critic_way", c.critic_way),
             ("test", "eval_way", c.eval_way),
         ):
+            if split not in pools:
+                continue
             n = pools[split].num_classes
             need(
                 way <= n, field, f"more ways than the {n} classes of the {split} split"
             )
-        per_class = pools["test"].images_per_class
+        per_class = pools["test"].images_per_class if "test" in pools else np.inf
         need(
             max(shots) + c.eval_query <= per_class,
             "eval_query",
             f"max(eval_shots) + eval_query must be <= {per_class} images per class",
         )
-        per_class = pools["val"].images_per_class
+        per_class = pools["val"].images_per_class if "val" in pools else np.inf
         need(
             c.critic_shot + c.critic_query <= per_class,
             "critic_query",
@@ -219,8 +221,33 @@ def from_config(cls: type, c: ml_collections.ConfigDict) -> Any:
 
 
 def descendant_recipe(c: ml_collections.ConfigDict) -> Recipe:
-    """How test descendants fine-tune (with a learning curve every ``eval_every`` steps)."""
+    """The ``Recipe`` of a config: how its descendants are fine-tuned.
+
+    Args:
+      c: a config (``gtl_jax.configs.load_config``, e.g. ``load_config("omniglot")``) or any
+        mapping with the fields ``head``, ``optimizer``, ``learning_rate``, ``steps``,
+        ``eval_every`` and ``batch_norm``.
+
+    Returns:
+      ``Recipe`` with those fields: the one the command line's final table and
+      ``python -m gtl_jax.inherit`` give every descendant (a learning curve every
+      ``eval_every`` steps). ``Recipe()`` is the default config's.
+    """
     return from_config(Recipe, c)
+
+
+def require_splits(
+    pools: dict, splits: tuple[str, ...], c: ml_collections.ConfigDict, use: str
+) -> None:
+    """Raises DataError naming the first of ``splits`` the loaded dataset lacks (a user's
+    npz may list only some splits) and what ``use`` needed it."""
+    for split in splits:
+        if split not in pools:
+            where = f" at {c.data_dir}" if c.data_dir else ""
+            raise DataError(
+                f"dataset {c.dataset!r}{where} has no {split!r} split, which the {use} "
+                f"needs (it has: {', '.join(pools) or 'none'})"
+            )
 
 
 def critic_recipe(c: ml_collections.ConfigDict) -> Recipe:
@@ -612,6 +639,9 @@ def run(
     quiet = quiet or not writer
     validate_config(c, num_devices=jax.device_count())
     pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
+    require_splits(
+        pools, ("train", "val", "test"), c, "evolution: lifetimes, critics, final table"
+    )
     validate_config(c, pools, num_devices=jax.device_count())
     config_path = workdir / "config.json"
     config_json = json.loads(c.to_json())
@@ -639,10 +669,14 @@ def run(
     manager = restored = None
     if distributed.from_process_0((workdir / "checkpoints").is_dir()):
         manager = checkpoint.state_manager(workdir)
-        template = jax.eval_shape(evo.init, init_key)
-        restored = checkpoint.restore_state(
-            manager, template, evo.state_shardings(template)
-        )
+        try:
+            template = jax.eval_shape(evo.init, init_key)
+            restored = checkpoint.restore_state(
+                manager, template, evo.state_shardings(template)
+            )
+        except BaseException:  # a damaged checkpoint, a Ctrl-C: Orbax's work ends first
+            checkpoint.close_manager(manager)
+            raise
     # The checks are done: from here on the workdir is written.
     workdir.mkdir(parents=True, exist_ok=True)
     if manager is None:
@@ -677,7 +711,7 @@ def run(
             initial=int(state.generation) * steps_per_generation,
         ) as bar,
     ):
-        stack.callback(manager.close)  # also when a generation raises
+        stack.callback(checkpoint.close_manager, manager)  # also when one raises
         events = None
         if writer and int(state.generation) < c.generations:  # closed by the stack
             events = stack.enter_context(
@@ -785,6 +819,38 @@ def run(
     return summary
 
 
+def stop_message(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
+    """What an interrupted run left in ``workdir`` and how to go on (the line after
+    ``interrupted: ``), read from the disk."""
+    done, total = checkpoint.latest_step(workdir), int(c.generations)
+    if done is None:
+        return (
+            f"no generation was checkpointed in {workdir} yet; run the same command "
+            "again to start the evolution"
+        )
+    if done < total:
+        return (
+            f"generation {done} of {total} is checkpointed in {workdir}; run the same "
+            "command again to resume"
+        )
+    gene = workdir / "learngene"
+    try:
+        written = checkpoint.read_metadata(gene).get("generation") == done
+    except checkpoint.LearngeneFileError:
+        written = False
+    if written:
+        return (
+            f"the evolution is done (generation {done} of {total} checkpointed, "
+            f"learngene file {gene}) but the final table is not; run the same command "
+            "again to make it"
+        )
+    return (
+        f"generation {done} of {total} is checkpointed in {workdir}; run the same "
+        "command again to resume (it writes the learngene file and the final table)"
+    )
+
+
+@stopping.command
 def main(argv: list[str] | None = None) -> int:
     defaults = load_config("omniglot")
     args = build_parser(defaults).parse_args(argv)
@@ -794,6 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     workdir = pathlib.Path(args.workdir or f"runs/{args.config.replace(':', '_')}")
+    stopping.describe(lambda: stop_message(c, workdir))
     processes = int(c.get("processes", 1))
     if processes > 1 and not (c.distributed or os.environ.get(distributed.CHILD_ENV)):
         # This process only starts the joined ones, after the checks that need no data.

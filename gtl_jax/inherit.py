@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed, plots
+from gtl_jax import checkpoint, distributed, plots, stopping
 from gtl_jax.configs import load_config
 from gtl_jax.data import DataError, augment_fn, load_dataset
 from gtl_jax.descendants import HEADS, DescendantEvaluator, mean_confidence
@@ -55,6 +55,7 @@ from gtl_jax.evolve import (
     from_config,
     model_of,
     parse_shots,
+    require_splits,
     resolve_config,
     validate_config,
 )
@@ -136,6 +137,39 @@ def transfer_share(transfer: Learngene | None, total_params: int) -> float:
     return 0.0 if transfer is None else learngene_size(transfer) / total_params
 
 
+def pretrained_cache(
+    c: ml_collections.ConfigDict,
+    train_images: jax.Array,
+    workdir: pathlib.Path,
+    closed_spec: LearngeneSpec | None = None,
+) -> tuple[pathlib.Path, dict]:
+    """Where ``pretrained_network`` caches its network, and the key the path is a digest of.
+
+    The key holds everything the pretrained weights depend on: the network (``model``,
+    ``width``, ``precision``, classes), the images themselves (a digest of ``train_images``:
+    the dataset, its folder or file, its split and ``image_size``), ``seed``, ``augment``,
+    every ``PretrainConfig`` field, the closed circuit, and JAX's random-bit generator (the
+    command line's non-partitionable threefry, ``configure_jax``, or JAX's default). Nothing
+    else: e.g. ``ratio`` counts only through the closed circuit, ``zero_cross`` not at all.
+    """
+    key = {
+        "model": c.model,
+        "width": c.width,
+        "precision": c.precision,
+        "dataset": c.dataset,
+        "images": images_digest(train_images),
+        "image_shape": list(train_images.shape[2:]),
+        "classes": int(train_images.shape[0]),
+        "seed": c.seed,
+        "augment": c.augment,
+        **dataclasses.asdict(from_config(PretrainConfig, c)),
+        "closed": None if closed_spec is None else closed_spec.to_json(),
+        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return workdir / "pretrained" / f"{c.model}-x{c.width:g}-{c.dataset}-{digest}", key
+
+
 def pretrained_network(
     c: ml_collections.ConfigDict,
     train_images: jax.Array,
@@ -144,27 +178,14 @@ def pretrained_network(
     quiet: bool,
     closed_spec: LearngeneSpec | None = None,
 ) -> tuple[Any, dict]:
-    """The pretrained source network of the baselines, trained once and cached in the workdir.
+    """The pretrained source network of the baselines, trained once and cached in the workdir
+    (``pretrained_cache``: a change of anything its weights depend on trains another).
 
     ``closed_spec``: pre-train with that circuit kept closed (``gtl_jax.pretrain.pretrain``).
     """
     pc = from_config(PretrainConfig, c)
     model = model_of(c, train_images.shape[0])
-    key = {
-        "model": c.model,
-        "width": c.width,
-        "dataset": c.dataset,
-        "image_shape": list(train_images.shape[2:]),
-        "classes": int(train_images.shape[0]),
-        "seed": c.seed,
-        "augment": c.augment,
-        **dataclasses.asdict(pc),
-        # Only a non-default precision joins the key: float32 caches keep their digests.
-        **({"precision": c.precision} if c.precision != "float32" else {}),
-        **({"closed": closed_spec.to_json()} if closed_spec is not None else {}),
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = workdir / "pretrained" / f"{c.model}-x{c.width:g}-{c.dataset}-{digest}"
+    path, key = pretrained_cache(c, train_images, workdir, closed_spec)
     image_shape = tuple(train_images.shape[2:])
     template = jax.eval_shape(
         lambda k: model.init(k, jnp.zeros((1, *image_shape)), train=False),
@@ -207,6 +228,14 @@ def pretrained_network(
     return variables, meta
 
 
+def images_digest(images: jax.Array | np.ndarray) -> str:
+    """A hash of an image pool's shape and pixels (the pretrained network's cache key)."""
+    array = np.ascontiguousarray(np.asarray(images))
+    h = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    h.update(memoryview(array).cast("B"))
+    return h.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -243,6 +272,12 @@ class Suite:
         learngene, self.meta = checkpoint.load_learngene(learngene_path)
         spec = LearngeneSpec.from_json(self.meta["spec"])
         pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
+        require_splits(pools, (c.eval_split,), c, "evaluation (eval_split)")
+        pretrained = sorted(PRETRAINED_METHODS & set(self.methods))
+        if pretrained:
+            require_splits(
+                pools, ("train",), c, f"pre-training of {', '.join(pretrained)}"
+            )
         validate_config(c, pools)
         eval_pool = pools[c.eval_split]
         image_shape = eval_pool.image_shape
@@ -270,7 +305,7 @@ class Suite:
             "learngene": {**self.meta.get("cost", {}), "what": "evolution"},
             "scratch": {"what": "none"},
         }
-        if PRETRAINED_METHODS & set(self.methods):
+        if pretrained:
             variables, pre_meta = pretrained_network(
                 c, jnp.asarray(pools["train"].images), workdir, quiet=quiet
             )
@@ -586,6 +621,23 @@ def write_plots(c, rows, meta, learngene_path: pathlib.Path, workdir: pathlib.Pa
 # --------------------------------------------------------------------------- CLI
 
 
+def stop_message(workdir: pathlib.Path) -> str:
+    """What an interrupted evidence suite keeps in ``workdir`` (the line after
+    ``interrupted: ``)."""
+    cached = sorted(workdir.glob("pretrained/*/metadata.json"))
+    kept = (
+        f"{len(cached)} pretrained network(s) cached in {workdir / 'pretrained'} (not "
+        "trained again)"
+        if cached
+        else f"nothing is cached in {workdir}"
+    )
+    return (
+        f"{kept}; results are written once every descendant has run: run the same "
+        "command again to run them"
+    )
+
+
+@stopping.command
 def main(argv: list[str] | None = None) -> int:
     defaults = load_config("omniglot")
     parser = build_parser(defaults)
@@ -615,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         c.width = float(meta["model"]["width"])
     learngene_path = pathlib.Path(args.learngene)
     workdir = pathlib.Path(args.workdir or learngene_path.parent / "inherit")
+    stopping.describe(lambda: stop_message(workdir))
     configure_jax()
     try:
         summary = run(c, learngene_path, workdir, quiet=args.quiet)

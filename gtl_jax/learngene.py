@@ -258,6 +258,23 @@ def parameter_share(spec: LearngeneSpec, params: Variables) -> dict[str, float]:
     """Fraction of parameters the learngene holds: of the conv layers and of the whole network.
 
     Counts learnable parameters (conv kernels, BN scale and bias; not running statistics).
+
+    Args:
+      spec: the learngene's layers and channel counts (``make_spec``).
+      params: the ``params`` collection of a network the spec fits (e.g. the descendant's),
+        arrays or ``jax.ShapeDtypeStruct`` (only shapes are read).
+
+    Returns:
+      A dict:
+
+      - ``gene_params`` (int): learnable parameters of the learngene in that network (each
+        layer's ``kh * kw * k_in * k_out`` kernel block plus ``k_out`` BN scales and biases).
+      - ``conv_params`` (int): learnable parameters of the spec's conv layers, whole (kernels,
+        BN scales and biases).
+      - ``total_params`` (int): every learnable parameter of the network, head included.
+      - ``share_of_conv`` (float): ``gene_params / conv_params``, in (0, 1].
+      - ``share_of_network`` (float): ``gene_params / total_params``, the share reported in
+        tables and learngene files ("params transferred").
     """
     gene = conv = 0
     for layer in spec.layers:

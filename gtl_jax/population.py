@@ -292,6 +292,10 @@ def train_step(
     augmented on the device with ``key``; without it no key is used.
 
     Returns the new state and the loss (f32[]) before the step.
+
+    Raises:
+      TypeError: ``x`` is not uint8 (``gtl_jax.data.to_float``: images are uint8 in
+        [0, 255], divided by 255; float images are refused, not guessed at).
     """
     if augment_fn is not None:
         if key is None:
@@ -316,7 +320,9 @@ def train_step(
 def predict(
     model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, **kwargs
 ) -> jax.Array:
-    """Inference with running BatchNorm statistics: logits (or features) of ``x: u8[B, H, W, Ch]``."""
+    """Inference with running BatchNorm statistics: logits (or features) of ``x: u8[B, H, W, Ch]``.
+
+    Raises ``TypeError`` if ``x`` is not uint8 (as ``train_step``)."""
     return model.apply(
         {"params": params, "batch_stats": batch_stats},
         to_float(x),

@@ -622,7 +622,11 @@ def read_cache(
     try:
         with np.load(path, allow_pickle=False) as data:
             pools = {}
-            for split in SPLITS:
+            # The splits the pools were built with (all three, or those a user's npz lists).
+            splits = [s for s in SPLITS if f"{s}_images" in data.files]
+            if not splits:
+                raise ValueError("no split")
+            for split in splits:
                 images = data[f"{split}_images"]
                 names = tuple(str(n) for n in data[f"{split}_class_names"])
                 if images.dtype != np.uint8 or images.ndim != 5:

@@ -18,8 +18,11 @@ The meta-train / meta-validation / meta-test classes come from, in this order:
 
 2. else int arrays ``train_classes``, ``val_classes``, ``test_classes`` in the ``.npz``.
 
-Splits must be non-empty and disjoint; classes in no split are left out. A shell module (I/O,
-no jit); resized pools are cached like the other datasets'.
+Splits must be non-empty and disjoint; classes in no split are left out. A split may be left
+out too: the pools are then only those listed, and a command that needs another one names it
+(``python -m gtl_jax.inherit --methods learngene,scratch`` needs only ``test``, so a file whose
+split lists ``test: 0-9`` is evaluated on all its 10 classes; the evolution needs all three).
+A shell module (I/O, no jit); resized pools are cached like the other datasets'.
 """
 
 from __future__ import annotations
@@ -76,11 +79,11 @@ def parse_split_spec(
     An item is a class index (``7``), an inclusive index range (``0-63``) or a class name.
 
     Returns:
-      ``{split: i64[C_split]}`` for ``'train'``, ``'val'`` and ``'test'``.
+      ``{split: i64[C_split]}`` for each split listed (``'train'``, ``'val'``, ``'test'``).
 
     Raises:
-      DataError: naming ``source`` on an unknown split or class, an index out of range, a
-        missing or empty split, or a class in two splits.
+      DataError: naming ``source`` on an unknown split or class, an index out of range, an
+        empty split, no split at all, or a class in two splits.
     """
     index_of = {n: i for i, n in enumerate(class_names)}
     rows: dict[str, list[int]] = {}
@@ -121,11 +124,15 @@ def parse_split_spec(
 def _check_splits(
     rows: dict[str, list[int]], num_classes: int, *, source: str
 ) -> dict[str, np.ndarray]:
-    missing = [s for s in SPLITS if not rows.get(s)]
-    if missing:
-        raise DataError(f"{source}: split(s) {missing} are missing or empty")
+    empty = [s for s in SPLITS if s in rows and not rows[s]]
+    if empty or not rows:
+        raise DataError(
+            f"{source}: split(s) {empty} are empty"
+            if empty
+            else f"{source}: no split lists any class"
+        )
     owner: dict[int, str] = {}
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in rows):
         for i in rows[split]:
             if not 0 <= i < num_classes:
                 raise DataError(
@@ -138,7 +145,7 @@ def _check_splits(
                     else f"{source}: class {i} is in both {owner[i]!r} and {split!r}"
                 )
             owner[i] = split
-    return {s: np.asarray(rows[s], dtype=np.int64) for s in SPLITS}
+    return {s: np.asarray(rows[s], dtype=np.int64) for s in SPLITS if s in rows}
 
 
 def _read(path: pathlib.Path) -> tuple[np.ndarray, tuple[str, ...], dict | None]:
@@ -187,7 +194,8 @@ def load_npz(
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, ClassPool]:
-    """Loads the train/val/test class pools of a user ``.npz`` (see the module docstring).
+    """Loads the class pools of a user ``.npz``: train/val/test, or those its split lists
+    (see the module docstring).
 
     Args:
       data_dir: the ``.npz`` file, or a folder holding exactly one.
@@ -197,7 +205,8 @@ def load_npz(
         ``~/.cache/gtl_jax``.
 
     Returns:
-      ``{'train', 'val', 'test'}`` ``ClassPool``s with numpy ``images: u8[C, M, S, S, Ch]``.
+      ``{split: ClassPool}`` for ``'train'``, ``'val'``, ``'test'`` or the splits listed, with
+      numpy ``images: u8[C, M, S, S, Ch]``.
 
     Raises:
       DataError: naming the file on a missing file, key or split, a wrong dtype or shape,

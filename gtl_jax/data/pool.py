@@ -123,5 +123,20 @@ def sample_batch(
 
 
 def to_float(x: jax.Array) -> jax.Array:
-    """u8 images to f32 in [0, 1]."""
+    """uint8 images in [0, 255] to float32 in [0, 1]: ``x / 255``, the library's only
+    normalisation (every loader gives uint8 pools; learngene files record it).
+
+    Any other dtype is refused (a float image already in [0, 1], divided again by 255, would
+    be near-black and train at chance accuracy without any error). The check is on the dtype,
+    which is static, so it also holds under ``jit`` and ``vmap``.
+
+    Raises:
+      TypeError: ``x`` is not uint8.
+    """
+    dtype = jnp.result_type(x)
+    if dtype != jnp.uint8:
+        raise TypeError(
+            f"images must be uint8 in [0, 255] (they are divided by 255), got {dtype}; "
+            "convert float images in [0, 1] with (x * 255).round().astype(uint8)"
+        )
     return x.astype(jnp.float32) * (1.0 / 255.0)

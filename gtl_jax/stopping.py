@@ -1,0 +1,196 @@
+"""Stopping a command the way users expect: Ctrl-C (SIGINT) or SIGTERM at any moment.
+
+The shell around the commands (``python -m gtl_jax.evolve``, ``.inherit``, ``.study``):
+
+- ``command``: a decorator for a command's ``main``. While it runs, SIGINT and SIGTERM raise
+  ``Stopped`` (a ``KeyboardInterrupt``) in the main thread; ``main`` then unwinds (closing its
+  checkpoint manager, shutting its worker processes down) and the command prints one line,
+  ``interrupted: <what is saved and how to go on>`` (``describe`` registers that text), and
+  exits with 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM. A second signal while
+  it stops is ignored, so a double Ctrl-C cannot cut the clean-up short.
+- ``deferred``: a block no signal may cut (an Orbax save or restore: a ``KeyboardInterrupt``
+  raised inside Orbax's event loop would close it under its background work). A signal that
+  arrives inside is delivered when the block ends.
+- Worker processes (``gtl_jax.distributed.worker_pool``) start with SIGINT ignored
+  (``sigint_ignored`` around their start: the disposition is inherited, so they ignore it from
+  their first instruction, before any import). A Ctrl-C at a terminal, which signals the whole
+  process group, reaches only the main process, which shuts the workers down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import pathlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """The process received SIGINT or SIGTERM (``signum``); exit with ``exit_code``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def exit_code(stop: BaseException) -> int:
+    """128 + the signal: 130 for SIGINT (also a plain ``KeyboardInterrupt``), 143 for SIGTERM."""
+    return stop.exit_code if isinstance(stop, Stopped) else 128 + signal.SIGINT
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+# --------------------------------------------------------------------------- commands
+
+_describe: Callable[[], str] | None = None
+
+
+def describe(what: Callable[[], str]) -> None:
+    """Registers what an interrupted command says after ``interrupted: ``: called when it stops
+    (so it can look at what is on disk), e.g. ``generation 3 of 8 is checkpointed in runs/x;
+    run the same command again to resume``."""
+    global _describe
+    _describe = what
+
+
+def _message() -> str:
+    if _describe is not None:
+        try:
+            return _describe()
+        except Exception as e:  # the line must come out whatever the disk holds
+            return f"(what was saved is unknown: {type(e).__name__}: {e})"
+    return "nothing was written; run the same command again to start"
+
+
+def _reports() -> bool:
+    """Whether this process prints the line: of joined local processes only process 0."""
+    from gtl_jax.distributed import CHILD_ENV  # noqa: PLC0415 (distributed imports jax)
+
+    return not os.environ.get(CHILD_ENV) or os.environ.get("JAX_PROCESS_ID") in (
+        None,
+        "0",
+    )
+
+
+class _StopHandlers:
+    """SIGINT and SIGTERM raise ``Stopped`` once; later ones are ignored (clean-up runs)."""
+
+    def __init__(self):
+        self.stopping = False
+        self.previous = {}
+
+    def handle(self, signum, frame):
+        if self.stopping:
+            return
+        self.stopping = True
+        raise Stopped(signum)
+
+    def __enter__(self) -> _StopHandlers:
+        if _main_thread():
+            for s in STOP_SIGNALS:
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def command(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorates a command's ``main``: a stop by SIGINT or SIGTERM (or a ``KeyboardInterrupt``)
+    returns 130 or 143 after one line on stderr, ``interrupted: <describe()'s text>``."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        global _describe
+        _describe = None
+        with _StopHandlers() as handlers:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt as stop:
+                handlers.stopping = True
+                if _reports():
+                    print(f"interrupted: {_message()}", file=sys.stderr, flush=True)
+                return exit_code(stop)
+            finally:
+                _describe = None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM until the block ends, then delivers them to this process (to
+    whatever handled them before: ``Stopped``, ``KeyboardInterrupt``, the default action).
+
+    Outside the main thread, or for a signal whose handler is ``SIG_IGN``, it does nothing.
+    """
+    if not _main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) not in (signal.SIG_IGN, None):
+            previous[s] = signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(held):  # once per signal, in order of arrival
+            signal.raise_signal(s)
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored during the block (main thread only): processes started inside it inherit
+    the ignored disposition, and Python keeps it (it installs its ``KeyboardInterrupt`` handler
+    only over the default one). A SIGINT to this process inside the block is lost: keep the
+    block to starting processes (milliseconds)."""
+    if not _main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def kept_in(workdir: os.PathLike | str, generations: int) -> str:
+    """What a workdir of several evolutions keeps (``python -m gtl_jax.study``): each
+    evolution's last checkpointed generation and the pretrained networks cached, as the text
+    after ``interrupted: ``."""
+    from gtl_jax.checkpoint import latest_step  # noqa: PLC0415 (checkpoint imports this)
+
+    workdir = pathlib.Path(workdir)
+    runs = sorted(
+        p.parent for p in workdir.glob("**/checkpoints") if p.is_dir() and p != workdir
+    )
+    kept = [
+        f"{run.relative_to(workdir)} at generation {latest_step(run) or 0} of "
+        f"{generations}"
+        for run in runs
+    ]
+    networks = len(list(workdir.glob("pretrained/*/metadata.json")))
+    if networks:
+        kept.append(f"{networks} pretrained network(s)")
+    if not kept:
+        return f"nothing is kept in {workdir} yet; run the same command again to start"
+    return f"kept in {workdir}: {', '.join(kept)}; run the same command again to resume"
