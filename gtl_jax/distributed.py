@@ -145,17 +145,18 @@ class _WorkerContext(multiprocessing.context.SpawnContext):
 
 
 def _terminate(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    """Cancels the pool's pending jobs and terminates its workers (SIGTERM: they die without
-    a word), without waiting for running jobs."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    # ProcessPoolExecutor.terminate_workers (Python 3.14) does this; before it, the processes.
+    """Terminates the pool's workers (SIGTERM: they die without a word) without waiting for
+    running jobs, and cancels the pending ones."""
+    # ProcessPoolExecutor.terminate_workers (Python 3.14) does this; before it, the processes
+    # (read before shutdown, which forgets them).
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for p in processes:
         if p.is_alive():
             p.terminate()
     for p in processes:
         p.join(timeout=10)
-    pool.shutdown(wait=True)  # the pool's manager thread sees the workers gone and ends
+    # The pool's manager thread sees the workers gone, fails their jobs and ends.
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def wait_all(

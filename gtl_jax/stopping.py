@@ -184,13 +184,16 @@ def kept_in(workdir: os.PathLike | str, generations: int) -> str:
         p.parent for p in workdir.glob("**/checkpoints") if p.is_dir() and p != workdir
     )
     kept = [
-        f"{run.relative_to(workdir)} at generation {latest_step(run) or 0} of "
-        f"{generations}"
+        f"{'the evolution' if run == workdir else run.relative_to(workdir).as_posix()} "
+        f"at generation {latest_step(run) or 0} of {generations}"
         for run in runs
     ]
     networks = len(list(workdir.glob("pretrained/*/metadata.json")))
     if networks:
         kept.append(f"{networks} pretrained network(s)")
+    jobs = len(list(workdir.glob("jobs/*.json")))
+    if jobs:
+        kept.append(f"{jobs} evaluated job(s)")
     if not kept:
         return f"nothing is kept in {workdir} yet; run the same command again to start"
     return f"kept in {workdir}: {', '.join(kept)}; run the same command again to resume"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -78,7 +80,8 @@ def test_resized_and_cached(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("train: 0-5\nval: 6\n", r"split\(s\) \['test'\] are missing or empty"),
+        ("train: 0-5\nval:\ntest: 9\n", r"split\(s\) \['val'\] are empty"),
+        ("# only a comment\n", "no split lists any class"),
         ("train: 0-5\nval: 5\ntest: 9\n", "class 5 is in both 'train' and 'val'"),
         ("train: 0-5\nval: 6\ntest: 10\n", r"index 10 of 'test' is outside \[0, 10\)"),
         ("train: 0-5\nval: 6\ntest: cat\n", "'cat' is not a class index or name"),
@@ -91,6 +94,26 @@ def test_bad_split_file(tmp_path, text, message):
     with pytest.raises(DataError, match=message) as e:
         load_npz(path)
     assert "mydata_splits.txt" in str(e.value)
+
+
+def test_splits_not_listed_are_absent(tmp_path):
+    """A file may list only the splits a command uses (python -m gtl_jax.inherit with
+    learngene and scratch needs only test): the pools are those listed, also when resized
+    and read back from the cache."""
+    path, images = _write(tmp_path, split="test: 0-9\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "error"
+        )  # the cache of a partial split is not "unreadable"
+        for pools in (
+            load_npz(path),
+            load_npz(path, image_size=4, cache_dir=tmp_path / "cache"),
+            load_npz(path, image_size=4, cache_dir=tmp_path / "cache"),  # the cache
+        ):
+            assert list(pools) == ["test"] and pools["test"].num_classes == 10
+    np.testing.assert_array_equal(load_npz(path)["test"].images, images)
+    path, _ = _write(tmp_path, split="train: 0-7\nval: 8-9\n")
+    assert list(load_npz(path)) == ["train", "val"]
 
 
 def test_parse_split_spec_names_and_ranges():

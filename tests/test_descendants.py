@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gtl_jax.configs import load_config
 from gtl_jax.data import sample_episode
 from gtl_jax.descendants import (
     DescendantEvaluator,
@@ -16,7 +17,7 @@ from gtl_jax.descendants import (
     new_descendant,
     prototype_logits,
 )
-from gtl_jax.evolve import fixed_episodes
+from gtl_jax.evolve import descendant_recipe, fixed_episodes
 from gtl_jax.learngene import extract_learngene, make_spec
 from gtl_jax.models import build_model
 from gtl_jax.population import predict
@@ -134,3 +135,10 @@ def test_frozen_batch_norm_step_keeps_running_statistics():
     )
     with pytest.raises(ValueError, match="batch_norm must be one of"):
         Recipe(batch_norm="sometimes")
+
+
+def test_recipe_defaults_are_the_default_config():
+    """``Recipe()`` is the default config's recipe (``descendant_recipe``), field for field
+    (head, optimizer, learning_rate, steps, eval_every, batch_norm)."""
+
+    assert descendant_recipe(load_config("omniglot")) == Recipe()

@@ -246,3 +246,138 @@ def test_results_jsonl_rows_are_json(suite):
     for line in (tmp / "a" / "results.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert {"method", "head", "accuracy", "instinct", "cost"} <= set(row)
+
+
+def test_pretrained_cache_key_holds_what_changes_the_weights(tmp_path):
+    """Another image pool of the same shape (another npz, data_dir or split), precision,
+    pre-training field or closed circuit is another network; ratio without a closed circuit,
+    zero_cross and the evaluation fields are the same one."""
+    c = load_config("omniglot:smoke")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 3, 28, 28, 1), dtype=np.uint8)
+    base, key = inherit.pretrained_cache(c, images, tmp_path)
+    assert key["images"] == inherit.images_digest(images.copy())
+
+    def path(images=images, closed=None, **fields):
+        other = load_config("omniglot:smoke")
+        other.update(fields)
+        return inherit.pretrained_cache(other, images, tmp_path, closed)[0]
+
+    assert path() == base
+    for same in (
+        {"ratio": 0.3},
+        {"zero_cross": False},
+        {"eval_way": 20, "inherit_episodes": 9, "methods": "scratch"},
+    ):
+        assert path(**same) == base, same
+    other_pixels = images.copy()
+    other_pixels[0, 0, 0, 0, 0] ^= 1
+    spec = lg.make_spec(build_model("vgg11", 5, width=c.width), c.ratio, 1)
+    for changed in (
+        {"images": other_pixels},
+        {"images": images[:5]},
+        {"precision": "bfloat16"},
+        {"pretrain_lr": 3e-3},
+        {"pretrain_steps": 4},
+        {"pretrain_batch": 32},
+        {"pretrain_weight_decay": 1e-4},
+        {"seed": 1},
+        {"augment": "crop_flip"},
+        {"width": 0.125},
+        {"model": "vgg13"},
+        {"closed": spec},
+    ):
+        assert path(**changed) != base, changed
+    previous = jax.config.jax_threefry_partitionable
+    try:
+        jax.config.update("jax_threefry_partitionable", not previous)
+        assert path() != base
+    finally:
+        jax.config.update("jax_threefry_partitionable", previous)
+
+
+def _ten_class_npz(tmp_path, split: str):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "ten.npz"
+    np.savez(path, images=rng.integers(0, 256, (10, 4, 28, 28), dtype=np.uint8))
+    (tmp_path / "ten_splits.txt").write_text(split)
+    return path
+
+
+def test_npz_with_only_a_test_split_is_evaluated_on_all_its_classes(tmp_path, capsys):
+    """A 10-class npz whose split lists only test: learngene and scratch need no other
+    split, so the suite runs 10-way on all its classes; a pre-trained method needs train
+    and the error names it; the evolution needs all three."""
+    data = _ten_class_npz(tmp_path, "test: 0-9\n")
+    _write_learngene(tmp_path / "g")
+    argv = [
+        "--config",
+        "omniglot:smoke",
+        "--learngene",
+        str(tmp_path / "g"),
+        "--dataset",
+        "npz",
+        "--data_dir",
+        str(data),
+        "--eval_way",
+        "10",
+        "--eval_shots",
+        "1",
+        "--eval_query",
+        "3",
+        "--inherit_episodes",
+        "2",
+        "--heads",
+        "random",
+        "--quiet",
+    ]
+    work = tmp_path / "w"
+    assert (
+        inherit.main([*argv, "--methods", "learngene,scratch", "--workdir", str(work)])
+        == 0
+    )
+    rows = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
+    assert {(r["method"], r["way"], r["split"]) for r in rows} == {
+        ("learngene", 10, "test"),
+        ("scratch", 10, "test"),
+    }
+    capsys.readouterr()
+
+    code = inherit.main(
+        [
+            *argv,
+            "--methods",
+            "learngene,pretrain-full",
+            "--workdir",
+            str(tmp_path / "p"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err == (
+        f"error: dataset 'npz' at {data} has no 'train' split, which the pre-training of "
+        "pretrain-full needs (it has: test)\n"
+    )
+
+    code = inherit.main(
+        [*argv, "--eval_split", "val", "--workdir", str(tmp_path / "v")]
+    )
+    assert code == 2
+    assert (
+        "has no 'val' split, which the evaluation (eval_split)"
+        in capsys.readouterr().err
+    )
+
+    from gtl_jax import evolve
+
+    code = evolve.main(
+        ["--config", "omniglot:smoke", "--quiet", "--dataset", "npz", "--data_dir",
+         str(data), "--workdir", str(tmp_path / "e")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        "has no 'train' split, which the evolution: lifetimes, critics, final table"
+        in err
+    )
+    assert not (tmp_path / "e").exists()

@@ -22,3 +22,13 @@ def test_readme_has_the_two_setup_commands():
     assert "pip install -e '.[test]' && python -m pytest" in text
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install -e '.[test]' && python -m pytest" in ci
+
+
+def test_readme_public_api_line_lists_all():
+    import gtl_jax
+
+    text = (ROOT / "README.md").read_text()
+    listed = re.search(r"Public API \(`gtl_jax/__init__.py`\):(.*?)\.\s", text, re.S)
+    names = re.findall(r"`([^`]+)`", listed.group(1))
+    assert sorted(names) == sorted(gtl_jax.__all__)
+    assert len(names) == len(set(names))

@@ -1,0 +1,353 @@
+"""Stopping the way users expect (issue 15, item 3): Ctrl-C (SIGINT) or SIGTERM at any phase
+ends with one line on stderr saying what is saved and how to go on, exit status 130 or 143,
+no traceback (worker processes included), and the rerun ends like an uninterrupted run.
+
+Every command runs in a subprocess of its own session, so a SIGINT can go to its whole process
+group as a terminal's Ctrl-C does; the tests watch the workdir to know the phase. Also: the
+"Event loop is closed" tracebacks Orbax's background work printed after a failed restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from gtl_jax import checkpoint, distributed, stopping, study
+from gtl_jax.checkpoint import load_learngene
+
+SMOKE = ["--config", "omniglot:smoke", "--quiet"]
+TIMEOUT = 300  # seconds for one process
+RESUME = "run the same command again"
+
+
+def start(module: str, workdir: pathlib.Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *SMOKE, "--workdir", str(workdir), *flags],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+
+
+def run_to_end(module: str, workdir: pathlib.Path, *flags: str) -> None:
+    proc = start(module, workdir, *flags)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def interrupt(proc, when, sig, *, group: bool, delay: float = 0.0) -> tuple[int, str]:
+    """Sends ``sig`` once ``when()`` is true (to the process group with ``group``, as Ctrl-C
+    at a terminal does; else to the main process only, as ``kill PID`` does); returns the
+    exit status and stderr. Fails if the command ends first."""
+    deadline = time.monotonic() + TIMEOUT
+    while not when():
+        assert proc.poll() is None, f"ended before the signal: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "the phase never came"
+        time.sleep(0.05)
+    time.sleep(delay)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, err
+
+
+def group_processes(pgid: int) -> list[str]:
+    """The live (not zombie) processes of a process group, from /proc."""
+    live = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(stat.parent.name)
+    return live
+
+
+def assert_one_line(err: str, pattern: str) -> None:
+    lines = err.splitlines()
+    assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    assert re.fullmatch(f"interrupted: {pattern}", lines[0]), lines[0]
+
+
+def first_metrics(workdir):
+    path = workdir / "metrics.jsonl"
+    return lambda: path.exists() and bool(path.read_text().strip())
+
+
+def assert_same_run(workdir, reference) -> None:
+    """The same table, learngene and metrics (but seconds) as the uninterrupted run."""
+    assert (workdir / "results.md").read_text() == (
+        reference / "results.md"
+    ).read_text()
+    resumed, meta = load_learngene(workdir / "learngene")
+    expected, _ = load_learngene(reference / "learngene")
+    jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+
+    def metrics(w):
+        rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in m.items() if k != "seconds"} for m in rows]
+
+    assert metrics(workdir) == metrics(reference)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted smoke run (one process: the smoke config's workers = 1)."""
+    workdir = tmp_path_factory.mktemp("reference") / "w"
+    run_to_end("gtl_jax.evolve", workdir)
+    return workdir
+
+
+# --------------------------------------------------------------------------- evolve
+
+
+def test_sigint_during_the_evolution_then_the_rerun_resumes(reference, tmp_path):
+    workdir = tmp_path / "w"
+    proc = start("gtl_jax.evolve", workdir)
+    code, err = interrupt(proc, first_metrics(workdir), signal.SIGINT, group=True)
+    assert code == 130
+    assert_one_line(
+        err,
+        f"generation 1 of 2 is checkpointed in {re.escape(str(workdir))}; "
+        f"{RESUME} to resume",
+    )
+    assert not group_processes(proc.pid)
+    run_to_end("gtl_jax.evolve", workdir)
+    assert_same_run(workdir, reference)
+
+
+def test_sigint_during_the_final_table_then_the_rerun_makes_it(reference, tmp_path):
+    workdir = tmp_path / "w"
+    proc = start("gtl_jax.evolve", workdir)
+    written = workdir / "learngene" / "metadata.json"
+    code, err = interrupt(proc, written.exists, signal.SIGINT, group=True, delay=1.0)
+    assert code == 130
+    assert_one_line(
+        err,
+        rf"the evolution is done \(generation 2 of 2 checkpointed, learngene file "
+        rf"{re.escape(str(workdir / 'learngene'))}\) but the final table is not; "
+        f"{RESUME} to make it",
+    )
+    assert not (workdir / "results.md").exists()
+    run_to_end("gtl_jax.evolve", workdir)
+    assert_same_run(workdir, reference)
+
+
+def test_worker_processes_stop_without_a_word(tmp_path):
+    """Two worker processes: SIGTERM to the main process alone (``kill PID``) during the
+    evolution, then Ctrl-C to the whole group during the final table. The workers ignore
+    SIGINT and are shut down by the main process; none is left."""
+    workdir = tmp_path / "w"
+    proc = start("gtl_jax.evolve", workdir, "--workers", "2")
+    code, err = interrupt(proc, first_metrics(workdir), signal.SIGTERM, group=False)
+    assert code == 143
+    assert_one_line(err, f"generation 1 of 2 is checkpointed in .*; {RESUME} to resume")
+    time.sleep(1.0)
+    assert not group_processes(proc.pid)
+
+    proc = start("gtl_jax.evolve", workdir, "--workers", "2")
+    written = workdir / "learngene" / "metadata.json"
+    code, err = interrupt(proc, written.exists, signal.SIGINT, group=True, delay=3.0)
+    assert code == 130
+    assert_one_line(err, f"the evolution is done .* {RESUME} to make it")
+    time.sleep(1.0)
+    assert not group_processes(proc.pid)
+
+
+def test_a_damaged_checkpoint_is_one_error_without_event_loop_tracebacks(
+    reference, tmp_path
+):
+    """Orbax reads the arrays of a checkpoint concurrently; when the first read failed it
+    closed its event loop while the others ran, and each of them printed "RuntimeError:
+    Event loop is closed" (checkpoint._DrainingLoop)."""
+    workdir = shutil.copytree(reference, tmp_path / "w")
+    manifests = list((workdir / "checkpoints" / "2").rglob("manifest.ocdbt"))
+    for manifest in manifests:  # cut to a third: every array's read fails
+        manifest.write_bytes(manifest.read_bytes()[: manifest.stat().st_size // 3])
+    assert manifests
+    proc = start("gtl_jax.evolve", workdir)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert "Event loop" not in err and "Traceback" not in err, err[-3000:]
+    assert err.startswith(
+        f"error: cannot restore checkpoint {workdir / 'checkpoints' / '2'}"
+    )
+
+
+# --------------------------------------------------------------------------- inherit, study
+
+
+def test_sigint_during_inherit_keeps_the_pretrained_network(reference, tmp_path):
+    workdir = tmp_path / "inherit"
+    flags = ("--learngene", str(reference / "learngene"))
+    proc = start("gtl_jax.inherit", workdir, *flags)
+
+    def pretrained():
+        return any(workdir.glob("pretrained/*/metadata.json"))
+
+    code, err = interrupt(proc, pretrained, signal.SIGINT, group=True, delay=1.0)
+    assert code == 130
+    assert_one_line(
+        err,
+        rf"1 pretrained network\(s\) cached in {re.escape(str(workdir / 'pretrained'))} "
+        rf"\(not trained again\); results are written once every descendant has run: "
+        f"{RESUME} to run them",
+    )
+    (network,) = workdir.glob("pretrained/*/metadata.json")
+    before = network.stat().st_mtime_ns
+    run_to_end("gtl_jax.inherit", workdir, *flags)
+    assert (
+        network.stat().st_mtime_ns == before
+    )  # read from the cache, not trained again
+    assert (workdir / "results.md").exists()
+
+
+@pytest.mark.skipif(
+    not hasattr(study.main, "__wrapped__"),
+    reason="gtl_jax.study.main is not yet decorated with @stopping.command",
+)
+def test_sigint_during_the_study_says_what_is_kept(tmp_path):
+    workdir = tmp_path / "study"
+    proc = start("gtl_jax.study", workdir)
+    metrics = workdir / "evolved" / "seed_0" / "metrics.jsonl"
+    code, err = interrupt(
+        proc,
+        lambda: metrics.exists() and metrics.read_text().strip(),
+        signal.SIGINT,
+        group=True,
+    )
+    assert code == 130
+    assert_one_line(
+        err,
+        rf"kept in {re.escape(str(workdir))}: evolved/seed_0 at generation [12] of 2.*; "
+        f"{RESUME} to resume",
+    )
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+def test_signals_inside_a_deferred_block_arrive_when_it_ends():
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda s, f: got.append(s))
+    try:
+        with stopping.deferred():
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.01)
+            assert got == []  # held
+        assert got == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_command_reports_one_line_and_the_exit_code(capsys):
+    @stopping.command
+    def main(sig):
+        stopping.describe(lambda: "what is saved; how to go on")
+        with stopping.deferred():  # a checkpoint save: the stop waits for its end
+            signal.raise_signal(sig)
+        raise AssertionError("not stopped")
+
+    assert main(signal.SIGTERM) == 143
+    assert main(signal.SIGINT) == 130
+    assert capsys.readouterr().err == 2 * "interrupted: what is saved; how to go on\n"
+    # The handlers are restored: SIGINT raises KeyboardInterrupt again.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_worker_pool_ignores_sigint_and_is_terminated_on_an_exception():
+    with distributed.worker_pool(2, int) as (pool, _):
+        assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
+    t = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), distributed.worker_pool(2, int) as (pool, _):
+        futures = [pool.submit(time.sleep, 600) for _ in range(2)]
+        while not all(f.running() for f in futures):
+            time.sleep(0.05)
+        workers = list(pool._processes.values())
+        raise KeyboardInterrupt
+    assert time.monotonic() - t < 60  # the running jobs were not waited for
+    assert not any(p.is_alive() for p in workers)
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["orbax loop", "plain loop"])
+def test_orbax_loops_let_pending_work_finish_before_they_close(inside):
+    """As TensorStore does: a thread finishes work for a task of the loop and calls back into
+    it after the loop's main coroutine has failed. A plain loop is closed by then."""
+    errors = []
+
+    async def slow(loop):
+        future = loop.create_future()
+
+        def finish():
+            time.sleep(0.3)
+            try:
+                loop.call_soon_threadsafe(future.set_result, 1)
+            except RuntimeError as e:
+                errors.append(e)
+
+        threading.Thread(target=finish).start()
+        return await future
+
+    async def fail():
+        raise ValueError("a damaged file")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(fail(), slow(loop))
+
+    if inside:
+        with checkpoint._orbax():
+            loop = asyncio.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    with pytest.raises(ValueError, match="damaged"):
+        loop.run_until_complete(main())
+    loop.close()
+    time.sleep(0.5)
+    assert len(errors) == (0 if inside else 1)
+
+
+def test_stop_messages_read_the_workdir(tmp_path):
+    from gtl_jax.configs import load_config
+    from gtl_jax.evolve import stop_message
+
+    c = load_config("omniglot:smoke")
+    assert stop_message(c, tmp_path) == (
+        f"no generation was checkpointed in {tmp_path} yet; {RESUME} to start the evolution"
+    )
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-9").mkdir()  # a save cut short
+    assert stop_message(c, tmp_path).startswith("generation 1 of 2 is checkpointed")
+    (tmp_path / "checkpoints" / "2").mkdir()
+    assert stop_message(c, tmp_path).endswith(
+        "(it writes the learngene file and the final table)"
+    )
+    (tmp_path / "learngene").mkdir()
+    meta = {"format": checkpoint.FORMAT, "spec": {}, "model": {}, "shapes": {}}
+    (tmp_path / "learngene" / "metadata.json").write_text(
+        json.dumps({**meta, "generation": 2})
+    )
+    assert stop_message(c, tmp_path).startswith("the evolution is done")
+    assert stopping.kept_in(tmp_path, 2) == (
+        f"kept in {tmp_path}: the evolution at generation 2 of 2; {RESUME} to resume"
+    )
