@@ -19,6 +19,7 @@ The shell around the commands (``python -m gtl_jax.evolve``, ``.inherit``, ``.st
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import functools
 import os
@@ -26,6 +27,7 @@ import pathlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -85,27 +87,58 @@ def _reports() -> bool:
 
 
 class _StopHandlers:
-    """SIGINT and SIGTERM raise ``Stopped`` once; later ones are ignored (clean-up runs)."""
+    """SIGINT and SIGTERM raise ``Stopped`` once; later ones are ignored (clean-up runs).
+
+    Python runs a signal handler between any two bytecodes of the main thread, also inside a
+    garbage-collector callback or a ``__del__`` (JAX registers a gc callback), where an
+    exception cannot propagate: Python prints it as "Exception ignored in ..." and goes on,
+    and the stop would be lost. ``sys.unraisablehook`` catches such a ``Stopped`` and delivers
+    the signal again from another thread, so it is handled in ordinary code a moment later.
+    """
 
     def __init__(self):
         self.stopping = False
+        self.in_hook = False
         self.previous = {}
+        self.previous_hook = None
 
     def handle(self, signum, frame):
-        if self.stopping:
+        if self.stopping or self.in_hook:  # in_hook: it is being delivered again
             return
         self.stopping = True
         raise Stopped(signum)
+
+    def unraisable(self, info) -> None:
+        stop = info.exc_value
+        if not (isinstance(stop, Stopped) and self.previous):
+            self.previous_hook(info)
+            return
+        self.in_hook, self.stopping = True, False
+        try:
+            threading.Thread(target=self._deliver, args=(stop.signum,)).start()
+        finally:
+            self.in_hook = False
+
+    def _deliver(self, signum: int) -> None:
+        """The signal again, once the hook has returned (raised in the hook, it would be
+        unraisable again)."""
+        while self.in_hook:
+            time.sleep(0.001)
+        _thread.interrupt_main(signum)
 
     def __enter__(self) -> _StopHandlers:
         if _main_thread():
             for s in STOP_SIGNALS:
                 self.previous[s] = signal.signal(s, self.handle)
+            self.previous_hook, sys.unraisablehook = sys.unraisablehook, self.unraisable
         return self
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+        if self.previous_hook is not None:
+            sys.unraisablehook = self.previous_hook
+        self.previous = {}
 
 
 def command(main: Callable[..., int]) -> Callable[..., int]:

@@ -10,6 +10,7 @@ group as a terminal's Ctrl-C does; the tests watch the workdir to know the phase
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import pathlib
@@ -29,44 +30,67 @@ from conftest import ROOT
 from gtl_jax import checkpoint, distributed, stopping, study
 from gtl_jax.checkpoint import load_learngene
 
-SMOKE = ["--config", "omniglot:smoke", "--quiet"]
+SMOKE = ["--config", "omniglot:smoke"]
 TIMEOUT = 300  # seconds for one process
 RESUME = "run the same command again"
 
 
-def start(module: str, workdir: pathlib.Path, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *SMOKE, "--workdir", str(workdir), *flags],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
+class Command:
+    """``python -m <module>`` on the smoke config in a process group of its own (as a
+    terminal's foreground job), its stderr collected as it comes (``err``)."""
+
+    def __init__(self, module: str, workdir: pathlib.Path, *flags: str, quiet=True):
+        argv = [*SMOKE, *(["--quiet"] if quiet else []), "--workdir", str(workdir)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *argv, *flags],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self.proc.stderr.fileno(), 65536):
+            self._chunks.append(chunk)
+
+    @property
+    def err(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace")
+
+    def wait(self) -> tuple[int, str]:
+        code = self.proc.wait(timeout=TIMEOUT)
+        self._reader.join(timeout=30)
+        self.proc.stderr.close()
+        return code, self.err
 
 
 def run_to_end(module: str, workdir: pathlib.Path, *flags: str) -> None:
-    proc = start(module, workdir, *flags)
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, err[-3000:]
+    code, err = Command(module, workdir, *flags).wait()
+    assert code == 0, err[-3000:]
 
 
-def interrupt(proc, when, sig, *, group: bool, delay: float = 0.0) -> tuple[int, str]:
+def interrupt(
+    command: Command, when, sig, *, group: bool, delay: float = 0.0
+) -> tuple[int, str]:
     """Sends ``sig`` once ``when()`` is true (to the process group with ``group``, as Ctrl-C
     at a terminal does; else to the main process only, as ``kill PID`` does); returns the
     exit status and stderr. Fails if the command ends first."""
+    proc = command.proc
     deadline = time.monotonic() + TIMEOUT
     while not when():
-        assert proc.poll() is None, f"ended before the signal: {proc.stderr.read()}"
+        assert proc.poll() is None, f"ended before the signal: {command.err[-3000:]}"
         assert time.monotonic() < deadline, "the phase never came"
         time.sleep(0.05)
     time.sleep(delay)
+    assert proc.poll() is None, f"ended before the signal: {command.err[-3000:]}"
     if group:
         os.killpg(proc.pid, sig)
     else:
         proc.send_signal(sig)
-    _, err = proc.communicate(timeout=TIMEOUT)
-    return proc.returncode, err
+    return command.wait()
 
 
 def group_processes(pgid: int) -> list[str]:
@@ -83,10 +107,17 @@ def group_processes(pgid: int) -> list[str]:
 
 
 def assert_one_line(err: str, pattern: str) -> None:
-    lines = err.splitlines()
+    """Apart from progress bars (tqdm's, without --quiet), stderr is the one line."""
     assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
-    assert len(lines) == 1, err[-3000:]
-    assert re.fullmatch(f"interrupted: {pattern}", lines[0]), lines[0]
+    text = [
+        part
+        for line in err.split("\n")
+        for part in line.split("\r")
+        if part.strip() and "%|" not in part
+    ]
+    assert len(text) == 1, err[-3000:]
+    assert re.fullmatch(f"interrupted: {pattern}", text[0]), text[0]
+    assert err.rstrip("\n").endswith(text[0])  # the last line, after the bars
 
 
 def first_metrics(workdir):
@@ -123,24 +154,31 @@ def reference(tmp_path_factory):
 
 def test_sigint_during_the_evolution_then_the_rerun_resumes(reference, tmp_path):
     workdir = tmp_path / "w"
-    proc = start("gtl_jax.evolve", workdir)
-    code, err = interrupt(proc, first_metrics(workdir), signal.SIGINT, group=True)
+    command = Command("gtl_jax.evolve", workdir)
+    code, err = interrupt(command, first_metrics(workdir), signal.SIGINT, group=True)
     assert code == 130
     assert_one_line(
         err,
         f"generation 1 of 2 is checkpointed in {re.escape(str(workdir))}; "
         f"{RESUME} to resume",
     )
-    assert not group_processes(proc.pid)
+    assert not group_processes(command.proc.pid)
     run_to_end("gtl_jax.evolve", workdir)
     assert_same_run(workdir, reference)
 
 
+def descendants_running(command: Command, workdir: pathlib.Path):
+    """The final table has begun: the learngene file is written and the descendants' progress
+    bar is out (without --quiet)."""
+    written = workdir / "learngene" / "metadata.json"
+    return lambda: written.exists() and "descendants:" in command.err
+
+
 def test_sigint_during_the_final_table_then_the_rerun_makes_it(reference, tmp_path):
     workdir = tmp_path / "w"
-    proc = start("gtl_jax.evolve", workdir)
-    written = workdir / "learngene" / "metadata.json"
-    code, err = interrupt(proc, written.exists, signal.SIGINT, group=True, delay=1.0)
+    command = Command("gtl_jax.evolve", workdir, quiet=False)
+    running = descendants_running(command, workdir)
+    code, err = interrupt(command, running, signal.SIGINT, group=True, delay=0.3)
     assert code == 130
     assert_one_line(
         err,
@@ -158,20 +196,23 @@ def test_worker_processes_stop_without_a_word(tmp_path):
     evolution, then Ctrl-C to the whole group during the final table. The workers ignore
     SIGINT and are shut down by the main process; none is left."""
     workdir = tmp_path / "w"
-    proc = start("gtl_jax.evolve", workdir, "--workers", "2")
-    code, err = interrupt(proc, first_metrics(workdir), signal.SIGTERM, group=False)
+    command = Command("gtl_jax.evolve", workdir, "--workers", "2")
+    code, err = interrupt(command, first_metrics(workdir), signal.SIGTERM, group=False)
     assert code == 143
     assert_one_line(err, f"generation 1 of 2 is checkpointed in .*; {RESUME} to resume")
     time.sleep(1.0)
-    assert not group_processes(proc.pid)
+    assert not group_processes(command.proc.pid)
 
-    proc = start("gtl_jax.evolve", workdir, "--workers", "2")
-    written = workdir / "learngene" / "metadata.json"
-    code, err = interrupt(proc, written.exists, signal.SIGINT, group=True, delay=3.0)
+    command = Command("gtl_jax.evolve", workdir, "--workers", "2", quiet=False)
+    running = descendants_running(command, workdir)
+    code, err = interrupt(command, running, signal.SIGINT, group=True, delay=2.0)
     assert code == 130
-    assert_one_line(err, f"the evolution is done .* {RESUME} to make it")
+    assert err.startswith(f"resuming {workdir} after generation 1")
+    assert_one_line(
+        err.split("\n", 1)[1], f"the evolution is done .* {RESUME} to make it"
+    )
     time.sleep(1.0)
-    assert not group_processes(proc.pid)
+    assert not group_processes(command.proc.pid)
 
 
 def test_a_damaged_checkpoint_is_one_error_without_event_loop_tracebacks(
@@ -185,9 +226,8 @@ def test_a_damaged_checkpoint_is_one_error_without_event_loop_tracebacks(
     for manifest in manifests:  # cut to a third: every array's read fails
         manifest.write_bytes(manifest.read_bytes()[: manifest.stat().st_size // 3])
     assert manifests
-    proc = start("gtl_jax.evolve", workdir)
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 2
+    code, err = Command("gtl_jax.evolve", workdir).wait()
+    assert code == 2
     assert "Event loop" not in err and "Traceback" not in err, err[-3000:]
     assert err.startswith(
         f"error: cannot restore checkpoint {workdir / 'checkpoints' / '2'}"
@@ -200,12 +240,15 @@ def test_a_damaged_checkpoint_is_one_error_without_event_loop_tracebacks(
 def test_sigint_during_inherit_keeps_the_pretrained_network(reference, tmp_path):
     workdir = tmp_path / "inherit"
     flags = ("--learngene", str(reference / "learngene"))
-    proc = start("gtl_jax.inherit", workdir, *flags)
+    command = Command("gtl_jax.inherit", workdir, *flags, quiet=False)
 
-    def pretrained():
-        return any(workdir.glob("pretrained/*/metadata.json"))
+    def descendants_running():  # the pretrained network is cached, its descendants run
+        cached = any(workdir.glob("pretrained/*/metadata.json"))
+        return cached and "descendants:" in command.err
 
-    code, err = interrupt(proc, pretrained, signal.SIGINT, group=True, delay=1.0)
+    code, err = interrupt(
+        command, descendants_running, signal.SIGINT, group=True, delay=0.3
+    )
     assert code == 130
     assert_one_line(
         err,
@@ -228,10 +271,10 @@ def test_sigint_during_inherit_keeps_the_pretrained_network(reference, tmp_path)
 )
 def test_sigint_during_the_study_says_what_is_kept(tmp_path):
     workdir = tmp_path / "study"
-    proc = start("gtl_jax.study", workdir)
+    command = Command("gtl_jax.study", workdir)
     metrics = workdir / "evolved" / "seed_0" / "metrics.jsonl"
     code, err = interrupt(
-        proc,
+        command,
         lambda: metrics.exists() and metrics.read_text().strip(),
         signal.SIGINT,
         group=True,
@@ -273,6 +316,34 @@ def test_command_reports_one_line_and_the_exit_code(capsys):
     assert capsys.readouterr().err == 2 * "interrupted: what is saved; how to go on\n"
     # The handlers are restored: SIGINT raises KeyboardInterrupt again.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_inside_a_gc_callback_is_not_lost(capsys):
+    """Python may run the handler inside a garbage-collector callback (JAX has one), where
+    the exception cannot propagate ("Exception ignored in ..."): the stop was lost and the
+    run went on. The signal is delivered again and stops the command."""
+    fired = []
+
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(phase)
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, in the callback
+
+    @stopping.command
+    def main():
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the signal again, in ordinary code
+                time.sleep(0.01)
+        finally:
+            gc.callbacks.remove(callback)
+        return 0
+
+    assert main() == 130 and fired
+    err = capsys.readouterr().err
+    assert err == f"interrupted: nothing was written; {RESUME} to start\n"
 
 
 def test_worker_pool_ignores_sigint_and_is_terminated_on_an_exception():
