@@ -11,6 +11,8 @@ does not import the command line's plotting and progress bars.
 
 import importlib
 
+# First: under `python -m gtl_jax.<command>` a Ctrl-C while the rest imports is one line too.
+from gtl_jax import stopping  # noqa: F401
 from gtl_jax.checkpoint import load_learngene, save_learngene
 from gtl_jax.data import ClassPool, Episode, load_dataset, sample_batch, sample_episode
 from gtl_jax.descendants import DescendantEvaluator, Recipe, mean_confidence

@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gtl_jax.stopping import sigint_ignored
+from gtl_jax.stopping import deferred, sigint_ignored
 
 CHILD_ENV = "GTL_JAX_LOCAL_PROCESS"  # set in the processes started by launch_local
 
@@ -112,7 +112,12 @@ def worker_pool(
     running jobs are not waited for: the workers are terminated.
     """
     context = _WorkerContext()
-    with context.Manager() as manager:
+    # Starting the queues' server waits for it to report its address (it imports this
+    # program's modules first: about a second); a stop during the wait would leave it
+    # writing to a closed pipe (a BrokenPipeError traceback), so the stop waits.
+    with deferred():
+        manager = context.Manager()
+    with manager:
         progress, core_queue = manager.Queue(), manager.Queue()
         cores = available_cores()
         pin = len(cores) >= workers
@@ -136,7 +141,8 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
     """A spawned process that ignores SIGINT from its start (``stopping.sigint_ignored``)."""
 
     def start(self) -> None:
-        with sigint_ignored():
+        # A stop while it starts would leave it unknown to its pool: the stop waits.
+        with deferred(), sigint_ignored():
             super().start()
 
 

@@ -11,6 +11,9 @@ The shell around the commands (``python -m gtl_jax.evolve``, ``.inherit``, ``.st
 - ``deferred``: a block no signal may cut (an Orbax save or restore: a ``KeyboardInterrupt``
   raised inside Orbax's event loop would close it under its background work). A signal that
   arrives inside is delivered when the block ends.
+- Before ``main`` (``python -m gtl_jax.<command>`` importing its modules, a few seconds): the
+  package imports this module first, which then installs handlers that print
+  ``interrupted: while starting, ...`` and exit at once (nothing is written yet).
 - Worker processes (``gtl_jax.distributed.worker_pool``) start with SIGINT ignored
   (``sigint_ignored`` around their start: the disposition is inherited, so they ignore it from
   their first instruction, before any import). A Ctrl-C at a terminal, which signals the whole
@@ -135,7 +138,8 @@ class _StopHandlers:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
-            signal.signal(s, handler)
+            # After main, Python's own handling again (not "while starting").
+            signal.signal(s, _DEFAULTS[s] if handler is _starting else handler)
         if self.previous_hook is not None:
             sys.unraisablehook = self.previous_hook
         self.previous = {}
@@ -161,6 +165,38 @@ def command(main: Callable[..., int]) -> Callable[..., int]:
                 _describe = None
 
     return wrapper
+
+
+# --------------------------------------------------------------------------- starting
+
+_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+
+def _run_as_command() -> bool:
+    """Whether this process is ``python -m gtl_jax.<command>`` (not a program importing
+    the library, nor a worker process: those are started with ``-c``)."""
+    argv = getattr(sys, "orig_argv", [])
+    return any(a == "-m" and b.startswith("gtl_jax.") for a, b in zip(argv, argv[1:]))
+
+
+def _starting(signum, frame):
+    print(
+        "interrupted: while starting, before anything was written; run the same command "
+        "again to start",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(128 + signum)  # only modules were being imported: nothing to clean up
+
+
+def handle_starting() -> None:
+    """For ``python -m gtl_jax.<command>`` only: SIGINT and SIGTERM before the command's
+    ``main`` runs (its modules are importing) print one line and exit 130/143."""
+    if not (_main_thread() and _run_as_command()):
+        return
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) is _DEFAULTS[s]:  # not where they are ignored
+            signal.signal(s, _starting)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -230,3 +266,6 @@ def kept_in(workdir: os.PathLike | str, generations: int) -> str:
     if not kept:
         return f"nothing is kept in {workdir} yet; run the same command again to start"
     return f"kept in {workdir}: {', '.join(kept)}; run the same command again to resume"
+
+
+handle_starting()  # imported first by the package (gtl_jax/__init__.py)

@@ -215,6 +215,36 @@ def test_worker_processes_stop_without_a_word(tmp_path):
     assert not group_processes(command.proc.pid)
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (SigCgt in /proc/<pid>/status)."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)
+    return bool(caught >> (sig - 1) & 1)
+
+
+@pytest.mark.skipif(
+    not pathlib.Path("/proc/self/status").exists(), reason="Linux /proc"
+)
+def test_a_stop_while_the_command_imports_its_modules(tmp_path):
+    """The package imports gtl_jax.stopping first: under ``python -m gtl_jax.<command>`` a
+    signal while the rest (JAX, Orbax: a second or more) imports is one line too."""
+    command = Command("gtl_jax.evolve", tmp_path / "w")
+    code, err = interrupt(
+        command,
+        lambda: _catches(command.proc.pid, signal.SIGTERM),
+        signal.SIGTERM,
+        group=False,
+    )
+    assert code == 143
+    assert_one_line(
+        err, f"while starting, before anything was written; {RESUME} to start"
+    )
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_damaged_checkpoint_is_one_error_without_event_loop_tracebacks(
     reference, tmp_path
 ):
