@@ -49,7 +49,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed, evolve, plots
+from gtl_jax import checkpoint, distributed, evolve, plots, stopping
 from gtl_jax.configs import load_config
 from gtl_jax.data import DataError, load_dataset
 from gtl_jax.data.digits import load_digits
@@ -711,6 +711,7 @@ def resolve_workers(c: ml_collections.ConfigDict) -> int:
     return distributed.default_workers(int(c.workers))
 
 
+@stopping.command
 def main(argv: list[str] | None = None) -> int:
     defaults = load_config("omniglot")
     parser = build_parser(defaults)
@@ -730,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = pathlib.Path(
         args.workdir or f"runs/study_{args.config.replace(':', '_')}"
     )
+    stopping.describe(lambda: stopping.kept_in(workdir, int(c.generations)))
     configure_jax()
     try:
         summary = run(c, workdir, quiet=args.quiet)
