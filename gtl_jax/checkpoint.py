@@ -1,4 +1,4 @@
-"""Checkpoints (Orbax): the evolution state of a run, and learngene files (DESIGN 1.3, step 7).
+"""Checkpoints (Orbax): the evolution state of a run, and learngene files.
 
 The only module that touches Orbax. Two kinds of data:
 

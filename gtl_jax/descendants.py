@@ -1,7 +1,7 @@
 """Descendants: fresh networks that inherit a learngene, fine-tuned and scored on episodes.
 
-Implements DESIGN 1.4 and serves step 4 of 1.3 (critics are descendants judged on
-meta-validation episodes). One descendant per episode: a fresh network (its own key) with the
+How every claim is measured, and step 4 of a generation (critics are descendants judged
+on meta-validation episodes). One descendant per episode: a fresh network (its own key) with the
 learngene written in, a new N-way head (random, zero, or the support prototypes), ``steps``
 full-batch optimiser steps on the support set, query accuracy with running BatchNorm statistics.
 ``scratch`` is the same with no learngene and the same keys (common random numbers).

@@ -9,7 +9,7 @@ trains the members on its own devices. Two uses:
   ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` do.
 - Several processes on one CPU machine (``--processes N``): ``launch_local`` starts N copies of
   the command, one per core, each pinned to its core. XLA CPU uses two cores poorly for small
-  networks (`../shared/MEASURED.md`: two pinned processes gave 1.6x one process on both cores).
+  networks: two pinned processes gave about 1.6x one process on both cores (docs/cpu.md).
 
 A third, without ``jax.distributed``: ``worker_pool`` starts independent worker processes, one
 pinned per core, for work that splits into independent jobs (the evidence suite's jobs, blocks

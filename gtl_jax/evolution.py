@@ -1,4 +1,4 @@
-"""The evolutionary loop of GTL (DESIGN 1.3): hosts, lifetime learning, extraction, critic
+"""The evolutionary loop of GTL: hosts, lifetime learning, extraction, critic
 fitness, tournament selection, mutation with elitism, lineage.
 
 The operators (``tournament_select``, ``mutate``, ``reproduce``) are pure jittable functions of

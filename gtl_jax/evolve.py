@@ -1,6 +1,6 @@
 """``python -m gtl_jax.evolve``: evolve a learngene, then compare its descendants with scratch.
 
-The shell around the pure core (STYLE 1): reads the config and flags, loads the data, runs the
+The shell around the pure core: reads the config and flags, loads the data, runs the
 generations with a progress bar (on CPU the members' lives in worker processes pinned one per
 core, ``LifeWorkers``), writes metrics as JSON lines, checkpoints every generation
 (a rerun with the same workdir resumes), writes the best learngene as a learngene file, and ends

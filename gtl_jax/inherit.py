@@ -1,4 +1,4 @@
-"""``python -m gtl_jax.inherit``: what a learngene buys, against what, at what cost (DESIGN 1.4).
+"""``python -m gtl_jax.inherit``: what a learngene buys, against what, at what cost.
 
 Loads a learngene file, builds one descendant per fixed, seeded test episode and fine-tunes it,
 side by side with the baselines on the same episodes and the same descendant keys:

@@ -1,6 +1,6 @@
 """Learngenes: the channel circuit of a network, extracted from it and inserted into fresh ones.
 
-Implements DESIGN 1.1 (form) and 1.2 (inheritance). In every conv layer with C output channels the
+The learngene's form and its inheritance. In every conv layer with C output channels the
 learngene owns the first ``k = round(r * C)``: the kernel block from the gene channels of the
 layer's input to its own gene channels, and the BatchNorm scale, bias, running mean and running
 variance of those channels. It is a closed sub-network from image to features; the head is never
@@ -160,7 +160,7 @@ def insert_learngene(
     layer_map: dict[str, str] | None = None,
     zero_cross: bool = True,
 ) -> tuple[Variables, Variables]:
-    """Writes a learngene into a network's first channels (DESIGN 1.2).
+    """Writes a learngene into a network's first channels.
 
     The network may be the learngene's own architecture or a wider one: each gene block goes into
     the leading ``[:k_in, :k_out]`` slice of the target layer, sized by the gene's own shapes.
@@ -221,7 +221,7 @@ def check_fits(
     Accepts a target of the same architecture, a wider one (at least as many channels per
     layer) or a deeper one that has every gene layer's name: in VGG, ``stage{s}/conv{i}`` of a
     VGG11 gene goes to the same conv of a VGG13 or VGG16, so each gene layer sits in the first
-    convs of the stage with its resolution and the extra convs are random (DESIGN 1.2).
+    convs of the stage with its resolution and the extra convs are random.
     """
     if in_channels != spec.in_channels:
         raise ValueError(

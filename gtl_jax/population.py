@@ -1,13 +1,13 @@
-"""Populations of networks: stacked state, init, the train step and how it executes (DESIGN 4).
+"""Populations of networks: stacked state, init, the train step and how it executes.
 
-This module alone adds the population axis P (STYLE 5). Per-network functions (``init_network``,
+This module alone adds the population axis P. Per-network functions (``init_network``,
 ``train_step``) are written for one individual; ``population_map`` applies one to every member.
 Its semantics is always ``jax.vmap``; how it runs is an execution strategy:
 
 - ``"vmap"``: ``jax.vmap``. Expected best on GPU/TPU, where batched convs are fast.
 - ``"loop"``: one compiled function of one member, called for each member index from a host
   loop, outputs stacked. On XLA CPU vmap turns every conv into a grouped conv, which runs slower
-  than P separate convs (`../shared/MEASURED.md`). benchmarks/population_step.py, P=8 VGG11 x1/8,
+  than P separate convs (docs/cpu.md). benchmarks/population_step.py, P=8 VGG11 x1/8,
   batch 32 (benchmarks/results/): loop 2373 images/s, vmap 1117; members unrolled inside one jit
   2259, but its first call took 20.9 s against 7.4 s, as its compile time grows with P. So the
   loop is the CPU form.
@@ -15,7 +15,7 @@ Its semantics is always ``jax.vmap``; how it runs is an execution strategy:
 
 benchmarks/population_step.py and benchmarks/descendant_step.py measure the strategies.
 
-Scale-out (DESIGN 4): with more than one device, ``population_map`` shards P over a 1-D device
+Scale-out: with more than one device, ``population_map`` shards P over a 1-D device
 mesh with axis ``"pop"`` (``population_mesh``; all devices of all processes), each device
 holding P / D members. ``"vmap"`` becomes one jit whose mapped inputs and outputs carry the
 sharding constraint ``P("pop")`` (XLA partitions the batched program; results equal one

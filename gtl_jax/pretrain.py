@@ -1,4 +1,4 @@
-"""Conventional pre-training: the baselines' source network (DESIGN 1.4).
+"""Conventional pre-training: the baselines' source network.
 
 The same architecture as the descendants, trained supervised on every meta-train class at once
 (one head over all of them). The evidence suite cuts its baselines from it: the whole conv stack

@@ -1,4 +1,4 @@
-"""Property tests of the evolution operators (STYLE 12)."""
+"""Property tests of the evolution operators."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_bad_ratio_is_refused(ratio):
 def test_inherited_circuit_is_closed(name, target_width):
     """With zeroed cross weights the gene channels of every layer depend on the learngene alone:
     descendants with different random rests, of the ancestor's width or wider, compute the same
-    gene channels (DESIGN 1.1-1.2)."""
+    gene channels."""
     ancestor = build_model(name, 5, width=1 / 16)
     spec = lg.make_spec(ancestor, 0.45, 1)
     a_vars = _variables(ancestor, jax.random.key(0))

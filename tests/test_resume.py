@@ -1,5 +1,5 @@
 """Runs that resume from their workdir: killed with SIGKILL at several moments, or moved
-across device counts (8 -> 1 -> 4), they end like an uninterrupted run (DESIGN 1.3, step 7).
+across device counts (8 -> 1 -> 4), they end like an uninterrupted run.
 
 Every run is a subprocess of ``python -m gtl_jax.evolve`` on a tiny config whose population
 (8) every tested device count divides; the CPU device count is fixed when JAX starts

@@ -4,7 +4,7 @@ Run (a folder holding CIFAR_FS_*.pickle, cifar-100-python.tar.gz or a tfds cifar
   python -m gtl_jax.evolve --config cifar_fs --data_dir /path/to/cifar --workdir runs/cifar_fs
   python -m gtl_jax.evolve --config cifar_fs:smoke --data_dir ...  # seconds: the whole pipeline
 
-Paper headline to compare with (DESIGN 1): with 20% of the parameters, learngenes give +12% accuracy
+Paper headline to compare with: with 20% of the parameters, learngenes give +12% accuracy
 over the same VGG11 trained from random initialisation on CIFAR-FS. The learngene and scratch rows
 of ``results.md`` are that comparison (5-way 1-shot and 5-shot, 600 test episodes); the loop's
 settings (``_paper.py``) are choices (the paper's own are not public), fields of the omniglot

@@ -5,7 +5,7 @@ Run (a folder holding mini-imagenet-cache-*.pkl or miniImageNet_category_split_*
   python -m gtl_jax.evolve --config mini_imagenet --data_dir /path/to/mini --workdir runs/mini
   python -m gtl_jax.evolve --config mini_imagenet:smoke --data_dir ...  # the whole pipeline
 
-Paper headline to compare with (DESIGN 1): with 20% of the parameters, learngenes give +16% accuracy
+Paper headline to compare with: with 20% of the parameters, learngenes give +16% accuracy
 over the same ResNet12 trained from random initialisation on miniImageNet. The learngene and
 scratch rows of ``results.md`` are that comparison (5-way 1-shot and 5-shot, 600 test episodes);
 the loop's settings (``_paper.py``) are choices (the paper's own are not public), fields of the

@@ -1,6 +1,6 @@
 """Training-time augmentation presets: pure, jittable functions of a key and a uint8 batch.
 
-This module owns the "light augmentation" of lifetime learning (DESIGN 1.3, step 2). A preset is
+This module owns the "light augmentation" of lifetime learning. A preset is
 applied on the device inside the compiled train step (``population.train_step(...,
 augment_fn=...)``), before the images become floats, so it costs no host round trip:
 

@@ -3,7 +3,7 @@
 A few-shot dataset is a *class pool*: ``images: u8[C, M, H, W, Ch]`` (C classes, M images per
 class) plus class names. Everything the method samples from a pool (a lifetime task, a training
 batch, an N-way K-shot episode) is a pure, jittable gather driven by a key, so sampling happens on
-the device inside the compiled steps (DESIGN 2).
+the device inside the compiled steps.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each model lists its conv layers as ``ConvNode``s: where the layer's ``ConvBN`` lives in the
 params tree, its output width, and which layer feeds it. That is all the learngene needs to know
-(DESIGN 1.1): a layer's gene block takes the gene channels of its input and owns the first
+a layer's gene block takes the gene channels of its input and owns the first
 ``k = round(r * C)`` of its own.
 """
 

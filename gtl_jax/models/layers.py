@@ -10,7 +10,7 @@ On CPU, where XLA lowers some convolution and pooling gradients badly, the layer
 in other forms (per-backend rules; GPU/TPU keep lax.conv and nn.max_pool, not measured there):
 
 - a 3x3 conv on a 2x2 or 1x1 map, which XLA CPU runs about 80x below its matmul speed
-  (`../shared/MEASURED.md`), and on a 3x3 or 4x4 map with at least 256 input channels, is a
+  (docs/cpu.md), and on a 3x3 or 4x4 map with at least 256 input channels, is a
   sum of shifted matmuls over each tap's valid region (``shifted_matmul_conv``;
   ``uses_shifted_matmuls``);
 - a conv on a larger map is lax.conv with its kernel gradient as shifted matmuls
@@ -257,7 +257,7 @@ def max_pool_2x2(x: jax.Array, *, reshape: bool | None = None) -> jax.Array:
 class ConvBN(nn.Module):
     """Conv (no bias) followed by BatchNorm; params ``{conv: {kernel}, bn: {scale, bias}}``.
 
-    BatchNorm has no ``axis_name``: statistics are per individual (STYLE 5). Momentum 0.9 lets the
+    BatchNorm has no ``axis_name``: statistics are per individual. Momentum 0.9 lets the
     running statistics of a network fine-tuned for a few dozen steps reflect its data.
     ``dtype`` is the computation dtype of the conv and of BatchNorm's output (its statistics
     stay float32).

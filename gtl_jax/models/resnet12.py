@@ -1,4 +1,4 @@
-"""ResNet12, the few-shot standard backbone (DESIGN 3).
+"""ResNet12, the few-shot standard backbone.
 
 Four residual stages of widths 64-160-320-640. Each stage: three 3x3 convs without bias, each
 followed by BatchNorm, LeakyReLU(0.1) after the first two and after the residual add; a 1x1

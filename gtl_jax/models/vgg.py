@@ -1,4 +1,4 @@
-"""VGG with BatchNorm, adapted to small images (DESIGN 3).
+"""VGG with BatchNorm, adapted to small images.
 
 Configurations A (VGG11), B (VGG13) and D (VGG16). Max-pooling after a stage is skipped once the
 map is 2x2 or smaller, so 28x28 and 32x32 inputs work; global average pooling and one linear head.
