@@ -65,7 +65,7 @@ from gtl_jax.evolve import (
     parse_shots,
     resolve_config,
 )
-from gtl_jax.inherit import episode_fingerprint, pretrained_network
+from gtl_jax.inherit import episode_fingerprint, parse_list, pretrained_network
 from gtl_jax.learngene import (
     Learngene,
     LearngeneSpec,
@@ -126,14 +126,7 @@ def parse_ints(c: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
 
 
 def study_methods(c: ml_collections.ConfigDict) -> tuple[str, ...]:
-    methods = tuple(m.strip() for m in str(c.study_methods).split(",") if m.strip())
-    unknown = [m for m in methods if m not in STUDY_METHODS]
-    if not methods or unknown:
-        raise ConfigError(
-            f"config field study_methods={c.study_methods!r}: unknown "
-            f"{unknown or 'empty'}; known: {', '.join(STUDY_METHODS)}"
-        )
-    return methods
+    return parse_list(c, "study_methods", STUDY_METHODS)
 
 
 def validate_study(c: ml_collections.ConfigDict) -> None:
@@ -225,43 +218,28 @@ def build_transfer(
     train_images: jax.Array,
     workdir: pathlib.Path,
     quiet: bool = True,
-) -> tuple[Learngene | None, dict]:
-    """``(transfer, cost)`` of one source: a learngene-shaped dict of blocks, or None."""
+) -> Learngene | None:
+    """What one source transfers: a learngene-shaped dict of blocks, or None (scratch).
+    Pre-trains (and caches) the network a pre-trained method cuts from if needed."""
     method, seed = source["method"], source["seed"]
     if method == "scratch":
-        return None, {"what": "none", "images": 0}
+        return None
     if method in ARMS:
-        learngene, meta = checkpoint.load_learngene(
-            learngene_path(workdir, method, seed)
-        )
-        cost = meta.get("cost", {})
-        return learngene, {
-            "what": "evolution",
-            "images": evolution_images(c, cost),
-            "seconds": cost.get("seconds"),
-        }
+        return checkpoint.load_learngene(learngene_path(workdir, method, seed))[0]
     if method == "untrained-circuit":
         model = model_of(c, c.life_way)
         tx = make_optimizer("sgd", 0.0)
         state = init_network(
             model, tx, jax.random.key(seed), tuple(train_images.shape[2:])
         )
-        return extract_learngene(spec, state.params, state.batch_stats), {
-            "what": "none",
-            "images": 0,
-        }
-    variables, meta = pretrained(c, method, seed, train_images, spec, workdir, quiet)
-    cost = {
-        "what": "pre-training",
-        "images": int(meta["images_seen"]),
-        "seconds": meta.get("seconds"),
-    }
+        return extract_learngene(spec, state.params, state.batch_stats)
+    variables, _ = pretrained(c, method, seed, train_images, spec, workdir, quiet)
     params, stats = variables["params"], variables["batch_stats"]
     if method == "pretrain-full":
         model = model_of(c, c.life_way)
         full = make_spec(model, 1.0, spec.in_channels)
-        return extract_learngene(full, params, stats), cost
-    return extract_learngene(spec, params, stats), cost
+        return extract_learngene(full, params, stats)
+    return extract_learngene(spec, params, stats)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -338,11 +316,10 @@ class StudySuite:
                 "spec"
             ]
         )
-        self.transfers, self.costs = {}, {}
-        for source in sources(c, workdir):
-            transfer, cost = build_transfer(source, c, self.spec, train_images, workdir)
-            self.transfers[source["label"]] = transfer
-            self.costs[source["label"]] = cost
+        self.transfers = {
+            source["label"]: build_transfer(source, c, self.spec, train_images, workdir)
+            for source in sources(c, workdir)
+        }
         self.recipe = descendant_recipe(c)
         self._evaluators, self._episodes = {}, {}
 
