@@ -440,6 +440,25 @@ def evaluate(
     }
 
 
+def smoke_note(config: str) -> str:
+    """A line saying a smoke variant's numbers check the pipeline ('' for other configs)."""
+    if config.partition(":")[2] != "smoke":
+        return ""
+    return (
+        "\n(smoke config: toy sizes that check the whole pipeline runs; these numbers "
+        "measure nothing)\n"
+    )
+
+
+def generation_line(m: dict, generations: int) -> str:
+    """One log line per generation: fitness, divergence and time."""
+    return (
+        f"generation {m['generation']}/{generations}: fitness max {m['fitness_max']:.3f}, "
+        f"mean {m['fitness_mean']:.3f} ± {m.get('fitness_ci', float('nan')):.3f}, "
+        f"diverged {m['diverged']}, {m['seconds']:.1f} s"
+    )
+
+
 def add_curve(curves: dict, setting: str, row: dict) -> None:
     """Adds one result row's learning curve to ``plots.plot_curves``'s input: the mean
     curve, its instinct and the final step's 95% half-width (the row's accuracy)."""
@@ -706,9 +725,9 @@ def run(
         tqdm(
             total=c.generations * steps_per_generation,
             desc="evolution",
-            unit="step",
             disable=quiet,
             initial=int(state.generation) * steps_per_generation,
+            bar_format=PROGRESS_FORMAT,  # whole steps (workers report fractions)
         ) as bar,
     ):
         stack.callback(checkpoint.close_manager, manager)  # also when one raises
@@ -727,9 +746,14 @@ def run(
             t = time.perf_counter()
             state, m = evo.generation(root_key, state, on_step=bar.update, workers=pool)
             m["seconds"] = time.perf_counter() - t
-            bar.set_postfix(
-                best=f"{m['fitness_max']:.3f}", mean=f"{m['fitness_mean']:.3f}"
+            bar.set_postfix_str(
+                f"best={m['fitness_max']:.3f}, mean={m['fitness_mean']:.3f}"
             )
+            # Workers report fractions of steps: snap to the whole generation's count.
+            bar.n = int(state.generation) * steps_per_generation
+            bar.refresh()
+            if not quiet:
+                bar.write(generation_line(m, c.generations))
             history.append(m)
             # Metrics first: a kill between the two writes leaves a metrics line beyond the
             # checkpoint, which the resume drops and rewrites; the other order would lose it.
@@ -886,6 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print()
     print(summary["table"])
+    print(smoke_note(args.config), end="")
     print(
         f"\nwall time {summary['total_seconds']:.0f} s (evolution "
         f"{summary['evolution_seconds']:.0f} s); workdir {workdir}"

@@ -57,6 +57,7 @@ from gtl_jax.evolve import (
     parse_shots,
     require_splits,
     resolve_config,
+    smoke_note,
     validate_config,
 )
 from gtl_jax.learngene import (
@@ -676,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(summary["table"])
+    print(smoke_note(args.config), end="")
     print(f"\nwall time {summary['total_seconds']:.0f} s; workdir {workdir}")
     return 0
 

@@ -722,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(summary["table"])
+    print(evolve.smoke_note(args.config), end="")
     print(
         f"\nwall time {summary['total_seconds']:.0f} s (evolutions "
         f"{summary['evolution_seconds']:.0f} s, descendants "
