@@ -5,7 +5,7 @@ levels, bright ink on a dark background like Omniglot as the library reads it (i
 class keeps its first 174 images (the smallest class has 174), scaled to uint8 and resized
 (bilinear) to ``image_size``. All 10 classes form the ``test`` split: the pool is for
 evaluating learngenes evolved elsewhere (adaptability to another dataset), so 5-way episodes
-draw 5 of the 10 digits. Needs scikit-learn (``pip install scikit-learn``), which reads the
+draw 5 of the 10 digits. Needs scikit-learn (a dependency of the package), which reads the
 images from inside its own package: nothing is downloaded.
 """
 
