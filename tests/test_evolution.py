@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,14 +74,15 @@ def test_mutate_sigma_zero_or_rate_zero_is_identity():
     gene = _learngene(jax.random.key(0))
     for kwargs in ({"sigma": 0.0, "rate": 1.0}, {"sigma": 0.5, "rate": 0.0}):
         out = mutate(jax.random.key(1), gene, **kwargs)
-        jax.tree.map(np.testing.assert_array_equal, out, gene)
+        chex.assert_trees_all_equal(out, gene)
 
 
 def test_mutate_noise_scale_statistics_untouched_and_deterministic():
     gene = _learngene(jax.random.key(0))
     out = mutate(jax.random.key(1), gene, sigma=0.1, rate=1.0)
     again = mutate(jax.random.key(1), gene, sigma=0.1, rate=1.0)
-    jax.tree.map(np.testing.assert_array_equal, out, again)
+    chex.assert_trees_all_equal(out, again)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, gene)
     for name in gene:
         for k in ("mean", "var"):
             np.testing.assert_array_equal(out[name][k], gene[name][k])
@@ -163,3 +165,18 @@ def test_no_selection_draws_parents_whatever_the_fitness():
         )
         counts += np.bincount(np.asarray(parents), minlength=6)
     assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
+
+
+def test_reproduce_is_traced_once_for_every_generation():
+    genes = _learngene(jax.random.key(0), pop=6)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def next_generation(key, genes, fitness):
+        return reproduce(key, genes, fitness, tournament_size=3, sigma=0.1, rate=0.5)
+
+    for seed in range(3):
+        key = jax.random.key(seed)
+        genes, parents = next_generation(key, genes, jax.random.uniform(key, (6,)))
+        chex.assert_shape(parents, (6,))
+    chex.assert_tree_all_finite(genes)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,7 +101,7 @@ def test_extract_insert_roundtrip_and_rest_untouched():
     gene = lg.extract_learngene(spec, a["params"], a["batch_stats"])
     params, stats = lg.insert_learngene(gene, b["params"], b["batch_stats"])
     again = lg.extract_learngene(spec, params, stats)
-    jax.tree.map(np.testing.assert_array_equal, gene, again)
+    chex.assert_trees_all_equal(gene, again)
     np.testing.assert_array_equal(
         params["head"]["kernel"], b["params"]["head"]["kernel"]
     )
@@ -128,7 +129,8 @@ def test_insert_is_jittable_and_vmappable():
     params, _ = jax.jit(jax.vmap(lg.insert_learngene))(
         genes, variables["params"], variables["batch_stats"]
     )
-    assert params["stage1"]["conv1"]["conv"]["kernel"].shape[0] == 3
+    chex.assert_trees_all_equal_shapes(params, variables["params"])
+    chex.assert_shape(params["stage1"]["conv1"]["conv"]["kernel"], (3, 3, 3, 1, 4))
 
 
 def test_check_fits_lists_every_mismatch():
