@@ -609,8 +609,9 @@ class Evolution:
           on_step: called with the number of lifetime or critic steps (of the whole
             population) just completed, e.g. ``tqdm.update``.
           workers: computes ``lives`` of the whole population elsewhere, as
-            ``workers(key, learngenes, on_step, critic_key)`` (``gtl_jax.evolve.LifeWorkers``: blocks of
-            members in worker processes); None: in this process.
+            ``workers(key, learngenes, on_step, critic_key)``
+            (``gtl_jax.evolve.LifeWorkers``: blocks of members in worker processes);
+            None: in this process.
         """
         g = int(state.generation)
         key = jax.random.fold_in(root_key, g)
@@ -624,7 +625,8 @@ class Evolution:
             life = workers(key, state.learngenes, on_step, critic_key)
         trained, life_losses, diverged = life.trained, life.life_losses, life.diverged
         fitness = np.where(diverged, np.float32(np.nan), life.fitness)
-        # ECO's learngene score: the lineage's fitness, decayed. A diverged one scores -inf.
+        # ECO's learngene score: the lineage's fitness, decayed. A diverged one scores NaN,
+        # which selection ranks last.
         scores = fitness + self.config.score_decay * to_host(state.scores)
         ranked = scores if self.config.selection == "score" else fitness
         # 5-6. Tournaments, elitism, mutation, lineage.
