@@ -29,8 +29,9 @@ gives each method's mean over seeds with a 95% confidence half-width over the se
 (Student's t, ``seeds - 1`` degrees of freedom), the mean per-episode half-width, and the
 gain over scratch (paired by episode, then over seeds).
 
-Workdir: ``evolved/``, ``no_selection/``, ``score/``, ``pretrained/``, ``results.md``, ``results.json``,
-``jobs.jsonl`` (one line per method, seed and setting), ``fitness.png``.
+Workdir: ``evolved/``, ``no_selection/``, ``score/`` (one evolve workdir per seed),
+``pretrained/`` (the baselines' networks), ``jobs/`` (each job's result: a rerun computes only
+what is missing), ``jobs.jsonl``, ``results.md``, ``results.json``, ``fitness.png``.
 """
 
 from __future__ import annotations
