@@ -16,7 +16,7 @@ parameters). Chosen on the meta-validation classes (docs/results/tuning.md).
 
 Measured on 2 CPU cores (README, "Results"): evolve takes about 3 minutes with a warm
 compilation cache and its learngene beats scratch by about 24 points at 5-way 1-shot (78.8
-against 55.0); the study (3 seeds, 8 methods, 6 settings) takes about 45 minutes and gives
+against 55.0); the study (3 seeds, 8 methods, 6 settings) takes about 35 minutes and gives
 +23.1 ± 2.1 points over scratch at 5-way 1-shot and +21.1 ± 0.6 at 20-way 1-shot, over seeds.
 """
 
