@@ -59,6 +59,15 @@ class ConfigError(ValueError):
     """A config value is impossible; the message names the field."""
 
 
+# What a command reports as one line and exit status 2 (bad config, data, files).
+COMMAND_ERRORS = (
+    ConfigError,
+    DataError,
+    checkpoint.LearngeneFileError,
+    checkpoint.CheckpointError,
+)
+
+
 # --------------------------------------------------------------------------- config
 
 # Fields a rerun in the same workdir may change: more generations extend the run; the test
@@ -898,12 +907,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_jax()
     try:
         summary = run(c, workdir, quiet=args.quiet)
-    except (
-        ConfigError,
-        DataError,
-        checkpoint.LearngeneFileError,
-        checkpoint.CheckpointError,
-    ) as e:
+    except COMMAND_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() != 0:

@@ -41,9 +41,10 @@ from tqdm.auto import tqdm
 
 from gtl_jax import checkpoint, distributed, plots, stopping
 from gtl_jax.configs import load_config
-from gtl_jax.data import DataError, augment_fn, load_dataset
+from gtl_jax.data import augment_fn, load_dataset
 from gtl_jax.descendants import HEADS, DescendantEvaluator, mean_confidence
 from gtl_jax.evolve import (
+    COMMAND_ERRORS,
     FITNESS_KEYS,
     PROGRESS_FORMAT,
     ConfigError,
@@ -672,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_jax()
     try:
         summary = run(c, learngene_path, workdir, quiet=args.quiet)
-    except (ConfigError, DataError, checkpoint.LearngeneFileError) as e:
+    except COMMAND_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()

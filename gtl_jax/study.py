@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from gtl_jax import checkpoint, distributed, evolve, plots, stopping
 from gtl_jax.configs import load_config
-from gtl_jax.data import DataError, load_dataset
+from gtl_jax.data import load_dataset
 from gtl_jax.data.digits import load_digits
 from gtl_jax.descendants import DescendantEvaluator
 from gtl_jax.evolve import (
@@ -66,7 +66,12 @@ from gtl_jax.evolve import (
     parse_shots,
     resolve_config,
 )
-from gtl_jax.inherit import episode_fingerprint, parse_list, pretrained_network
+from gtl_jax.inherit import (
+    episode_fingerprint,
+    parse_list,
+    pretrained_network,
+    resolve_workers,
+)
 from gtl_jax.learngene import (
     Learngene,
     LearngeneSpec,
@@ -391,14 +396,27 @@ def _worker_job(job, progress):
 # --------------------------------------------------------------------------- run
 
 
-def _pretrain_job(config_json: str, source: dict, workdir: str) -> str:
+# The pools and spec the pre-training jobs of one process share (``_start_pretraining``).
+_PRETRAIN: dict = {}
+
+
+def _start_pretraining(config_json: str, workdir: str) -> None:
+    """Loads the meta-train pool and the learngene spec once per process."""
+    configure_jax()
     c = ml_collections.ConfigDict(json.loads(config_json))
     pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
-    seed0 = parse_ints(c, "seeds")[0]
-    path = learngene_path(pathlib.Path(workdir), "learngene", seed0)
-    spec = LearngeneSpec.from_json(checkpoint.read_metadata(path)["spec"])
-    train_images = jnp.asarray(pools["train"].images)
-    build_transfer(source, c, spec, train_images, pathlib.Path(workdir))
+    path = learngene_path(pathlib.Path(workdir), "learngene", parse_ints(c, "seeds")[0])
+    _PRETRAIN.update(
+        c=c,
+        workdir=pathlib.Path(workdir),
+        spec=LearngeneSpec.from_json(checkpoint.read_metadata(path)["spec"]),
+        train_images=jnp.asarray(pools["train"].images),
+    )
+
+
+def _pretrain_job(source: dict) -> str:
+    p = _PRETRAIN
+    build_transfer(source, p["c"], p["spec"], p["train_images"], p["workdir"])
     return source["label"]
 
 
@@ -412,16 +430,15 @@ def pretrain_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: boo
     with tqdm(
         total=len(todo), desc="pre-training", unit="network", disable=quiet
     ) as bar:
+        init = (c.to_json(), str(workdir))
         if workers == 1:
+            _start_pretraining(*init)
             for source in todo:
-                _pretrain_job(c.to_json(), source, str(workdir))
+                _pretrain_job(source)
                 bar.update()
             return
-        with distributed.worker_pool(workers, configure_jax) as (pool, progress):
-            futures = [
-                pool.submit(_pretrain_job, c.to_json(), source, str(workdir))
-                for source in todo
-            ]
+        with distributed.worker_pool(workers, _start_pretraining, init) as (pool, _):
+            futures = [pool.submit(_pretrain_job, source) for source in todo]
             for future in futures:
                 future.result()
                 bar.update()
@@ -685,10 +702,6 @@ def build_transfer_cost(source: dict, c, workdir: pathlib.Path) -> dict:
     return {"images": 0}
 
 
-def resolve_workers(c: ml_collections.ConfigDict) -> int:
-    return distributed.default_workers(int(c.workers))
-
-
 @stopping.command
 def main(argv: list[str] | None = None) -> int:
     defaults = load_config("omniglot")
@@ -713,12 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_jax()
     try:
         summary = run(c, workdir, quiet=args.quiet)
-    except (
-        ConfigError,
-        DataError,
-        checkpoint.LearngeneFileError,
-        checkpoint.CheckpointError,
-    ) as e:
+    except evolve.COMMAND_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
