@@ -39,6 +39,7 @@ from gtl_jax.population import (
 
 HEADS = ("random", "zero", "prototype")
 BATCH_NORM = ("batch", "frozen")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +71,16 @@ class Recipe:
     batch_norm: str = "frozen"
 
     def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.batch_norm not in BATCH_NORM:
-            raise ValueError(
-                f"batch_norm must be one of {BATCH_NORM}, got {self.batch_norm!r}"
-            )
-        if self.steps < 0 or self.eval_every < 1:
-            raise ValueError("recipe steps must be >= 0 and eval_every >= 1")
+        def need(ok: bool, field: str, why: str) -> None:
+            if not ok:
+                raise ValueError(f"{field}={getattr(self, field)!r}: {why}")
+
+        need(self.head in HEADS, "head", f"must be one of {HEADS}")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
+        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(int(self.steps) >= 0, "steps", "must be >= 0")
+        need(int(self.eval_every) >= 1, "eval_every", "must be >= 1")
+        need(self.batch_norm in BATCH_NORM, "batch_norm", f"must be one of {BATCH_NORM}")
 
     @property
     def curve_steps(self) -> tuple[int, ...]:

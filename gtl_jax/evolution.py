@@ -20,7 +20,7 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
-from gtl_jax.data.augment import augment_fn
+from gtl_jax.data.augment import AUGMENTATIONS, augment_fn
 from gtl_jax.data.pool import sample_batch, sample_classes, sample_episode
 from gtl_jax.descendants import DescendantEvaluator, Recipe
 from gtl_jax.distributed import to_host
@@ -254,10 +254,13 @@ CRITIC_STREAM = 2**31 - 1
 
 @dataclasses.dataclass(frozen=True)
 class EvolutionConfig:
-    """The static sizes and knobs of the loop; defaults are the omniglot config's (the CLI builds
-    it from the config fields of the same names and validates them).
+    """The sizes and knobs of the loop; the defaults are the default config's
+    (``configs/omniglot.py`` builds its ``evolution`` section from them).
 
     Attributes (beyond the sizes):
+      generations: G, the number of generations a run evolves.
+      critic_steps: fine-tuning steps of each critic (the critics otherwise follow the
+        descendants' recipe).
       life_closed: keep the weights from non-gene inputs into gene outputs at zero during
         lifetime learning, so the circuit a host trains is the closed sub-network it passes
         on (otherwise extraction cuts weights the circuit relied on in life).
@@ -266,10 +269,18 @@ class EvolutionConfig:
         generations; otherwise each generation draws new ones.
       selection: "tournament" (on fitness), "score" (on the lineage score) or "none".
       score_decay: the weight of the parent's score in a child's lineage score.
+      final_candidates: the fittest members of the last generation re-scored before the
+        final learngene is chosen (``Evolution.choose_final``).
+      rescore_episodes: the meta-validation episodes they are re-scored on (0: the fittest
+        is chosen).
+
+    Raises:
+      ValueError: a field is impossible; the message starts with ``field=value:``.
     """
 
     pop_size: int = 9
     tournament_size: int = 3
+    generations: int = 8
     life_way: int = 50
     life_steps: int = 100
     life_batch: int = 32
@@ -280,6 +291,7 @@ class EvolutionConfig:
     critic_way: int = 5
     critic_shot: int = 1
     critic_query: int = 15
+    critic_steps: int = 20
     mutation_sigma: float = 0.1
     mutation_rate: float = 0.5
     zero_cross: bool = True
@@ -288,14 +300,39 @@ class EvolutionConfig:
     fixed_critics: bool = True
     selection: str = "tournament"
     score_decay: float = 0.6
+    final_candidates: int = 3
+    rescore_episodes: int = 100
 
     def __post_init__(self):
-        if self.selection not in SELECTIONS:
-            raise ValueError(
-                f"selection must be one of {SELECTIONS}, got {self.selection!r}"
-            )
-        if not 0.0 <= self.score_decay <= 1.0:
-            raise ValueError(f"score_decay must be in [0, 1], got {self.score_decay}")
+        def need(ok: bool, field: str, why: str) -> None:
+            if not ok:
+                raise ValueError(f"{field}={getattr(self, field)!r}: {why}")
+
+        for field in (
+            "pop_size",
+            "tournament_size",
+            "generations",
+            "life_way",
+            "life_batch",
+            "num_critics",
+            "critic_way",
+            "critic_shot",
+            "critic_query",
+            "final_candidates",
+        ):
+            need(int(getattr(self, field)) >= 1, field, "must be >= 1")
+        for field in ("life_steps", "critic_steps", "rescore_episodes"):
+            need(int(getattr(self, field)) >= 0, field, "must be >= 0")
+        need(
+            self.pop_size % self.tournament_size == 0,
+            "pop_size",
+            f"must be divisible by tournament_size={self.tournament_size}",
+        )
+        need(self.mutation_sigma >= 0, "mutation_sigma", "must be >= 0")
+        need(0 <= self.mutation_rate <= 1, "mutation_rate", "must be in [0, 1]")
+        need(self.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}")
+        need(self.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}")
+        need(0 <= self.score_decay <= 1, "score_decay", "must be in [0, 1]")
 
 
 class Evolution:
