@@ -80,7 +80,9 @@ class Recipe:
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
         need(int(self.steps) >= 0, "steps", "must be >= 0")
         need(int(self.eval_every) >= 1, "eval_every", "must be >= 1")
-        need(self.batch_norm in BATCH_NORM, "batch_norm", f"must be one of {BATCH_NORM}")
+        need(
+            self.batch_norm in BATCH_NORM, "batch_norm", f"must be one of {BATCH_NORM}"
+        )
 
     @property
     def curve_steps(self) -> tuple[int, ...]:

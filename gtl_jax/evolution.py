@@ -330,7 +330,9 @@ class EvolutionConfig:
         )
         need(self.mutation_sigma >= 0, "mutation_sigma", "must be >= 0")
         need(0 <= self.mutation_rate <= 1, "mutation_rate", "must be in [0, 1]")
-        need(self.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}")
+        need(
+            self.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}"
+        )
         need(self.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}")
         need(0 <= self.score_decay <= 1, "score_decay", "must be in [0, 1]")
 

@@ -88,7 +88,10 @@ IMPOSSIBLE_CONFIGS = [
     (["--strategy", "pmap"], "strategy"),
     (["--processes", "0"], "processes"),
     (["--workers", "-1"], "workers"),
-    (["--processes", "2"], "pop_size"),  # the smoke population of 3 cannot be split in 2
+    (
+        ["--processes", "2"],
+        "pop_size",
+    ),  # the smoke population of 3 cannot be split in 2
 ]
 
 
