@@ -1,6 +1,6 @@
 """Population train step per execution strategy, and what compiling it costs.
 
-Run: python benchmarks/population_step.py [--pop 8] [--batch 32] [--width 0.125]
+Run: python benchmarks/cpu/population_step.py [--pop 8] [--batch 32] [--width 0.125]
 Prints JSON lines:
 - ``strategy``: images/s in steady state and first-call (compile) seconds of one SGD step of P
   VGG11 networks on 28x28 images, for the library's ``loop`` and ``vmap`` strategies and for

@@ -1,6 +1,6 @@
 """Both cores from one process: the population sharded over 2 virtual CPU devices, against 1.
 
-Run it alone: ``python benchmarks/virtual_devices.py [--out benchmarks/results]``.
+Run it alone: ``python benchmarks/cpu/virtual_devices.py [--out benchmarks/results]``.
 Writes ``virtual_devices.{jsonl,md}``.
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` gives one process D CPU devices; the
@@ -121,12 +121,12 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/virtual_devices.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/cpu/virtual_devices.py " + " ".join(sys.argv[1:])
     with (out / "virtual_devices.jsonl").open("w") as f:
         for row in rows:
             f.write(json.dumps({**row, "command": command.strip()}) + "\n")
     lines = [
-        "# One process, 1 or 2 CPU devices (`benchmarks/virtual_devices.py`)",
+        "# One process, 1 or 2 CPU devices (`benchmarks/cpu/virtual_devices.py`)",
         "",
         f"Command: `{command.strip()}`; {time.strftime('%Y-%m-%d %H:%M')}; "
         f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores.",

@@ -21,7 +21,7 @@ cross-entropy, L2 weight decay added to the gradient of every parameter, SGD mom
 ``chain(add_decayed_weights(wd), sgd(lr, momentum=0.9))``).
 
 This module does not import JAX except in ``check`` and ``jax_param_count``.
-Run ``python benchmarks/torch_vgg.py --check [--width 0.25]``: copies a JAX network's parameters
+Run ``python benchmarks/cpu/torch_vgg.py --check [--width 0.25]``: copies a JAX network's parameters
 into the torch one and compares parameter counts, logits (train and eval mode) and one SGD step.
 """
 

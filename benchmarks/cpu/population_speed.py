@@ -2,8 +2,8 @@
 
 Run it alone (the cores are shared; estimated 15-18 minutes on 2 quiet cores for the default):
 
-    python benchmarks/population_speed.py  # writes benchmarks/results/population_speed.*
-    python benchmarks/population_speed.py --quick --out /tmp/ps  # validation (~3-5 min)
+    python benchmarks/cpu/population_speed.py  # writes benchmarks/cpu/results/population_speed.*
+    python benchmarks/cpu/population_speed.py --quick --out /tmp/ps  # validation (~3-5 min)
 
 Needs torch for the ``torch`` baseline: ``pip install -e '.[bench]'`` (torch 2.13.0, CPU);
 without it that strategy is skipped.
@@ -24,7 +24,7 @@ default 1, 4, 8, 16), by each strategy (``--strategies``):
 - ``unroll``: the P members traced one after another inside one jit (not a library strategy);
 - ``single``: baseline (a), a Python loop over P separate (unstacked) states, each stepped by
   one jitted single-network step (the library's layers and XLA flags, like ``loop``);
-- ``torch``: baseline (b), a PyTorch CPU loop over P networks (``benchmarks/torch_vgg.py``: the
+- ``torch``: baseline (b), a PyTorch CPU loop over P networks (``benchmarks/cpu/torch_vgg.py``: the
   same network, checked against the JAX one at the start of every width), ``torch`` threads 2;
 - ``procs2``: two OS processes, each pinned to one core, each running the library ``loop`` over
   P/2 members; both start each timed repeat together (a barrier through their stdin);
@@ -533,7 +533,7 @@ def write_markdown(path: pathlib.Path, rows: list[dict], meta: dict) -> None:
     by = {(r["width"], r["pop"], r["strategy"]): r for r in steps}
     jax_peak = peaks.get("jax_2cores", {}).get("gflops")
     lines = [
-        "# Population train step speed (`benchmarks/population_speed.py`)",
+        "# Population train step speed (`benchmarks/cpu/population_speed.py`)",
         "",
         f"Command: `{meta['command']}`",
         "",
@@ -756,7 +756,7 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "population_speed.jsonl"
-    command = "python benchmarks/population_speed.py" + "".join(
+    command = "python benchmarks/cpu/population_speed.py" + "".join(
         " " + shlex.quote(a) for a in sys.argv[1:]
     )
     cores = sorted(os.sched_getaffinity(0))

@@ -2,7 +2,7 @@
 
 Run it alone (about 4 minutes on quiet cores):
 
-    python benchmarks/step_profile.py  # writes benchmarks/results/step_profile.{jsonl,md}
+    python benchmarks/cpu/step_profile.py  # writes benchmarks/cpu/results/step_profile.{jsonl,md}
 
 What is measured, for each width (``--widths``, default 1/4 and 1): ``cpu_explore.py``'s train
 step (``compile_step``: one SGD step, lr 0.05, of one VGG11 with a 5-way head on 64 random u8
@@ -237,7 +237,7 @@ def worker(argv: list[str]) -> None:
 
 def write_markdown(path: pathlib.Path, results: list[dict], meta: dict) -> None:
     lines = [
-        "# One VGG11 train step on one core, layer by layer (`benchmarks/step_profile.py`)",
+        "# One VGG11 train step on one core, layer by layer (`benchmarks/cpu/step_profile.py`)",
         "",
         f"Command: `{meta['command']}`; {meta['date']}; {meta['machine']}; "
         f"jax {meta['jax']}.",
@@ -315,7 +315,7 @@ def main() -> None:
     import jax
 
     meta = {
-        "command": " ".join(["python benchmarks/step_profile.py", *sys.argv[1:]]),
+        "command": " ".join(["python benchmarks/cpu/step_profile.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, pinned to core {args.core}",
         "jax": jax.__version__,

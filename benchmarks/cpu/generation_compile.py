@@ -1,6 +1,6 @@
 """Compile time of an evolve generation against population size P.
 
-Run: python benchmarks/generation_compile.py [--pops 2,16] [--strategy auto] [--out DIR]
+Run: python benchmarks/cpu/generation_compile.py [--pops 2,16] [--strategy auto] [--out DIR]
 For each P, one ``python -m gtl_jax.evolve`` run on the smoke config (tournaments of 2, two
 generations) with an empty compilation cache, in a fresh process. Generation 1 compiles and
 runs; generation 2 only runs; compile seconds = generation 1 - generation 2 (both from the

@@ -1,6 +1,6 @@
 """Time the fine-tuning of a population of descendants, per execution strategy.
 
-Run: python benchmarks/descendant_step.py [--episodes 50] [--width 0.125] [--steps 20]
+Run: python benchmarks/cpu/descendant_step.py [--episodes 50] [--width 0.125] [--steps 20]
 Each (strategy, shot) evaluates scratch descendants of ``--episodes`` 5-way episodes of the
 Omniglot test classes (``DescendantEvaluator``: init, instinct, ``--steps`` fine-tuning steps,
 query accuracy) ``--repeats`` times after a first, compiling call. Prints one JSON line per

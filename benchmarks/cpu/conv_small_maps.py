@@ -3,8 +3,8 @@
 Run it alone (about 3 minutes for the command below; the committed results ran on one core,
 as a worker process of ``python -m gtl_jax.evolve`` runs):
 
-    taskset -c 0 python benchmarks/conv_small_maps.py --channels 64 128 256 512 --batch 64 \\
-        --out benchmarks/results/conv_small_maps_b64.jsonl
+    taskset -c 0 python benchmarks/cpu/conv_small_maps.py --channels 64 128 256 512 --batch 64 \\
+        --out benchmarks/cpu/results/conv_small_maps_b64.jsonl
 
 For each map size and channel count C (a C -> C conv), the steady-state time of the conv's
 output and both its gradients for a random output gradient (``jax.vjp``; an output gradient that

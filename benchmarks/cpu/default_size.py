@@ -1,6 +1,6 @@
 """The steps of the default command (VGG11 x1/8, 28x28x1, 5-way) on one pinned core, JAX vs torch.
 
-Run it alone: ``python benchmarks/default_size.py [--core 0] [--out benchmarks/results]``
+Run it alone: ``python benchmarks/cpu/default_size.py [--core 0] [--out benchmarks/results]``
 (needs torch: ``pip install -e '.[bench]'``). Writes ``default_size.{jsonl,md}``.
 
 Since the default command splits its work between worker processes pinned one per core
@@ -220,7 +220,7 @@ def main() -> None:
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, pinned to core {args.core}",
-        "command": "python benchmarks/default_size.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/cpu/default_size.py " + " ".join(sys.argv[1:]),
     }
     with (out / "default_size.jsonl").open("w") as f:
         for what, lib, ms in rows:
@@ -230,7 +230,7 @@ def main() -> None:
             )
     ms = {(what, lib): v for what, lib, v in rows}
     lines = [
-        "# The default command's steps on one core (`benchmarks/default_size.py`)",
+        "# The default command's steps on one core (`benchmarks/cpu/default_size.py`)",
         "",
         f"Command: `{meta['command'].strip()}`; {meta['date']}; {meta['machine']}.",
         "VGG11 x1/8, 28x28x1 inputs, 5-way head; ms per call, median of repeats.",
