@@ -2,14 +2,17 @@ from __future__ import annotations
 
 from unittest import mock
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
 
-from gtl_jax.models import build_model, layers
+from gtl_jax.models import VGG, ResNet12, build_model, layers
 from gtl_jax.models.layers import (
+    Conv,
+    ConvBN,
     conv_matmul_kernel_grad,
     lax_conv,
     max_pool_2x2,
@@ -39,20 +42,22 @@ def test_shifted_matmul_conv_equals_lax_conv(size, kernel_size):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("forms", ["cpu", "xla", "auto"])
 @pytest.mark.parametrize(
     ("size", "channels", "shifted"),
     [(2, 8, True), (4, 128, False), (4, 256, True), (3, 256, True), (5, 256, False)],
 )
 def test_conv_takes_shifted_matmuls_on_small_or_wide_small_maps(
-    size, channels, shifted
+    size, channels, shifted, forms
 ):
-    """On CPU, Conv's rule: maps of at most 4 pixels, or at most 16 with at least 256 input
-    channels, take shifted matmuls; either form gives lax.conv's output and gradients."""
+    """The CPU forms' rule: maps of at most 4 pixels, or at most 16 with at least 256 input
+    channels, take shifted matmuls; the XLA forms never do ("auto" is "cpu" on this CPU);
+    every form gives lax.conv's output and gradients."""
     assert layers.uses_shifted_matmuls(size, size, channels) is shifted
     kx, kc = jax.random.split(jax.random.key(channels))
     x = jax.random.normal(kx, (2, size, size, channels))
     cotangent = jax.random.normal(kc, (2, size, size, 3))
-    conv = layers.Conv(3)
+    conv = Conv(3, forms=forms)
     variables = conv.init(jax.random.key(0), x)
     calls = []
     with mock.patch.object(
@@ -61,7 +66,7 @@ def test_conv_takes_shifted_matmuls_on_small_or_wide_small_maps(
         lambda *a: calls.append(1) or shifted_matmul_conv(*a),
     ):
         got, got_vjp = jax.vjp(lambda v, x: conv.apply(v, x), variables, x)
-    assert bool(calls) is shifted
+    assert bool(calls) is (shifted and forms != "xla")
     expected, expected_vjp = jax.vjp(
         lambda v, x: layers.lax_conv(x, v["params"]["kernel"]), variables, x
     )
@@ -97,26 +102,25 @@ def test_matmul_kernel_grad_equals_lax_conv_grads(size, cin):
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 3), (1, 2, 2, 4)])
 def test_reshaped_max_pool_equals_nn_max_pool(shape):
     x = jax.random.normal(jax.random.key(0), shape)  # no ties
-    pooled = max_pool_2x2(x, reshape=True)
+    pooled = max_pool_2x2(x, "cpu")
     np.testing.assert_array_equal(pooled, nn.max_pool(x, (2, 2), (2, 2)))
+    np.testing.assert_array_equal(max_pool_2x2(x, "xla"), pooled)
     cotangent = jax.random.normal(jax.random.key(1), pooled.shape)
 
-    def grad(reshape):
-        return jax.grad(
-            lambda x: jnp.vdot(max_pool_2x2(x, reshape=reshape), cotangent)
-        )(x)
+    def grad(forms):
+        return jax.grad(lambda x: jnp.vdot(max_pool_2x2(x, forms), cotangent))(x)
 
-    np.testing.assert_array_equal(grad(True), grad(False))
+    np.testing.assert_array_equal(grad("cpu"), grad("xla"))
 
 
 def test_reshaped_max_pool_after_relu_same_network_gradient():
     """Ties (ReLU zeros) split the gradient, but the ReLU before the pool discards it."""
     x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
-    fast = build_model("vgg11", 5, width=1 / 16)
+    fast = build_model("vgg11", 5, width=1 / 16, forms="cpu")
     variables = fast.init(jax.random.key(0), x, train=False)
     grads = []
-    for reshape in (True, False):
-        with mock.patch.object(layers, "default_reshape_max_pool", lambda r=reshape: r):
+    for pool in (layers.reshaped_max_pool_2x2, layers.xla_max_pool_2x2):
+        with mock.patch.object(layers, "reshaped_max_pool_2x2", pool):
 
             def loss(params):
                 logits, _ = fast.apply(
@@ -176,3 +180,60 @@ def test_vgg_small_map_form_matches_conv_form():
 def test_unknown_model_lists_known():
     with pytest.raises(ValueError, match="vgg11"):
         build_model("vgg12", 5)
+
+
+def _outputs_and_grads(model, variables, x, cotangent):
+    """A train-mode forward (logits and new batch statistics) and the gradients of
+    ``<logits, cotangent>`` with respect to the parameters and the input."""
+
+    def loss(params, x):
+        logits, updates = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.vdot(logits, cotangent), (logits, updates)
+
+    (_, (logits, updates)), grads = jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True
+    )(variables["params"], x)
+    features = model.apply(variables, x, train=False, return_features=True)
+    return {"logits": logits, "stats": updates, "features": features, "grads": grads}
+
+
+@pytest.mark.parametrize(("name", "size"), [("vgg11", 32), ("resnet12", 28)])
+def test_cpu_and_xla_forms_same_network(name, size):
+    """``forms="cpu"`` and ``forms="xla"``: the same parameters (names, shapes, initial
+    values), outputs and gradients to float tolerance; ``"auto"`` is ``"cpu"`` on this CPU, bit
+    for bit. VGG11 at 32x32 reaches a 2x2 map (shifted matmuls in the CPU forms), ResNet12 at
+    28x28 a 1x1 map."""
+    assert jax.default_backend() == "cpu"
+    kx, kc = jax.random.split(jax.random.key(1))
+    x = jax.random.uniform(kx, (4, size, size, 3))
+    cotangent = jax.random.normal(kc, (4, 5))
+    models = {f: build_model(name, 5, width=1 / 16, forms=f) for f in layers.FORMS}
+    inits = {f: m.init(jax.random.key(0), x, train=False) for f, m in models.items()}
+    chex.assert_trees_all_equal(inits["cpu"], inits["xla"])
+    chex.assert_trees_all_equal(inits["cpu"], inits["auto"])
+    run = {
+        f: _outputs_and_grads(m, inits["cpu"], x, cotangent) for f, m in models.items()
+    }
+    chex.assert_trees_all_equal(run["auto"], run["cpu"])
+    chex.assert_trees_all_close(run["cpu"], run["xla"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["gpu", "CPU", "", None])
+def test_bad_forms_is_one_line_value_error(bad):
+    x = jnp.zeros((1, 4, 4, 1))
+    attempts = [
+        lambda: build_model("vgg11", 5, forms=bad),
+        lambda: build_model("resnet12", 5, forms=bad),
+        lambda: VGG(5, forms=bad),
+        lambda: ResNet12(5, forms=bad),
+        lambda: Conv(3, forms=bad),
+        lambda: ConvBN(3, forms=bad),
+        lambda: max_pool_2x2(x, bad),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ValueError, match="forms") as error:
+            attempt()
+        assert "\n" not in str(error.value)
+        assert repr(bad) in str(error.value)

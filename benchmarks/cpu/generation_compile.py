@@ -50,7 +50,8 @@ def measure(pop: int, strategy: str, extra: list[str]) -> dict:
         env = dict(os.environ, GTL_JAX_CACHE_DIR=str(tmp / "xla"))
         subprocess.run(command, env=env, check=True, capture_output=True)
         metrics = [
-            json.loads(line) for line in (tmp / "w" / "metrics.jsonl").read_text().splitlines()
+            json.loads(line)
+            for line in (tmp / "w" / "metrics.jsonl").read_text().splitlines()
         ]
     first, second = (m["seconds"] for m in metrics)
     return {
@@ -89,7 +90,9 @@ def main() -> None:
         )
     base = rows[0]["compile_s"]
     for r in rows[1:]:
-        print(f"\ncompile at P={r['pop']} / P={rows[0]['pop']}: {r['compile_s'] / base:.2f}")
+        print(
+            f"\ncompile at P={r['pop']} / P={rows[0]['pop']}: {r['compile_s'] / base:.2f}"
+        )
 
 
 if __name__ == "__main__":

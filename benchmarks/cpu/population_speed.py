@@ -160,7 +160,10 @@ def _import_jax(strategy: str = "loop"):
     from gtl_jax.models import layers
 
     if strategy in LAX_STRATEGIES:
-        layers.MATMUL_KERNEL_GRAD_ON_CPU = layers.RESHAPE_MAX_POOL_ON_CPU = False
+        # XLA's own kernel gradient and max-pool in place of those CPU forms (the layers look
+        # both up when traced); shifted matmuls on small maps stay, as before them.
+        layers.conv_matmul_kernel_grad = layers.lax_conv
+        layers.reshaped_max_pool_2x2 = layers.xla_max_pool_2x2
         # configure_jax never overrides a flag already set: set XLA's own defaults (only
         # where this jaxlib knows the flags).
         known = bool(cpu_xla_flags("", jaxlib.__version__))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
+from gtl_jax.models.layers import FORMS, check_forms
 from gtl_jax.models.resnet12 import ResNet12
 from gtl_jax.models.vgg import VGG
 
@@ -28,19 +29,34 @@ def build_model(
     *,
     width: float = 1.0,
     dtype: jnp.dtype = jnp.float32,
+    forms: str = "auto",
 ) -> nn.Module:
     """Builds a registered model, e.g. ``build_model("vgg11", 5, width=0.25)``.
 
     ``dtype`` is the computation dtype: ``jnp.bfloat16`` (``PRECISIONS["bfloat16"]``) is mixed
     precision for GPU/TPU (bfloat16 convs and activations, float32 parameters, BatchNorm
     statistics, head, logits and loss). On this CPU bfloat16 is no faster than float32
-    (benchmarks/results/cpu_explore.md).
+    (benchmarks/cpu/results/cpu_explore.md).
+
+    ``forms`` is how the layers compute (``gtl_jax.models.layers``): ``"cpu"`` the forms fast
+    on XLA CPU, ``"xla"`` lax.conv and nn.max_pool (what GPU/TPU run), ``"auto"`` the default
+    backend's (``"cpu"`` on CPU). The same parameters in every form, and the same outputs and
+    gradients to float rounding.
     """
     if name not in MODELS:
         raise ValueError(
             f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
         )
-    return MODELS[name](num_classes=num_classes, width=width, dtype=dtype)
+    check_forms(forms)
+    return MODELS[name](num_classes=num_classes, width=width, dtype=dtype, forms=forms)
 
 
-__all__ = ["MODELS", "PRECISIONS", "VGG", "ConvNode", "ResNet12", "build_model"]
+__all__ = [
+    "FORMS",
+    "MODELS",
+    "PRECISIONS",
+    "VGG",
+    "ConvNode",
+    "ResNet12",
+    "build_model",
+]

@@ -1,4 +1,4 @@
-"""Building blocks shared by the models: a conv and a max-pool fast on XLA CPU, conv+BN.
+"""Building blocks shared by the models: a conv and a 2x2 max-pool in two forms, conv+BN.
 
 Mixed precision: ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16`` on GPU/TPU);
 parameters are always created in ``param_dtype`` (float32, the master copy the optimiser
@@ -6,26 +6,33 @@ updates) and cast to ``dtype`` where they are used. BatchNorm computes its batch
 normalisation in float32 whatever ``dtype`` is (flax promotes them), and keeps its running
 statistics in float32.
 
-On CPU, where XLA lowers some convolution and pooling gradients badly, the layers compute them
-in other forms (per-backend rules; GPU/TPU keep lax.conv and nn.max_pool, not measured there):
+Forms. Every layer here, and the models built from them, take ``forms``, one of ``FORMS``:
 
-- a 3x3 conv on a 2x2 or 1x1 map, which XLA CPU runs about 80x below its matmul speed
-  (docs/cpu.md), and on a 3x3 or 4x4 map with at least 256 input channels, is a
-  sum of shifted matmuls over each tap's valid region (``shifted_matmul_conv``;
-  ``uses_shifted_matmuls``);
-- a conv on a larger map is lax.conv with its kernel gradient as shifted matmuls
-  (``conv_matmul_kernel_grad``; ``MATMUL_KERNEL_GRAD_ON_CPU``): XLA CPU ran lax.conv's kernel
-  gradient several times slower than its forward;
-- 2x2 max-pooling is a reshaped max (``max_pool_2x2``; ``RESHAPE_MAX_POOL_ON_CPU``): XLA CPU
-  turns nn.max_pool's gradient (select-and-scatter) into a scatter indexed by four int32 arrays
-  of the input's size.
+- ``"xla"``: XLA's own operations, lax.conv and nn.max_pool (a 1x1 conv is a matmul in every
+  form). What GPU/TPU users get; the CPU forms were never measured there.
+- ``"cpu"``: the forms fast on XLA CPU, where XLA lowers some convolutions and pooling
+  gradients badly:
 
-The last two together made a VGG11 train step (32x32, batch 64) 1.16-1.28x faster at width 1/4
-and 1.23-1.28x at width 1 in four runs (benchmarks/results/cpu_explore.md). Their gradients
-differ from lax.conv's and nn.max_pool's at float rounding, so setting the two constants to
-False reproduces, at float rounding, results measured without them.
-Every form keeps the parameter layout of ``flax.linen.Conv`` (``kernel: f32[kh, kw, I, O]``,
-HWIO), so learngene slicing does not care which form ran; values agree to float rounding.
+  - a 3x3 conv on a 2x2 or 1x1 map, which XLA CPU runs about 80x below its matmul speed
+    (docs/cpu.md), and on a 3x3 or 4x4 map with at least 256 input channels, is a sum of
+    shifted matmuls over each tap's valid region (``shifted_matmul_conv``;
+    ``uses_shifted_matmuls``);
+  - a conv on a larger map is lax.conv with its kernel gradient as shifted matmuls
+    (``conv_matmul_kernel_grad``): XLA CPU ran lax.conv's kernel gradient several times
+    slower than its forward;
+  - 2x2 max-pooling is a reshaped max (``reshaped_max_pool_2x2``): XLA CPU turns
+    nn.max_pool's gradient (select-and-scatter) into a scatter indexed by four int32 arrays of
+    the input's size.
+
+- ``"auto"`` (the default): ``"cpu"`` when JAX's default backend is the CPU, ``"xla"``
+  otherwise, decided when the model is traced.
+
+The last two CPU forms together made a VGG11 train step (32x32, batch 64) 1.16-1.28x faster at
+width 1/4 and 1.23-1.28x at width 1 in four runs (benchmarks/cpu/results/cpu_explore.md).
+Values agree between the forms to float rounding, gradients too (the pool's differ only at
+ties, see ``max_pool_2x2``), so ``forms="xla"`` on a CPU computes, at float rounding, the
+network without the CPU forms (tests/test_models.py). Every form keeps the parameter layout of ``flax.linen.Conv``
+(``kernel: f32[kh, kw, I, O]``, HWIO), so learngene slicing does not care which form ran.
 """
 
 from __future__ import annotations
@@ -34,16 +41,35 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-# On CPU, 3x3 convs on maps of at most SMALL_MAP_PIXELS pixels (2x2 and 1x1), and on maps of at
-# most WIDE_MAP_PIXELS (3x3, 4x4) with at least WIDE_MAP_CHANNELS input channels, use the
-# shifted-matmul form. benchmarks/conv_small_maps.py (forward + both gradients, batch 64, one
-# core; results/conv_small_maps_b64.jsonl), against the library's form on larger maps: 2x2 and
-# 1x1 maps 2.8-93x faster at 64-512 channels; 3x3 and 4x4 maps 1.31-1.95x at 256 and 512
-# channels, 1.11-1.67x at 128, 0.87-1.31x at 64; 5x5 maps 0.83-1.17x; 8x8 maps 0.67-1.03x.
-# Whole VGG11 step (32x32, batch 64, one core; results/step_profile.md), against only 2x2
-# and 1x1 maps as shifted matmuls over the zero-padded window: 1.15x at width 1 (rounds
-# 1.11-1.34), 1.03x at width 1/4 (1.00-1.15). The default command's networks (width 1/8,
-# 28x28: 3x3 maps of at most 64 channels, a 1x1 map) compute the same numbers bit for bit.
+FORMS = ("auto", "cpu", "xla")
+
+
+def check_forms(forms: str) -> str:
+    """``forms`` if it is one of ``FORMS``; otherwise a one-line ValueError naming it."""
+    if forms not in FORMS:
+        raise ValueError(
+            f"forms={forms!r}: must be one of {', '.join(map(repr, FORMS))}"
+        )
+    return forms
+
+
+def resolve_forms(forms: str) -> str:
+    """``"cpu"`` or ``"xla"``: ``forms`` itself, or for ``"auto"`` the default backend's."""
+    if check_forms(forms) == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return forms
+
+
+# In the CPU forms, 3x3 convs on maps of at most SMALL_MAP_PIXELS pixels (2x2 and 1x1), and on
+# maps of at most WIDE_MAP_PIXELS (3x3, 4x4) with at least WIDE_MAP_CHANNELS input channels, use
+# the shifted-matmul form. benchmarks/cpu/conv_small_maps.py (forward + both gradients, batch
+# 64, one core; benchmarks/cpu/results/conv_small_maps_b64.jsonl), against the library's form on larger
+# maps: 2x2 and 1x1 maps 2.8-93x faster at 64-512 channels; 3x3 and 4x4 maps 1.31-1.95x at 256
+# and 512 channels, 1.11-1.67x at 128, 0.87-1.31x at 64; 5x5 maps 0.83-1.17x; 8x8 maps
+# 0.67-1.03x. Whole VGG11 step (32x32, batch 64, one core; benchmarks/cpu/results/step_profile.md),
+# against only 2x2 and 1x1 maps as shifted matmuls over the zero-padded window: 1.15x at width
+# 1 (rounds 1.11-1.34), 1.03x at width 1/4 (1.00-1.15). The default command's networks (width
+# 1/8, 28x28: 3x3 maps of at most 64 channels, a 1x1 map) compute the same numbers bit for bit.
 # 3x3 maps of 64 and 128 channels were faster as shifted matmuls too (1.31x, 1.67x); they
 # stay with lax.conv so that the default command's published numbers stay as they are.
 SMALL_MAP_PIXELS = 4
@@ -54,32 +80,24 @@ WIDE_MAP_CHANNELS = 256
 def uses_shifted_matmuls(
     h: int, w: int, channels: int, small_map_pixels: int | None = None
 ) -> bool:
-    """Whether ``Conv`` computes a 3x3 conv of an ``h x w`` map with ``channels`` input channels
-    as shifted matmuls (``shifted_matmul_conv``) rather than lax.conv.
+    """Whether ``Conv``'s CPU forms compute a 3x3 conv of an ``h x w`` map with ``channels``
+    input channels as shifted matmuls (``shifted_matmul_conv``) rather than lax.conv.
 
     ``small_map_pixels`` (``Conv``'s override) set: exactly the maps of at most that many
-    pixels. Unset: the CPU rule above; never on GPU/TPU, where it was not measured.
+    pixels. Unset: the rule above. The ``"xla"`` forms never use shifted matmuls.
     """
     if small_map_pixels is not None:
         return h * w <= small_map_pixels
-    if jax.default_backend() != "cpu":
-        return False
     return h * w <= SMALL_MAP_PIXELS or (
         h * w <= WIDE_MAP_PIXELS and channels >= WIDE_MAP_CHANNELS
     )
 
 
-# On CPU, larger maps use lax.conv with its kernel gradient computed as shifted matmuls
-# (conv_matmul_kernel_grad). benchmarks/cpu_explore.py, forward + backward of one conv at batch
-# 64: 1.2-1.9x faster than lax.conv on VGG11's 32x32, 16x16 and 8x8 layers, about even on 4x4;
-# in the whole VGG11 step it was worth 1.13x at width 1 and nothing measurable at width 1/4.
-# Its gradients differ from lax.conv's by float rounding.
-MATMUL_KERNEL_GRAD_ON_CPU = True
-
-
-def default_matmul_kernel_grad() -> bool:
-    """MATMUL_KERNEL_GRAD_ON_CPU on CPU; False on GPU/TPU, where it was not measured."""
-    return MATMUL_KERNEL_GRAD_ON_CPU and jax.default_backend() == "cpu"
+# In the CPU forms, larger maps use lax.conv with its kernel gradient computed as shifted
+# matmuls (conv_matmul_kernel_grad). benchmarks/cpu/cpu_explore.py, forward + backward of one
+# conv at batch 64: 1.2-1.9x faster than lax.conv on VGG11's 32x32, 16x16 and 8x8 layers,
+# about even on 4x4; in the whole VGG11 step it was worth 1.13x at width 1 and nothing
+# measurable at width 1/4. Its gradients differ from lax.conv's by float rounding.
 
 
 def shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -181,15 +199,25 @@ conv_matmul_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
 class Conv(nn.Module):
-    """Stride-1 'SAME' conv with ``flax.linen.Conv``'s parameters, in the form fast on CPU."""
+    """Stride-1 'SAME' conv with ``flax.linen.Conv``'s parameters, in the form ``forms`` picks.
+
+    Attributes:
+      forms: ``"cpu"``, ``"xla"`` or ``"auto"`` (see the module docstring).
+      small_map_pixels: the CPU forms' shifted matmuls on exactly the maps of at most this many
+        pixels; None: ``uses_shifted_matmuls``' rule. Ignored by the ``"xla"`` forms.
+    """
 
     features: int
     kernel_size: int = 3
     use_bias: bool = False
-    small_map_pixels: int | None = None  # None: uses_shifted_matmuls' CPU rule
-    matmul_kernel_grad: bool | None = None  # None: default_matmul_kernel_grad()
+    small_map_pixels: int | None = None
     dtype: jnp.dtype | None = None  # computation dtype; None: the input's
     param_dtype: jnp.dtype = jnp.float32
+    forms: str = "auto"
+
+    def __post_init__(self):
+        check_forms(self.forms)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -202,17 +230,15 @@ class Conv(nn.Module):
         )
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
+        cpu = resolve_forms(self.forms) == "cpu"
         if k == 1:
             y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
-        elif uses_shifted_matmuls(*x.shape[1:], self.small_map_pixels):
+        elif cpu and uses_shifted_matmuls(*x.shape[1:], self.small_map_pixels):
             y = shifted_matmul_conv(x, kernel)
+        elif cpu:
+            y = conv_matmul_kernel_grad(x, kernel)
         else:
-            matmul_dk = (
-                default_matmul_kernel_grad()
-                if self.matmul_kernel_grad is None
-                else self.matmul_kernel_grad
-            )
-            y = (conv_matmul_kernel_grad if matmul_dk else lax_conv)(x, kernel)
+            y = lax_conv(x, kernel)
         if self.use_bias:
             bias = self.param(
                 "bias", nn.initializers.zeros, (self.features,), self.param_dtype
@@ -221,37 +247,38 @@ class Conv(nn.Module):
         return y
 
 
-# On CPU, 2x2 max-pooling is computed as a reshape and a max over the two window axes. XLA CPU
-# expands the gradient of nn.max_pool (lax.reduce_window, whose transpose is select-and-scatter)
-# into a scatter driven by four int32 index arrays of the input's size; the reshaped max's
-# gradient is an elementwise mask. benchmarks/cpu_explore.py, forward + backward of VGG11's
-# pools at batch 64: 1.7-6x faster; in the whole step 1.14x at width 1/4, within noise at 1.
-# Gradients differ from nn.max_pool's only at ties (see max_pool_2x2).
-RESHAPE_MAX_POOL_ON_CPU = True
+# In the CPU forms, 2x2 max-pooling is computed as a reshape and a max over the two window axes.
+# XLA CPU expands the gradient of nn.max_pool (lax.reduce_window, whose transpose is
+# select-and-scatter) into a scatter driven by four int32 index arrays of the input's size; the
+# reshaped max's gradient is an elementwise mask. benchmarks/cpu/cpu_explore.py, forward +
+# backward of VGG11's pools at batch 64: 1.7-6x faster; in the whole step 1.14x at width 1/4,
+# within noise at 1. Gradients differ from nn.max_pool's only at ties (see max_pool_2x2).
 
 
-def default_reshape_max_pool() -> bool:
-    """RESHAPE_MAX_POOL_ON_CPU on CPU; False (nn.max_pool) on GPU/TPU, where it was not measured."""
-    return RESHAPE_MAX_POOL_ON_CPU and jax.default_backend() == "cpu"
-
-
-def max_pool_2x2(x: jax.Array, *, reshape: bool | None = None) -> jax.Array:
-    """2x2 stride-2 'VALID' max-pooling: ``x: f32[B, H, W, C]`` -> f32[B, H // 2, W // 2, C].
-
-    Same values as ``nn.max_pool(x, (2, 2), (2, 2))`` (an odd last row or column is dropped).
-    Gradients differ only at ties within a window: the reshaped form splits the gradient among
-    the tied maxima, nn.max_pool gives it to one. After a ReLU the ties are zeros, whose
-    gradient the ReLU discards, so a ReLU network's gradients are the same.
-
-    Args:
-      reshape: the reshaped form (True) or nn.max_pool (False); None:
-        ``default_reshape_max_pool()``.
-    """
-    if not (default_reshape_max_pool() if reshape is None else reshape):
-        return nn.max_pool(x, (2, 2), (2, 2))
+def reshaped_max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 stride-2 'VALID' max-pooling as a reshape and a max (the CPU form)."""
     b, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2]
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def xla_max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 stride-2 'VALID' max-pooling as ``nn.max_pool`` (the XLA form)."""
+    return nn.max_pool(x, (2, 2), (2, 2))
+
+
+def max_pool_2x2(x: jax.Array, forms: str = "auto") -> jax.Array:
+    """2x2 stride-2 'VALID' max-pooling: ``x: f32[B, H, W, C]`` -> f32[B, H // 2, W // 2, C].
+
+    ``forms``: ``"cpu"`` is ``reshaped_max_pool_2x2``, ``"xla"`` is ``nn.max_pool(x, (2, 2),
+    (2, 2))``; ``"auto"`` is the default backend's. Same values in both (an odd last row or
+    column is dropped). Gradients differ only at ties within a window: the reshaped form splits
+    the gradient among the tied maxima, nn.max_pool gives it to one. After a ReLU the ties are
+    zeros, whose gradient the ReLU discards, so a ReLU network's gradients are the same.
+    """
+    if resolve_forms(forms) == "cpu":
+        return reshaped_max_pool_2x2(x)
+    return xla_max_pool_2x2(x)
 
 
 class ConvBN(nn.Module):
@@ -260,7 +287,7 @@ class ConvBN(nn.Module):
     BatchNorm has no ``axis_name``: statistics are per individual. Momentum 0.9 lets the
     running statistics of a network fine-tuned for a few dozen steps reflect its data.
     ``dtype`` is the computation dtype of the conv and of BatchNorm's output (its statistics
-    stay float32).
+    stay float32). ``forms``: the conv's (``Conv``).
     """
 
     features: int
@@ -268,6 +295,11 @@ class ConvBN(nn.Module):
     bn_momentum: float = 0.9
     small_map_pixels: int | None = None
     dtype: jnp.dtype = jnp.float32
+    forms: str = "auto"
+
+    def __post_init__(self):
+        check_forms(self.forms)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -276,6 +308,7 @@ class ConvBN(nn.Module):
             self.kernel_size,
             small_map_pixels=self.small_map_pixels,
             dtype=self.dtype,
+            forms=self.forms,
             name="conv",
         )(x)
         return nn.BatchNorm(

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
-from gtl_jax.models.layers import ConvBN, max_pool_2x2, scaled
+from gtl_jax.models.layers import ConvBN, check_forms, max_pool_2x2, scaled
 
 RESNET12_WIDTHS = (64, 160, 320, 640)
 
@@ -28,24 +28,26 @@ class ResidualStage(nn.Module):
     width: int
     small_map_pixels: int | None = None
     dtype: jnp.dtype = jnp.float32
+    forms: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        shortcut = ConvBN(self.width, 1, dtype=self.dtype, name="shortcut")(
-            x, train=train
-        )
+        shortcut = ConvBN(
+            self.width, 1, dtype=self.dtype, forms=self.forms, name="shortcut"
+        )(x, train=train)
         for i in (1, 2, 3):
             x = ConvBN(
                 self.width,
                 small_map_pixels=self.small_map_pixels,
                 dtype=self.dtype,
+                forms=self.forms,
                 name=f"conv{i}",
             )(x, train=train)
             if i < 3:
                 x = leaky_relu(x)
         x = leaky_relu(x + shortcut)
         if x.shape[1] > 1 and x.shape[2] > 1:
-            x = max_pool_2x2(x)
+            x = max_pool_2x2(x, self.forms)
         return x
 
 
@@ -59,6 +61,12 @@ class ResNet12(nn.Module):
       dtype: computation dtype of the convs and BatchNorm outputs (``jnp.bfloat16`` for mixed
         precision on GPU/TPU). Parameters and running statistics stay float32; the pooled
         features, the head and the logits are float32.
+      forms: ``"cpu"`` (the layers' forms fast on XLA CPU), ``"xla"`` (lax.conv and
+        nn.max_pool, as on GPU/TPU) or ``"auto"`` (``"cpu"`` on the CPU backend, ``"xla"``
+        otherwise); see ``gtl_jax.models.layers``. Same parameters and, to float rounding,
+        the same outputs and gradients in every form.
+      small_map_pixels: the CPU forms' shifted matmuls on exactly the maps of at most this many
+        pixels (``layers.uses_shifted_matmuls``); None: the measured rule.
     """
 
     num_classes: int
@@ -66,6 +74,11 @@ class ResNet12(nn.Module):
     width: float = 1.0
     small_map_pixels: int | None = None
     dtype: jnp.dtype = jnp.float32
+    forms: str = "auto"
+
+    def __post_init__(self):
+        check_forms(self.forms)
+        super().__post_init__()
 
     def stage_widths(self) -> tuple[int, ...]:
         return tuple(scaled(c, self.width) for c in self.widths)
@@ -87,9 +100,9 @@ class ResNet12(nn.Module):
     ) -> jax.Array:
         """Maps ``x: f32[B, H, W, Ch]`` to logits f32[B, num_classes] (or features f32[B, D])."""
         for s, c in enumerate(self.stage_widths(), start=1):
-            x = ResidualStage(c, self.small_map_pixels, self.dtype, name=f"stage{s}")(
-                x, train=train
-            )
+            x = ResidualStage(
+                c, self.small_map_pixels, self.dtype, forms=self.forms, name=f"stage{s}"
+            )(x, train=train)
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if return_features and not self.is_initializing():
             return features

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
-from gtl_jax.models.layers import ConvBN, max_pool_2x2, scaled
+from gtl_jax.models.layers import ConvBN, check_forms, max_pool_2x2, scaled
 
 # Widths of the convs of each stage; a max-pool follows every stage.
 VGG_STAGES = {
@@ -29,6 +29,7 @@ class VGGStage(nn.Module):
     widths: Sequence[int]
     small_map_pixels: int | None = None
     dtype: jnp.dtype = jnp.float32
+    forms: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -37,6 +38,7 @@ class VGGStage(nn.Module):
                 width,
                 small_map_pixels=self.small_map_pixels,
                 dtype=self.dtype,
+                forms=self.forms,
                 name=f"conv{i}",
             )(x, train=train)
             x = nn.relu(x)
@@ -53,6 +55,12 @@ class VGG(nn.Module):
       dtype: computation dtype of the convs and BatchNorm outputs (``jnp.bfloat16`` for mixed
         precision on GPU/TPU). Parameters and running statistics stay float32; the pooled
         features, the head and the logits are float32.
+      forms: ``"cpu"`` (the layers' forms fast on XLA CPU), ``"xla"`` (lax.conv and
+        nn.max_pool, as on GPU/TPU) or ``"auto"`` (``"cpu"`` on the CPU backend, ``"xla"``
+        otherwise); see ``gtl_jax.models.layers``. Same parameters and, to float rounding,
+        the same outputs and gradients in every form.
+      small_map_pixels: the CPU forms' shifted matmuls on exactly the maps of at most this many
+        pixels (``layers.uses_shifted_matmuls``); None: the measured rule.
     """
 
     num_classes: int
@@ -60,6 +68,11 @@ class VGG(nn.Module):
     width: float = 1.0
     small_map_pixels: int | None = None
     dtype: jnp.dtype = jnp.float32
+    forms: str = "auto"
+
+    def __post_init__(self):
+        check_forms(self.forms)
+        super().__post_init__()
 
     def stage_widths(self) -> tuple[tuple[int, ...], ...]:
         if self.depth not in VGG_STAGES:
@@ -84,11 +97,15 @@ class VGG(nn.Module):
     ) -> jax.Array:
         """Maps ``x: f32[B, H, W, Ch]`` to logits f32[B, num_classes] (or features f32[B, D])."""
         for s, widths in enumerate(self.stage_widths(), start=1):
-            x = VGGStage(widths, self.small_map_pixels, self.dtype, name=f"stage{s}")(
-                x, train=train
-            )
+            x = VGGStage(
+                widths,
+                self.small_map_pixels,
+                self.dtype,
+                forms=self.forms,
+                name=f"stage{s}",
+            )(x, train=train)
             if x.shape[1] > 2 and x.shape[2] > 2:
-                x = max_pool_2x2(x)
+                x = max_pool_2x2(x, self.forms)
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if return_features and not self.is_initializing():
             return features
