@@ -32,6 +32,10 @@ default 1, 4, 8, 16), by each strategy (``--strategies``):
   gtl_jax.evolve`` trains its population on a 2-core CPU by default (``workers=0``: the
   members split between worker processes pinned one per core, ``gtl_jax.evolve.LifeWorkers``),
   where the processes meet once per generation, not every few steps. Skipped for odd P.
+- ``torch_procs2``: the same process layout with PyTorch: two processes pinned one per core,
+  one torch thread each, each the PyTorch loop over P/2 members, behind the same barrier; the
+  PyTorch baseline to set against ``procs2`` (``torch`` is one process with
+  ``--torch-threads``).
 
 ``--compile-pops`` (default 2) adds, for loop, vmap and unroll, a P measured for its compile
 time only (first step and one timed step; marked ``*`` in the table), so that the compile time
@@ -92,7 +96,20 @@ from importlib import metadata
 
 HERE = pathlib.Path(__file__).resolve().parent
 IMAGE = (32, 32, 3)
-STRATEGIES = ("loop", "loop_lax", "vmap", "unroll", "single", "torch", "procs2")
+STRATEGIES = (
+    "loop",
+    "loop_lax",
+    "vmap",
+    "unroll",
+    "single",
+    "torch",
+    "procs2",
+    "torch_procs2",
+)
+# Two processes pinned one per core, each stepping half the population; the torch one runs one
+# thread per process.
+PROCS2_STRATEGIES = ("procs2", "torch_procs2")
+TORCH_STRATEGIES = ("torch", "torch_procs2")
 # Strategies whose compiled program may depend on P (--compile-pops).
 COMPILE_STRATEGIES = ("loop", "vmap", "unroll")
 # The library's CPU forms (gtl_jax.models.layers) and XLA flags (gtl_jax.evolve.CPU_XLA_FLAGS),
@@ -275,7 +292,7 @@ def worker(spec: dict) -> None:
     if spec.get("core") is not None:
         os.sched_setaffinity(0, {spec["core"]})  # before JAX starts its threads
     extra = {}
-    if spec["strategy"] == "torch":
+    if spec["strategy"] in TORCH_STRATEGIES:
         run, state, block, extra = _setup_torch(spec)
     else:
         run, state, block = _setup_jax(spec)
@@ -452,10 +469,13 @@ def _run_json(argv: list[str], timeout: float) -> dict:
 
 
 def run_procs2(spec: dict, cores: list[int], timeout: float) -> dict:
-    """Two pinned processes, each the library loop over P/2 members, repeats behind a barrier."""
+    """Two pinned processes, each the library loop (``procs2``) or the PyTorch loop with one
+    thread (``torch_procs2``) over P/2 members, repeats behind a barrier."""
     children = []
     for core in cores[:2]:
         child = {**spec, "members": spec["pop"] // 2, "core": core, "serve": True}
+        if spec["strategy"] == "torch_procs2":
+            child["torch_threads"] = 1
         children.append(
             subprocess.Popen(
                 _python(["--worker"], child),
@@ -551,7 +571,8 @@ def write_markdown(path: pathlib.Path, rows: list[dict], meta: dict) -> None:
         "jit; `single`: Python loop of P single jitted steps (baseline a; the library's "
         "layers and flags); `torch`: PyTorch "
         "CPU loop of P networks (baseline b); `procs2`: two processes pinned to one core each, "
-        "each the library loop over P/2 members. images/s: median of timed repeats. "
+        "each the library loop over P/2 members; `torch_procs2`: the same two pinned "
+        "processes with PyTorch, one thread each. images/s: median of timed repeats. "
         "GFLOP/s: XLA cost-analysis FLOPs per image of the single-network step x images/s; "
         "% peak: of the JAX 2-core f32 matmul peak. compile s: first step minus a steady "
         "step. peak MiB: ru_maxrss of the measuring process(es), runtime included.",
@@ -641,7 +662,15 @@ def _summary(by: dict, costs: dict, jax_peak: float | None) -> list[str]:
                 continue
             ips = r["images_per_s"]
             parts = [f"{ips:,.1f} images/s"]
-            for base in ("loop_lax", "single", "torch", "unroll", "vmap", "procs2"):
+            for base in (
+                "loop_lax",
+                "single",
+                "torch",
+                "unroll",
+                "vmap",
+                "procs2",
+                "torch_procs2",
+            ):
                 b = by.get((w, p, base))
                 if b:
                     parts.append(f"{ips / b['images_per_s']:.2f}x {base}")
@@ -812,7 +841,7 @@ def main() -> None:
         peak_jobs = [("jax_2cores", {"lib": "jax"})]
         if len(cores) >= 2:
             peak_jobs.append(("jax_1core", {"lib": "jax", "core": cores[0]}))
-        if has_torch and ("torch" in strategies):
+        if has_torch and any(s in strategies for s in TORCH_STRATEGIES):
             peak_jobs.append(("torch_2threads", {"lib": "torch"}))
         for name, job in peak_jobs:
             spec = {
@@ -848,9 +877,9 @@ def main() -> None:
                     light = pop in light_pops
                     where = {"width": width, "pop": pop, "strategy": strategy}
                     reason = None
-                    if strategy == "torch" and not has_torch:
+                    if strategy in TORCH_STRATEGIES and not has_torch:
                         reason = "torch is not installed (pip install -e '.[bench]')"
-                    elif strategy == "procs2" and (pop % 2 or len(cores) < 2):
+                    elif strategy in PROCS2_STRATEGIES and (pop % 2 or len(cores) < 2):
                         reason = "needs an even P and 2 cores"
                     elif last_rate and pop * args.batch / last_rate > args.max_step_s:
                         reason = (
@@ -868,7 +897,7 @@ def main() -> None:
                         )
                     t0 = time.perf_counter()
                     try:
-                        if strategy == "procs2":
+                        if strategy in PROCS2_STRATEGIES:
                             res = run_procs2(spec, cores, args.timeout_s)
                         else:
                             res = _run_json(_python(["--worker"], spec), args.timeout_s)

@@ -20,7 +20,10 @@ cross-entropy, L2 weight decay added to the gradient of every parameter, SGD mom
 (``torch.optim.SGD(momentum=0.9, weight_decay=wd)`` is the same update as optax's
 ``chain(add_decayed_weights(wd), sgd(lr, momentum=0.9))``).
 
-This module does not import JAX except in ``check`` and ``jax_param_count``.
+This module does not import JAX except in ``check`` and ``jax_param_count``. It times nothing
+itself: ``population_speed.py`` times it, as ``torch`` (one process, ``--torch-threads``
+threads) and ``torch_procs2`` (two processes pinned one per core, one thread each, each over
+half the population: the layout of the library's ``procs2`` and of its worker processes).
 Run ``python benchmarks/cpu/torch_vgg.py --check [--width 0.25]``: copies a JAX network's parameters
 into the torch one and compares parameter counts, logits (train and eval mode) and one SGD step.
 """
