@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
+from flax import struct
 
 from gtl_jax.data.pool import Episode
 from gtl_jax.distributed import gather_blocks, local, process_block, rows
@@ -193,7 +194,7 @@ def query_accuracy(model: nn.Module, state: TrainState, episode: Episode) -> jax
     return accuracy(logits, episode.query_y)
 
 
-@dataclasses.dataclass
+@struct.dataclass
 class DescendantResult:
     """Per-episode results.
 
@@ -208,6 +209,60 @@ class DescendantResult:
     curve: jax.Array
     final: jax.Array
     losses: jax.Array
+
+
+def fine_tune(
+    model: nn.Module,
+    recipe: Recipe,
+    key: jax.Array,
+    episode: Episode,
+    learngene: Learngene | None,
+    *,
+    n_way: int,
+    zero_cross: bool = True,
+    curve: bool = True,
+) -> DescendantResult:
+    """One descendant, pure: inherit, fine-tune on the support set, score the queries.
+
+    A fresh network (``key``) with ``learngene`` written in (None: scratch) and the recipe's
+    head is fine-tuned for ``recipe.steps`` full-batch steps (``lax.scan``); the query
+    accuracy is recorded at ``recipe.curve_steps``. Jittable and vmappable: ``jax.vmap`` over
+    keys and episodes (and learngenes) gives one descendant per episode in one program.
+
+    Args:
+      curve: record the learning curve; False: only the final accuracy (``curve`` holds it
+        alone), as critics need.
+
+    Returns:
+      A ``DescendantResult`` of one descendant: instinct f32[], curve f32[T], final f32[],
+      losses f32[S].
+    """
+    tx = make_optimizer(recipe.optimizer, recipe.learning_rate)
+    state = new_descendant(
+        model, key, episode, learngene, recipe, n_way=n_way, zero_cross=zero_cross
+    )
+    instinct = instinct_accuracy(model, state, episode, n_way=n_way)
+    step = frozen_bn_step if recipe.batch_norm == "frozen" else train_step
+
+    def body(state, _):
+        return step(model, tx, state, episode.support_x, episode.support_y)
+
+    points = recipe.curve_steps if curve else (recipe.steps,)
+    accuracies, losses, done = [], [], 0
+    for point in points:
+        if point > done:
+            state, segment = jax.lax.scan(body, state, None, length=point - done)
+            losses.append(segment)
+            done = point
+        if point == 0 and recipe.head == "prototype" and recipe.steps > 0:
+            # The prototype head is the nearest-prototype readout: its step-0 accuracy is
+            # the instinct.
+            accuracies.append(instinct)
+        else:
+            accuracies.append(query_accuracy(model, state, episode))
+    accuracies = jnp.stack(accuracies)
+    losses = jnp.concatenate(losses) if losses else jnp.zeros((0,), jnp.float32)
+    return DescendantResult(instinct, accuracies, accuracies[-1], losses)
 
 
 class DescendantEvaluator:

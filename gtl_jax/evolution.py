@@ -21,8 +21,8 @@ from flax import linen as nn
 from flax import struct
 
 from gtl_jax.data.augment import AUGMENTATIONS, augment_fn
-from gtl_jax.data.pool import sample_batch, sample_classes, sample_episode
-from gtl_jax.descendants import DescendantEvaluator, Recipe
+from gtl_jax.data.pool import Episode, sample_batch, sample_classes, sample_episode
+from gtl_jax.descendants import DescendantEvaluator, Recipe, fine_tune
 from gtl_jax.distributed import to_host
 from gtl_jax.learngene import (
     PARAMETER_KEYS,
@@ -245,6 +245,36 @@ class Lives:
     instinct: np.ndarray
 
 
+@struct.dataclass
+class Pools:
+    """The images a generation samples from: an argument of the pure functions, so that a
+    jitted generation takes the pools as inputs instead of embedding them as constants.
+
+    Attributes:
+      train: u8[C_train, M, H, W, Ch], the meta-train classes (lifetime tasks).
+      val: u8[C_val, M, H, W, Ch], the meta-validation classes (critic episodes).
+    """
+
+    train: jax.Array
+    val: jax.Array
+
+
+def host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A generation's array metrics (``Evolution.step``) as the JSON-ready values a run logs:
+    Python numbers and lists."""
+    m = jax.device_get(metrics)
+    out = {}
+    for k, v in m.items():
+        v = np.asarray(v)
+        if v.ndim:
+            out[k] = v.tolist()
+        elif v.dtype.kind in "iub":
+            out[k] = int(v)
+        else:
+            out[k] = float(v)
+    return out
+
+
 # What tournaments rank: raw fitness; the lineage score (ECO's learngene score: fitness plus
 # the parent's score decayed by score_decay); or nothing (parents drawn at random: a control).
 SELECTIONS = ("tournament", "score", "none")
@@ -414,7 +444,31 @@ class Evolution:
                 state = state.replace(params=close_circuit(spec, state.params))
             return state, loss
 
-        self.random_genes = population_map(random_gene_fn, (0,), strategy=strategy)
+        def extract_fn(state):
+            return extract_learngene(spec, state.params, state.batch_stats)
+
+        def critic_fn(key, episode, learngene):
+            return fine_tune(
+                critic_model,
+                critic_recipe,
+                key,
+                episode,
+                learngene,
+                n_way=c.critic_way,
+                zero_cross=c.zero_cross,
+                curve=False,
+            )
+
+        # The pure functions of one member, which every execution composes: the pure
+        # generation (``step``) vmaps them; host executors loop over members with them.
+        self.host_fn, self.random_gene_fn = host_fn, random_gene_fn
+        self.life_step_fn, self.extract_fn, self.critic_fn = (
+            life_step_fn,
+            extract_fn,
+            critic_fn,
+        )
+
+        self._random_genes = jax.jit(jax.vmap(random_gene_fn))
         self.hosts = population_map(host_fn, (0, 0), strategy=strategy)
         self.life_step = population_map(
             life_step_fn, (0, 0, 0, None), strategy=strategy, carry=1
@@ -460,12 +514,19 @@ class Evolution:
             self.reproduce = _replicated_then_sharded(self.reproduce, self.mesh)
         self.diversity = jax.jit(diversity)
 
+    # ----------------------------------------------------------------- the pure generation
+
+    @property
+    def pools(self) -> Pools:
+        """The pools this evolution was built with (pass them to the pure functions)."""
+        return Pools(self.train_images, self.val_images)
+
     def init(self, key: jax.Array) -> EvolutionState:
-        """Generation 0: the circuits of P randomly initialised networks."""
+        """Generation 0: the circuits of P randomly initialised networks. Pure."""
         size = self.config.pop_size
-        learngenes = self.random_genes(jax.random.split(key, size))
+        learngenes = self._random_genes(jax.random.split(key, size))
         best = jax.tree.map(lambda x: x[0], learngenes)
-        return EvolutionState(
+        state = EvolutionState(
             generation=jnp.int32(0),
             learngenes=learngenes,
             parents=jnp.arange(size, dtype=jnp.int32),
@@ -475,6 +536,185 @@ class Evolution:
             trained=learngenes,
             fitness=jnp.full((size,), jnp.nan, jnp.float32),
         )
+        return self.place(state)
+
+    def critic_episodes(
+        self, critic_key: jax.Array, val_images: jax.Array
+    ) -> tuple[Episode, jax.Array]:
+        """The critics' episodes (leading axis ``num_critics``) and keys. Pure."""
+        c = self.config
+        episode_key, init_key = jax.random.split(critic_key)
+        episodes = jax.vmap(
+            lambda k: sample_episode(
+                k,
+                val_images,
+                n_way=c.critic_way,
+                k_shot=c.critic_shot,
+                n_query=c.critic_query,
+            )
+        )(jax.random.split(episode_key, c.num_critics))
+        return episodes, jax.random.split(init_key, c.num_critics)
+
+    def step(
+        self, root_key: jax.Array, state: EvolutionState, pools: Pools | None = None
+    ) -> tuple[EvolutionState, dict[str, jax.Array]]:
+        """One generation as one pure function: ``(key, state) -> (state, metrics)``.
+
+        Hosts inherit, learn in life (``lax.scan`` over the lifetime steps), pass on their
+        trained circuits, critics fine-tune on them (vmapped), tournaments select, the elite
+        is kept, the winners' copies mutate. Every member is vmapped: the form for GPU/TPU,
+        where one program of the whole population beats a loop of small ones; on CPU a host
+        executor (``gtl_jax.executors``) runs the same per-member functions faster.
+
+        ``jax.jit`` it, ``lax.scan`` it over generations (``run``), ``jax.vmap`` it over
+        seeds (``evolve``). The key of generation g is ``fold_in(root_key, g)``, as in the
+        host executors, which compute the same numbers up to float rounding.
+
+        Args:
+          root_key: the run's root key.
+          state: the state after g generations.
+          pools: the image pools; None: the evolution's own, which a jit then embeds as
+            constants (pass ``evo.pools`` as an argument for large pools).
+
+        Returns:
+          The next state and the generation's metrics, arrays (``host_metrics`` turns them
+          into the values a run logs): fitness f32[P] (NaN: diverged), its max, mean, min
+          and 95% half-width over the finite ones, lineage scores, parents, the elite's
+          index, divergences, lifetime losses, the critics' mean instinct, diversity.
+        """
+        pools = self.pools if pools is None else pools
+        c = self.config
+        size = c.pop_size
+        key = jax.random.fold_in(root_key, state.generation)
+        host_key, task_key, life_key, generation_critic_key, next_key = (
+            _generation_keys(key)
+        )
+        critic_key = self.critic_key(root_key)
+        if critic_key is None:
+            critic_key = generation_critic_key
+
+        # 1. Hosts: every learngene into a fresh network (its own key).
+        hosts = jax.vmap(self.host_fn)(
+            jax.random.split(host_key, size), state.learngenes
+        )
+        # 2. Lifetime learning: each its own life_way-way task of meta-train classes.
+        classes = jax.vmap(
+            lambda k: sample_classes(k, pools.train.shape[0], c.life_way)
+        )(jax.random.split(task_key, size))
+
+        def life_step(hosts, step):
+            keys = jax.random.split(jax.random.fold_in(life_key, step), size)
+            return jax.vmap(self.life_step_fn, in_axes=(0, 0, 0, None))(
+                keys, hosts, classes, pools.train
+            )
+
+        hosts, life_losses = jax.lax.scan(life_step, hosts, jnp.arange(c.life_steps))
+        if c.life_steps == 0:
+            life_losses = jnp.zeros((1, size), jnp.float32)
+        # 3. Extraction: what was learned in life is inherited.
+        trained = jax.vmap(self.extract_fn)(hosts)
+        diverged = ~jnp.all(jnp.isfinite(life_losses), axis=0) | ~all_finite(trained)
+        # 4. Fitness by critics: the same critic episodes and keys for every member.
+        episodes, critic_keys = self.critic_episodes(critic_key, pools.val)
+        tile = lambda x: jnp.tile(x, (size,) + (1,) * (x.ndim - 1))  # noqa: E731
+        repeat = lambda x: jnp.repeat(x, c.num_critics, axis=0)  # noqa: E731
+        result = jax.vmap(self.critic_fn)(
+            tile(critic_keys),
+            jax.tree.map(tile, episodes),
+            jax.tree.map(repeat, trained),
+        )
+        fitness = result.final.reshape(size, c.num_critics).mean(axis=1)
+        # 5-6. Tournaments, elitism, mutation, lineage.
+        return self._advance(
+            next_key, state, trained, life_losses, diverged, fitness, result.instinct
+        )
+
+    def _advance(self, key, state, trained, life_losses, diverged, fitness, instinct):
+        """Steps 5-6 of the pure generation and its metrics."""
+        c = self.config
+        fitness = jnp.where(diverged, jnp.nan, fitness)
+        # ECO's learngene score: the lineage's fitness, decayed (NaN: ranked last).
+        scores = fitness + c.score_decay * state.scores
+        ranked = scores if c.selection == "score" else fitness
+        next_learngenes, parents = reproduce(
+            key,
+            trained,
+            ranked,
+            tournament_size=c.tournament_size,
+            sigma=c.mutation_sigma,
+            rate=c.mutation_rate,
+            selection=c.selection,
+        )
+        best = jnp.argmax(sanitize_fitness(fitness)).astype(jnp.int32)
+        new_state = EvolutionState(
+            generation=state.generation + 1,
+            learngenes=next_learngenes,
+            parents=parents,
+            best_learngene=jax.tree.map(lambda x: x[best], trained),
+            best_fitness=fitness[best],
+            scores=jnp.nan_to_num(scores, nan=0.0)[parents],
+            trained=trained,
+            fitness=fitness,
+        )
+        finite = jnp.isfinite(fitness)
+        count = finite.sum()
+        mean = jnp.where(finite, fitness, 0.0).sum() / count
+        std = jnp.sqrt(jnp.where(finite, (fitness - mean) ** 2, 0.0).sum() / count)
+        none = jnp.float32(jnp.nan)
+        metrics = {
+            "generation": state.generation + 1,
+            "fitness_max": jnp.where(
+                count > 0, jnp.where(finite, fitness, -jnp.inf).max(), none
+            ),
+            "fitness_mean": mean,
+            "fitness_min": jnp.where(
+                count > 0, jnp.where(finite, fitness, jnp.inf).min(), none
+            ),
+            "fitness_ci": 1.96 * std / jnp.sqrt(count),
+            "fitness": fitness,
+            "scores": scores,
+            "diverged": diverged.sum(),
+            "life_loss_first": jnp.nanmean(life_losses[0]),
+            "life_loss_last": jnp.nanmean(life_losses[-1]),
+            "critic_instinct_mean": instinct.mean(),
+            "parents": parents,
+            "best_index": best,
+            "diversity": diversity(next_learngenes),
+        }
+        return self.place(new_state), metrics
+
+    def run(
+        self,
+        root_key: jax.Array,
+        state: EvolutionState,
+        pools: Pools | None = None,
+        *,
+        generations: int,
+    ) -> tuple[EvolutionState, dict[str, jax.Array]]:
+        """``generations`` generations of ``step`` in one ``lax.scan``; metrics stacked
+        along a leading generation axis. Pure (``generations`` static)."""
+
+        def body(state, _):
+            return self.step(root_key, state, pools)
+
+        return jax.lax.scan(body, state, None, length=generations)
+
+    def evolve(
+        self,
+        key: jax.Array,
+        pools: Pools | None = None,
+        *,
+        generations: int | None = None,
+    ) -> tuple[EvolutionState, dict[str, jax.Array]]:
+        """A whole evolution from one key, as ``python -m gtl_jax.evolve`` seeds it
+        (``init_key, root_key = split(key)``). Pure: ``jax.jit(jax.vmap(evo.evolve,
+        in_axes=(0, None)), static_argnames="generations")(keys, evo.pools)`` evolves one
+        population per key in one program."""
+        init_key, root_key = jax.random.split(key)
+        generations = self.config.generations if generations is None else generations
+        return self.run(root_key, self.init(init_key), pools, generations=generations)
+
+    # ------------------------------------------------------------------- host execution
 
     def state_shardings(self, state: Any) -> Any:
         """Where each leaf of an ``EvolutionState`` (or its ``eval_shape``) belongs: the
