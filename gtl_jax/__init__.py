@@ -15,7 +15,7 @@ import importlib
 from gtl_jax import stopping  # noqa: F401
 from gtl_jax.checkpoint import load_learngene, save_learngene
 from gtl_jax.data import ClassPool, Episode, load_dataset, sample_batch, sample_episode
-from gtl_jax.descendants import DescendantEvaluator, Recipe, mean_confidence
+from gtl_jax.descendants import Recipe, mean_confidence
 from gtl_jax.evolution import (
     Evolution,
     EvolutionConfig,
@@ -24,6 +24,7 @@ from gtl_jax.evolution import (
     reproduce,
     tournament_select,
 )
+from gtl_jax.executors import DescendantEvaluator, population_map
 from gtl_jax.learngene import (
     LearngeneSpec,
     extract_learngene,
@@ -32,7 +33,7 @@ from gtl_jax.learngene import (
     parameter_share,
 )
 from gtl_jax.models import MODELS, build_model
-from gtl_jax.population import TrainState, init_network, population_map, train_step
+from gtl_jax.population import TrainState, init_network, train_step
 from gtl_jax.pretrain import PretrainConfig, pretrain
 
 __version__ = "0.1.0"

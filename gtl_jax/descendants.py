@@ -6,35 +6,32 @@ learngene written in, a new N-way head (random, zero, or the support prototypes)
 full-batch optimiser steps on the support set, query accuracy with running BatchNorm statistics.
 ``scratch`` is the same with no learngene and the same keys (common random numbers).
 
-Everything here is written for one descendant; ``DescendantEvaluator`` runs it for one
-descendant per episode: as a population (``population_map``) with vmap, or, with the CPU loop
-strategy, one descendant at a time through all its steps (member-major).
+Everything here is written for one descendant and is pure: ``fine_tune`` is a whole
+descendant, ``jax.vmap``-ped over episodes by the pure generation. Running many descendants
+on a machine (vmapped, or one at a time on CPU, or split between processes) is an executor's
+job: ``gtl_jax.executors.DescendantEvaluator``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import linen as nn
 from flax import struct
 
 from gtl_jax.data.pool import Episode
-from gtl_jax.distributed import gather_blocks, local, process_block, rows
 from gtl_jax.learngene import Learngene, insert_learngene
 from gtl_jax.population import (
     TrainState,
     cross_entropy,
     init_network,
     make_optimizer,
-    population_map,
     predict,
-    resolve_strategy,
     train_step,
 )
 
@@ -263,195 +260,6 @@ def fine_tune(
     accuracies = jnp.stack(accuracies)
     losses = jnp.concatenate(losses) if losses else jnp.zeros((0,), jnp.float32)
     return DescendantResult(instinct, accuracies, accuracies[-1], losses)
-
-
-class DescendantEvaluator:
-    """Compiled population functions of one (model, recipe, n_way) for many evaluations.
-
-    Build once and reuse: each function compiles on its first call and serves every later one
-    (every generation's critics, every method of the evaluation).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        recipe: Recipe,
-        *,
-        n_way: int,
-        strategy: str = "auto",
-        zero_cross: bool = True,
-        shared_learngene: bool = True,
-    ):
-        self.model, self.recipe, self.n_way = model, recipe, n_way
-        tx = make_optimizer(recipe.optimizer, recipe.learning_rate)
-        gene_axis = None if shared_learngene else 0
-
-        def init_fn(key, episode, learngene):
-            return new_descendant(
-                model,
-                key,
-                episode,
-                learngene,
-                recipe,
-                n_way=n_way,
-                zero_cross=zero_cross,
-            )
-
-        step = frozen_bn_step if recipe.batch_norm == "frozen" else train_step
-
-        def step_fn(state, episode):
-            return step(model, tx, state, episode.support_x, episode.support_y)
-
-        self.strategy = resolve_strategy(strategy)
-        self.shared_learngene = shared_learngene
-        if self.strategy == "loop":
-            # member_init, member_instinct, member_step, member_accuracy: compiled
-            # functions of descendant i (i traced), used by the loop strategy.
-            # Member-major: one descendant at a time through its whole fine-tuning, so no
-            # stacked state is sliced and re-stacked at every step (with 600 episodes the
-            # population-major loop had not finished its first step after 4 minutes). The
-            # member index is traced: one compilation serves every descendant.
-            def gene_of(learngene, i):
-                return learngene if shared_learngene else _member(learngene, i)
-
-            self.member_init = jax.jit(
-                lambda i, keys, episodes, learngene: init_fn(
-                    keys[i], _member(episodes, i), gene_of(learngene, i)
-                )
-            )
-            self.member_instinct = jax.jit(
-                lambda state, i, episodes: instinct_accuracy(
-                    model, state, _member(episodes, i), n_way=n_way
-                )
-            )
-            self.member_step = jax.jit(
-                lambda state, i, episodes: step_fn(state, _member(episodes, i)),
-                donate_argnums=0,
-            )
-            self.member_accuracy = jax.jit(
-                lambda state, i, episodes: query_accuracy(
-                    model, state, _member(episodes, i)
-                )
-            )
-        # All descendants at once; the loop strategy uses only init and instinct, which
-        # inherit's frozen-prototype baseline calls.
-        self.init = population_map(init_fn, (0, 0, gene_axis), strategy=strategy)
-        self.instinct = population_map(
-            lambda s, e: instinct_accuracy(model, s, e, n_way=n_way),
-            (0, 0),
-            strategy=strategy,
-        )
-        if self.strategy != "loop":
-            self.init_scratch = population_map(
-                lambda key, episode: init_fn(key, episode, None),
-                (0, 0),
-                strategy=strategy,
-            )
-            self.step = population_map(step_fn, (0, 0), strategy=strategy)
-            self.accuracy = population_map(
-                lambda s, e: query_accuracy(model, s, e), (0, 0), strategy=strategy
-            )
-
-    def __call__(
-        self,
-        keys: jax.Array,
-        episodes: Episode,
-        learngene: Learngene | None,
-        *,
-        on_step: Callable[[float], Any] | None = None,
-        instinct: jax.Array | None = None,
-    ) -> DescendantResult:
-        """Fine-tunes and scores one descendant per episode.
-
-        Args:
-          keys: key[E], one per descendant (the same keys for every method: common random numbers).
-          episodes: an Episode whose arrays have a leading E.
-          learngene: one learngene shared by all descendants, a stacked one with a leading E
-            (if built with ``shared_learngene=False``), or None for scratch.
-          on_step: called with the number of population steps just completed (1.0 after
-            each step of all descendants; ``steps / E`` after each descendant when they run
-            one at a time), e.g. ``tqdm.update``.
-          instinct: the instinct of these descendants if already known (it does not depend
-            on the head, so an evaluation of the same keys, episodes and learngene with another
-            head gives it); computed if None.
-        """
-        if self.strategy == "loop":
-            return self._member_major(keys, episodes, learngene, on_step, instinct)
-        if learngene is None:
-            state = self.init_scratch(keys, episodes)
-        else:
-            state = self.init(keys, episodes, learngene)
-        if instinct is None:
-            instinct = self.instinct(state, episodes)
-        curve_steps = set(self.recipe.curve_steps)
-        curve, losses = [], []
-        for step in range(self.recipe.steps):
-            if step == 0 and self.recipe.head == "prototype":
-                # A prototype head is the nearest-prototype readout: its step-0 accuracy is
-                # the instinct (the same ranking of classes), so it is not computed twice.
-                curve.append(instinct)
-            elif step in curve_steps:
-                curve.append(self.accuracy(state, episodes))
-            state, loss = self.step(state, episodes)
-            losses.append(loss)
-            if on_step is not None:
-                on_step(1.0)
-        curve.append(self.accuracy(state, episodes))  # the last curve step is `steps`
-        curve = jnp.stack(curve, axis=1)
-        losses = jnp.stack(losses) if losses else jnp.zeros((0, keys.shape[0]))
-        return DescendantResult(instinct, curve, curve[:, -1], losses)
-
-    def _member_major(self, keys, episodes, learngene, on_step, instinct):
-        """The loop strategy: each descendant through all its steps, then the next.
-
-        With several processes each runs its own block of descendants (``process_block``) on
-        its own device, and the scalars are gathered at the end.
-        """
-        size = keys.shape[0]
-        lo, hi = process_block(size)
-        keys, episodes = (
-            rows(keys, lo, hi),
-            jax.tree.map(lambda x: rows(x, lo, hi), episodes),
-        )
-        if self.shared_learngene:
-            learngene = jax.tree.map(local, learngene)
-        else:
-            learngene = jax.tree.map(lambda x: rows(x, lo, hi), learngene)
-        if instinct is not None:
-            instinct = rows(instinct, lo, hi)
-        curve_steps = set(self.recipe.curve_steps)
-        instincts, curves, losses = [], [], []
-        for i in range(hi - lo):
-            index = jnp.int32(i)
-            state = self.member_init(index, keys, episodes, learngene)
-            if instinct is None:
-                member_instinct = self.member_instinct(state, index, episodes)
-            else:
-                member_instinct = instinct[i]
-            curve, member_losses = [], []
-            for step in range(self.recipe.steps):
-                if step == 0 and self.recipe.head == "prototype":
-                    curve.append(member_instinct)  # as in __call__
-                elif step in curve_steps:
-                    curve.append(self.member_accuracy(state, index, episodes))
-                state, loss = self.member_step(state, index, episodes)
-                member_losses.append(loss)
-            curve.append(self.member_accuracy(state, index, episodes))
-            instincts.append(member_instinct)
-            curves.append(curve)
-            losses.append(member_losses)
-            if on_step is not None:
-                on_step(self.recipe.steps / (hi - lo))
-        # One transfer of all the scalars at the end (no host sync per descendant).
-        instincts, curves, losses = jax.device_get((instincts, curves, losses))
-        n, width, steps = hi - lo, len(self.recipe.curve_steps), self.recipe.steps
-        instinct = gather_blocks(np.asarray(instincts, np.float32).reshape(n), size)
-        curve = gather_blocks(np.asarray(curves, np.float32).reshape(n, width), size)
-        losses = gather_blocks(np.asarray(losses, np.float32).reshape(n, steps), size)
-        curve = jnp.asarray(curve)
-        return DescendantResult(
-            jnp.asarray(instinct), curve, curve[:, -1], jnp.asarray(losses.T)
-        )
 
 
 def mean_confidence(values: Sequence[float] | jax.Array) -> tuple[float, float]:

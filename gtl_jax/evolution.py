@@ -1,17 +1,22 @@
 """The evolutionary loop of GTL: hosts, lifetime learning, extraction, critic
 fitness, tournament selection, mutation with elitism, lineage.
 
-The operators (``tournament_select``, ``mutate``, ``reproduce``) are pure jittable functions of
-one key and arrays. ``Evolution`` holds the compiled population functions of one configuration
-and runs one generation as ``(key, state) -> (state, metrics)``; the key of generation g is
-``fold_in(root_key, g)``, so a resumed run replays the same stream.
+Everything here is pure. The operators (``tournament_select``, ``mutate``, ``reproduce``)
+are jittable functions of one key and arrays. ``Evolution`` is built once from the models, the
+learngene spec, the config and the image pools; its ``step(root_key, state) -> (state,
+metrics)`` is one whole generation, which can be jitted, scanned over generations (``run``)
+and vmapped over seeds (``evolve``). The key of generation g is ``fold_in(root_key, g)``, so a
+resumed run replays the same stream.
+
+How a generation runs on a machine is not decided here: ``step`` vmaps every member (the
+GPU/TPU form), and ``gtl_jax.executors.HostExecutor`` drives the same per-member functions
+from the host (the faster form on CPU). This module never imports the executors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,8 +27,7 @@ from flax import struct
 
 from gtl_jax.data.augment import AUGMENTATIONS, augment_fn
 from gtl_jax.data.pool import Episode, sample_batch, sample_classes, sample_episode
-from gtl_jax.descendants import DescendantEvaluator, Recipe, fine_tune
-from gtl_jax.distributed import to_host
+from gtl_jax.descendants import Recipe, fine_tune
 from gtl_jax.learngene import (
     PARAMETER_KEYS,
     Learngene,
@@ -36,7 +40,6 @@ from gtl_jax.population import (
     TrainState,
     init_network,
     make_optimizer,
-    population_map,
     population_mesh,
     population_sharding,
     replicate,
@@ -176,22 +179,7 @@ def diversity(learngenes: Learngene) -> jax.Array:
     return jnp.mean(jnp.stack(values))
 
 
-def _replicated_then_sharded(fn: Callable, mesh: Any) -> Callable:
-    """``fn`` run on replicated inputs (each device computes it whole, with the program of one
-    device, so its numbers are one device's; a partitioned ``mutate`` rounded differently),
-    its outputs then split over the ``"pop"`` axis. For the small, cheap reproduction step."""
-    # Resharding by identity jits, not device_put: with several processes each process
-    # holds only its own devices, and jit moves the data between them.
-    to_replicated = jax.jit(lambda tree: tree, out_shardings=replicated_sharding(mesh))
-    to_population = jax.jit(lambda tree: tree, out_shardings=population_sharding(mesh))
-
-    def placed(*args):
-        return to_population(fn(*to_replicated(args)))
-
-    return placed
-
-
-def _generation_keys(key: jax.Array) -> jax.Array:
+def generation_keys(key: jax.Array) -> jax.Array:
     """A generation's keys: hosts, tasks, lifetime steps, critics, reproduction."""
     return jax.random.split(key, 5)
 
@@ -224,25 +212,6 @@ class EvolutionState:
     scores: jax.Array
     trained: Learngene
     fitness: jax.Array
-
-
-@struct.dataclass
-class Lives:
-    """Steps 1-4 of a generation for a block of n members (``Evolution.lives``).
-
-    Attributes:
-      trained: the learngenes extracted after lifetime learning (stacked, leading n).
-      life_losses: f32[life_steps, n] (host), the lifetime losses.
-      diverged: bool[n] (host), a non-finite loss or learngene.
-      fitness: f32[n] (host), mean critic query accuracy (diverged ones included).
-      instinct: f32[n * num_critics] (host), the critics' instincts.
-    """
-
-    trained: Learngene
-    life_losses: np.ndarray
-    diverged: np.ndarray
-    fitness: np.ndarray
-    instinct: np.ndarray
 
 
 @struct.dataclass
@@ -368,7 +337,7 @@ class EvolutionConfig:
 
 
 class Evolution:
-    """Compiled functions for one configuration; ``generation`` runs one generation.
+    """One configuration's pure functions: per member, and the whole generation (``step``).
 
     Args:
       life_model: the host network (with an ``life_way`` head).
@@ -378,7 +347,12 @@ class Evolution:
       critic_recipe: how critics fine-tune.
       train_images: u8[C_train, M, H, W, Ch] meta-train pool (lifetime tasks).
       val_images: u8[C_val, M, H, W, Ch] meta-validation pool (critic tasks).
-      strategy: population execution strategy.
+
+    The per-member functions, which every execution composes: ``random_gene_fn(key)``,
+    ``host_fn(key, learngene)`` (a fresh host with the learngene inserted),
+    ``life_step_fn(key, state, classes, images)`` (one lifetime step),
+    ``extract_fn(state)`` and ``critic_fn(key, episode, learngene)`` (one critic,
+    ``fine_tune``).
     """
 
     def __init__(
@@ -390,8 +364,6 @@ class Evolution:
         critic_recipe: Recipe,
         train_images: jax.Array,
         val_images: jax.Array,
-        *,
-        strategy: str = "auto",
     ):
         for name, model, way in (
             ("life_model", life_model, config.life_way),
@@ -403,6 +375,8 @@ class Evolution:
                     f"{way}-way (life_way={config.life_way}, critic_way={config.critic_way})"
                 )
         self.config, self.spec = config, spec
+        self.life_model, self.critic_model = life_model, critic_model
+        self.critic_recipe = critic_recipe
         # Several devices: the population is sharded over them (population_map) and the pools,
         # which every member samples from, are replicated onto each device once.
         self.mesh = population_mesh()
@@ -469,50 +443,6 @@ class Evolution:
         )
 
         self._random_genes = jax.jit(jax.vmap(random_gene_fn))
-        self.hosts = population_map(host_fn, (0, 0), strategy=strategy)
-        self.life_step = population_map(
-            life_step_fn, (0, 0, 0, None), strategy=strategy, carry=1
-        )
-        self.extract = population_map(
-            lambda s: extract_learngene(spec, s.params, s.batch_stats),
-            (0,),
-            strategy=strategy,
-        )
-        self.critics = DescendantEvaluator(
-            critic_model,
-            critic_recipe,
-            n_way=c.critic_way,
-            strategy=strategy,
-            zero_cross=c.zero_cross,
-            shared_learngene=False,
-        )
-        self.sample_tasks = jax.jit(
-            jax.vmap(lambda k: sample_classes(k, train_images.shape[0], c.life_way))
-        )
-        self.sample_critic_episodes = jax.jit(
-            jax.vmap(
-                lambda k, images: sample_episode(
-                    k,
-                    images,
-                    n_way=c.critic_way,
-                    k_shot=c.critic_shot,
-                    n_query=c.critic_query,
-                ),
-                in_axes=(0, None),
-            )
-        )
-        self.reproduce = jax.jit(
-            functools.partial(
-                reproduce,
-                tournament_size=c.tournament_size,
-                sigma=c.mutation_sigma,
-                rate=c.mutation_rate,
-                selection=c.selection,
-            )
-        )
-        if self.mesh is not None:
-            self.reproduce = _replicated_then_sharded(self.reproduce, self.mesh)
-        self.diversity = jax.jit(diversity)
 
     # ----------------------------------------------------------------- the pure generation
 
@@ -586,8 +516,8 @@ class Evolution:
         c = self.config
         size = c.pop_size
         key = jax.random.fold_in(root_key, state.generation)
-        host_key, task_key, life_key, generation_critic_key, next_key = (
-            _generation_keys(key)
+        host_key, task_key, life_key, generation_critic_key, next_key = generation_keys(
+            key
         )
         critic_key = self.critic_key(root_key)
         if critic_key is None:
@@ -714,17 +644,19 @@ class Evolution:
         generations = self.config.generations if generations is None else generations
         return self.run(root_key, self.init(init_key), pools, generations=generations)
 
-    # ------------------------------------------------------------------- host execution
-
     def state_shardings(self, state: Any) -> Any:
         """Where each leaf of an ``EvolutionState`` (or its ``eval_shape``) belongs: the
-        population (``learngenes``, ``parents``) sharded over the mesh, the rest replicated;
+        population (``learngenes``, ``parents``, ...) sharded over the mesh when P is divisible
+        by the devices, the rest replicated;
         on one device, the default device. Restores place a checkpoint written on any number
         of devices by these."""
         if self.mesh is None:
             device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
             return jax.tree.map(lambda _: device, state)
-        pop, rep = population_sharding(self.mesh), replicated_sharding(self.mesh)
+        rep = replicated_sharding(self.mesh)
+        # A population not divisible by the devices is replicated (executors pad it).
+        divisible = self.config.pop_size % self.mesh.size == 0
+        pop = population_sharding(self.mesh) if divisible else rep
         return state.replace(
             generation=rep,
             learngenes=jax.tree.map(lambda _: pop, state.learngenes),
@@ -750,198 +682,3 @@ class Evolution:
         if not self.config.fixed_critics:
             return None
         return jax.random.fold_in(root_key, CRITIC_STREAM)
-
-    def choose_final(
-        self,
-        key: jax.Array,
-        state: EvolutionState,
-        *,
-        candidates: int,
-        episodes: int,
-    ) -> tuple[int, dict[str, Any]]:
-        """The member of the last generation whose trained learngene the run passes on.
-
-        With selection, the ``candidates`` fittest are re-scored by critics on ``episodes``
-        fixed meta-validation episodes (the same for each; drawn from ``key``) and the best
-        re-scored one is chosen: a generation's fitness, a few critic episodes, ranks
-        near-equal learngenes by chance. With ``selection="none"`` a member drawn at random
-        (the control chooses as it reproduces).
-
-        Returns ``(index, info)``: info holds the candidates and their re-scored fitness.
-        """
-        size = self.config.pop_size
-        choose_key, episode_key, init_key = jax.random.split(key, 3)
-        if self.config.selection == "none":
-            index = int(jax.random.randint(choose_key, (), 0, size))
-            return index, {"chosen": index, "rule": "random member"}
-        fitness = np.asarray(sanitize_fitness(to_host(state.fitness)))
-        order = [int(i) for i in np.argsort(-fitness, kind="stable")[:candidates]]
-        if episodes < 1 or len(order) == 1:
-            return order[0], {"chosen": order[0], "rule": "fittest"}
-        n = len(order)
-        genes = jax.tree.map(
-            lambda x: jnp.asarray(to_host(x))[np.array(order)], state.trained
-        )
-        sampled = self.sample_critic_episodes(
-            jax.random.split(episode_key, episodes), self.val_images
-        )
-        keys = jax.random.split(init_key, episodes)
-        tile = lambda x: jnp.tile(x, (n,) + (1,) * (x.ndim - 1))  # noqa: E731
-        repeat = lambda x: jnp.repeat(x, episodes, axis=0)  # noqa: E731
-        result = self.critics(
-            tile(keys), jax.tree.map(tile, sampled), jax.tree.map(repeat, genes)
-        )
-        rescored = to_host(result.final).reshape(n, episodes).mean(axis=1)
-        index = order[int(np.argmax(rescored))]
-        return index, {
-            "chosen": index,
-            "rule": f"best of the {n} fittest re-scored on {episodes} episodes",
-            "candidates": order,
-            "rescored": [float(f) for f in rescored],
-        }
-
-    def lives(
-        self,
-        key: jax.Array,
-        learngenes: Learngene,
-        lo: int = 0,
-        hi: int | None = None,
-        on_step: Callable[[float], Any] | None = None,
-        critic_key: jax.Array | None = None,
-    ) -> Lives:
-        """Steps 1-4 of a generation for the members ``[lo, hi)`` of the population.
-
-        The keys, tasks and critic episodes are those of the whole population (drawn from
-        the generation's ``key``), so a block computes what the whole population would for
-        its members: ``generation`` can split the population between worker processes.
-
-        Args:
-          key: the generation's key, ``fold_in(root_key, g)``.
-          learngenes: the learngenes of members ``[lo, hi)`` (stacked).
-          lo, hi: the block of members (default: all of them).
-          on_step: called with the number of lifetime or critic steps (of the block) just
-            completed.
-          critic_key: the key of the critic episodes and critics (``fixed_critics``: the
-            same every generation); None: the generation's own.
-        """
-        c = self.config
-        size = c.pop_size
-        hi = size if hi is None else hi
-        block = (lambda x: x) if (lo, hi) == (0, size) else (lambda x: x[lo:hi])
-        host_key, task_key, life_key, generation_critic_key, _ = _generation_keys(key)
-        if critic_key is None:
-            critic_key = generation_critic_key
-        n = hi - lo
-
-        # 1. Hosts: every learngene into a fresh network (its own key).
-        hosts = self.hosts(block(jax.random.split(host_key, size)), learngenes)
-        # 2. Lifetime learning: each individual its own life_way-way task of meta-train classes.
-        classes = block(self.sample_tasks(jax.random.split(task_key, size)))
-        life_losses = []
-        for step in range(c.life_steps):
-            step_keys = block(
-                jax.random.split(jax.random.fold_in(life_key, step), size)
-            )
-            hosts, loss = self.life_step(step_keys, hosts, classes, self.train_images)
-            life_losses.append(loss)
-            if on_step is not None:
-                on_step(1.0)
-        life_losses = jnp.stack(life_losses) if life_losses else jnp.zeros((1, n))
-        # 3. Extraction: what was learned in life is inherited.
-        trained = self.extract(hosts)
-        # A diverged individual (non-finite loss or learngene) gets NaN fitness: never selected.
-        diverged = ~jnp.all(jnp.isfinite(life_losses), axis=0) | ~all_finite(trained)
-        # 4. Fitness by critics: the same critic tasks and keys for every individual.
-        episode_key, init_key = jax.random.split(critic_key)
-        episodes = self.sample_critic_episodes(
-            jax.random.split(episode_key, c.num_critics), self.val_images
-        )
-        critic_keys = jax.random.split(init_key, c.num_critics)
-        tile = lambda x: jnp.tile(x, (n,) + (1,) * (x.ndim - 1))  # noqa: E731
-        repeat = lambda x: jnp.repeat(x, c.num_critics, axis=0)  # noqa: E731
-        result = self.critics(
-            tile(critic_keys),
-            jax.tree.map(tile, episodes),
-            jax.tree.map(repeat, trained),
-            on_step=on_step,
-        )
-        # The per-individual scalars on the host (gathered when processes share the work).
-        diverged, life_losses, instinct = to_host(
-            (diverged, life_losses, result.instinct)
-        )
-        fitness = to_host(result.final.reshape(n, c.num_critics).mean(axis=1))
-        return Lives(trained, life_losses, diverged, fitness, instinct)
-
-    def generation(
-        self,
-        root_key: jax.Array,
-        state: EvolutionState,
-        on_step: Callable[[float], Any] | None = None,
-        *,
-        workers: Callable[..., Lives] | None = None,
-    ) -> tuple[EvolutionState, dict[str, Any]]:
-        """Runs one generation: ``(key, state) -> (state, metrics)``.
-
-        Args:
-          root_key: the run's root key; the generation's key is ``fold_in(root_key, g)``.
-          state: the state after ``g`` generations.
-          on_step: called with the number of lifetime or critic steps (of the whole
-            population) just completed, e.g. ``tqdm.update``.
-          workers: computes ``lives`` of the whole population elsewhere, as
-            ``workers(key, learngenes, on_step, critic_key)``
-            (``gtl_jax.evolve.LifeWorkers``: blocks of members in worker processes);
-            None: in this process.
-        """
-        g = int(state.generation)
-        key = jax.random.fold_in(root_key, g)
-        next_key = _generation_keys(key)[4]
-        critic_key = self.critic_key(root_key)
-        if workers is None:
-            life = self.lives(
-                key, state.learngenes, on_step=on_step, critic_key=critic_key
-            )
-        else:
-            life = workers(key, state.learngenes, on_step, critic_key)
-        trained, life_losses, diverged = life.trained, life.life_losses, life.diverged
-        fitness = np.where(diverged, np.float32(np.nan), life.fitness)
-        # ECO's learngene score: the lineage's fitness, decayed. A diverged one scores NaN,
-        # which selection ranks last.
-        scores = fitness + self.config.score_decay * to_host(state.scores)
-        ranked = scores if self.config.selection == "score" else fitness
-        # 5-6. Tournaments, elitism, mutation, lineage.
-        next_learngenes, parents = self.reproduce(
-            next_key, trained, jnp.asarray(ranked)
-        )
-        next_scores = np.nan_to_num(scores, nan=0.0)[to_host(parents)]
-        safe = sanitize_fitness(fitness)
-        best = int(jnp.argmax(safe))
-        new_state = EvolutionState(
-            generation=jnp.int32(g + 1),
-            learngenes=next_learngenes,
-            parents=parents,
-            best_learngene=jax.tree.map(lambda x: x[best], trained),
-            best_fitness=jnp.float32(fitness[best]),
-            scores=jnp.asarray(next_scores, jnp.float32),
-            trained=trained,
-            fitness=jnp.asarray(fitness, jnp.float32),
-        )
-        new_state = self.place(new_state)
-        finite = np.isfinite(fitness)
-        stat = lambda f: float(f(fitness[finite])) if finite.any() else float("nan")  # noqa: E731
-        metrics = {
-            "generation": g + 1,
-            "fitness_max": stat(np.max),
-            "fitness_mean": stat(np.mean),
-            "fitness_min": stat(np.min),
-            "fitness_ci": stat(lambda f: 1.96 * np.std(f) / np.sqrt(f.size)),
-            "fitness": [float(f) for f in fitness],
-            "scores": [float(x) for x in scores],
-            "diverged": int(diverged.sum()),
-            "life_loss_first": float(jnp.nanmean(life_losses[0])),
-            "life_loss_last": float(jnp.nanmean(life_losses[-1])),
-            "critic_instinct_mean": float(life.instinct.mean()),
-            "parents": [int(p) for p in to_host(parents)],
-            "best_index": best,
-            "diversity": float(self.diversity(next_learngenes)),
-        }
-        return new_state, metrics

@@ -40,10 +40,10 @@ from gtl_jax.data import (
     sample_episode,
 )
 from gtl_jax.descendants import Recipe
-from gtl_jax.evolution import SELECTIONS, Evolution, EvolutionConfig, Lives
+from gtl_jax.evolution import SELECTIONS, Evolution, EvolutionConfig
+from gtl_jax.executors import STRATEGIES, HostExecutor, Lives, resolve_strategy
 from gtl_jax.learngene import make_spec, parameter_share
 from gtl_jax.models import MODELS, PRECISIONS, build_model
-from gtl_jax.population import STRATEGIES, resolve_strategy
 
 FITNESS_KEYS = ("fitness_max", "fitness_mean", "fitness_min", "fitness_ci")
 # The stream of the final choice's key (re-scoring episodes), folded into the root key.
@@ -174,12 +174,6 @@ def validate_config(
         "pop_size",
         f"must be divisible by tournament_size={c.tournament_size}",
     )
-    need(
-        c.pop_size % num_devices == 0,
-        "pop_size",
-        f"must be divisible by the {num_devices} devices the population is sharded "
-        f"over (jax.device_count() = {num_devices})",
-    )
     need(c.mutation_sigma >= 0, "mutation_sigma", "must be >= 0")
     need(0 <= c.mutation_rate <= 1, "mutation_rate", "must be in [0, 1]")
     need(
@@ -304,7 +298,6 @@ def make_evolution(c: ml_collections.ConfigDict, pools: dict) -> Evolution:
         critic_recipe(c),
         train,
         val,
-        strategy=c.strategy,
     )
 
 
@@ -325,7 +318,7 @@ def life_workers(c: ml_collections.ConfigDict) -> int:
 
 
 # One Evolution per life worker process, built by the pool's initializer.
-_WORKER_EVOLUTION: Evolution | None = None
+_WORKER_EVOLUTION: HostExecutor | None = None
 
 
 def _start_life_worker(config_json: str) -> None:
@@ -333,7 +326,7 @@ def _start_life_worker(config_json: str) -> None:
     configure_jax()
     c = ml_collections.ConfigDict(json.loads(config_json))
     pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
-    _WORKER_EVOLUTION = make_evolution(c, pools)
+    _WORKER_EVOLUTION = HostExecutor(make_evolution(c, pools), c.strategy)
 
 
 def _life_job(
@@ -342,7 +335,7 @@ def _life_job(
     evo = _WORKER_EVOLUTION
     share = (
         hi - lo
-    ) / evo.config.pop_size  # progress counts steps of the whole population
+    ) / evo.evo.config.pop_size  # progress counts steps of the whole population
     critic_key = None
     if critic_key_data is not None:
         critic_key = jax.random.wrap_key_data(critic_key_data)
@@ -688,7 +681,8 @@ def run(
 
     image_shape = pools["train"].image_shape
     evo = make_evolution(c, pools)
-    spec, ec, critic_model = evo.spec, evo.config, evo.critics.model
+    executor = HostExecutor(evo, c.strategy)
+    spec, ec, critic_model = evo.spec, evo.config, evo.critic_model
     init_key, root_key = jax.random.split(jax.random.key(c.seed))
 
     # Process 0's view: the others may look after it has created the directory.
@@ -753,7 +747,9 @@ def run(
             bar.set_description(f"evolution ({workers} worker processes)")
         while int(state.generation) < c.generations:
             t = time.perf_counter()
-            state, m = evo.generation(root_key, state, on_step=bar.update, workers=pool)
+            state, m = executor.generation(
+                root_key, state, on_step=bar.update, workers=pool
+            )
             m["seconds"] = time.perf_counter() - t
             bar.set_postfix_str(
                 f"best={m['fitness_max']:.3f}, mean={m['fitness_mean']:.3f}"
@@ -783,7 +779,7 @@ def run(
         jax.random.key(0),
     )
     share = parameter_share(spec, shapes["params"])
-    final, choice = evo.choose_final(
+    final, choice = executor.choose_final(
         jax.random.fold_in(root_key, FINAL_STREAM),
         state,
         candidates=int(c.final_candidates),

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from gtl_jax import checkpoint, distributed, plots, stopping
 from gtl_jax.configs import load_config
 from gtl_jax.data import augment_fn, load_dataset
-from gtl_jax.descendants import HEADS, DescendantEvaluator, mean_confidence
+from gtl_jax.descendants import HEADS, mean_confidence
 from gtl_jax.evolve import (
     COMMAND_ERRORS,
     FITNESS_KEYS,
@@ -61,6 +61,7 @@ from gtl_jax.evolve import (
     smoke_note,
     validate_config,
 )
+from gtl_jax.executors import DescendantEvaluator
 from gtl_jax.learngene import (
     GeneLayer,
     Learngene,

@@ -54,7 +54,6 @@ from gtl_jax import checkpoint, distributed, evolve, plots, stopping
 from gtl_jax.configs import load_config
 from gtl_jax.data import load_dataset
 from gtl_jax.data.digits import load_digits
-from gtl_jax.descendants import DescendantEvaluator
 from gtl_jax.evolve import (
     PROGRESS_FORMAT,
     ConfigError,
@@ -66,6 +65,7 @@ from gtl_jax.evolve import (
     parse_shots,
     resolve_config,
 )
+from gtl_jax.executors import DescendantEvaluator
 from gtl_jax.inherit import (
     episode_fingerprint,
     parse_list,

@@ -15,8 +15,9 @@ from conftest import ROOT
 
 import gtl_jax
 from gtl_jax.data import to_float
-from gtl_jax.descendants import DescendantEvaluator, Recipe
+from gtl_jax.descendants import Recipe
 from gtl_jax.evolve import fixed_episodes
+from gtl_jax.executors import DescendantEvaluator
 from gtl_jax.models import build_model
 from gtl_jax.population import init_network, make_optimizer, predict, train_step
 

@@ -10,14 +10,15 @@ import pytest
 from gtl_jax.configs import load_config
 from gtl_jax.data import sample_episode
 from gtl_jax.descendants import (
-    DescendantEvaluator,
     Recipe,
     class_means,
+    fine_tune,
     mean_confidence,
     new_descendant,
     prototype_logits,
 )
 from gtl_jax.evolve import descendant_recipe, fixed_episodes
+from gtl_jax.executors import DescendantEvaluator
 from gtl_jax.learngene import extract_learngene, make_spec
 from gtl_jax.models import build_model
 from gtl_jax.population import predict
@@ -105,6 +106,34 @@ def test_evaluator_learngene_vs_scratch_same_keys(omniglot):
     np.testing.assert_array_equal(scratch.final, again.final)
     assert not np.array_equal(with_gene.losses, scratch.losses)
     assert np.all((with_gene.final >= 0) & (with_gene.final <= 1))
+
+
+@pytest.mark.parametrize("head", ["random", "prototype"])
+def test_fine_tune_is_one_pure_program_equal_to_the_evaluators(head, omniglot):
+    """The pure ``fine_tune``, jitted and vmapped over episodes, computes what the CPU
+    evaluator computes one descendant at a time, up to float rounding (a rounding flips at
+    most one of the 25 queries)."""
+    model = build_model("vgg11", 5, width=1 / 16)
+    images = jnp.asarray(omniglot["test"].images)
+    episodes, keys = fixed_episodes(
+        jax.random.key(2), images, episodes=3, n_way=5, k_shot=1, n_query=5
+    )
+    recipe = Recipe(head=head, steps=3, eval_every=2)
+    variables = model.init(jax.random.key(9), jnp.zeros((1, 28, 28, 1)), train=False)
+    gene = extract_learngene(
+        make_spec(model, 0.45, 1), variables["params"], variables["batch_stats"]
+    )
+    pure = jax.jit(
+        jax.vmap(lambda k, e: fine_tune(model, recipe, k, e, gene, n_way=5), (0, 0))
+    )(keys, episodes)
+    assert pure.curve.shape == (3, len(recipe.curve_steps))  # steps 0, 2, 3
+    for strategy in ("loop", "vmap"):
+        result = DescendantEvaluator(model, recipe, n_way=5, strategy=strategy)(
+            keys, episodes, gene
+        )
+        np.testing.assert_allclose(result.curve, pure.curve, atol=1 / 25 + 1e-6)
+        np.testing.assert_allclose(result.instinct, pure.instinct, atol=1 / 25 + 1e-6)
+        np.testing.assert_allclose(result.losses, pure.losses.T, rtol=1e-4, atol=1e-5)
 
 
 def test_frozen_batch_norm_step_keeps_running_statistics():

@@ -262,7 +262,7 @@ def test_vmap_over_seeds_equals_each_seed_alone(tiny):
     for i in range(2):
         state, metrics = alone(keys[i], evo.pools)
         # Batched convs sum in another order: float rounding, nothing more.
-        assert _max_difference(jax.tree.map(lambda x: x[i], both), state) < 1e-4
+        assert _max_difference(jax.tree.map(lambda x, i=i: x[i], both), state) < 1e-4
         np.testing.assert_allclose(
             both_metrics["fitness"][i], metrics["fitness"], atol=1e-6
         )
@@ -274,11 +274,13 @@ def test_host_execution_computes_the_pure_generation(tiny):
     # generation run the same per-member functions: equal up to float rounding, and a
     # rounding can flip at most one critic query (1/75 of a critic's accuracy).
     from gtl_jax.evolution import host_metrics
+    from gtl_jax.executors import HostExecutor
 
     evo, key, states, metrics = tiny
+    executor = HostExecutor(evo, "loop")
     state = states[0]
     for g in range(2):
-        state, logged = evo.generation(key, state)
+        state, logged = executor.generation(key, state)
         pure = host_metrics(metrics[g])
         np.testing.assert_allclose(
             logged["fitness"], pure["fitness"], atol=1 / 75 + 1e-6

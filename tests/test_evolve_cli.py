@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gtl_jax.checkpoint import load_learngene
 from gtl_jax.configs import load_config
-from gtl_jax.descendants import Recipe
-from gtl_jax.evolution import Evolution, EvolutionConfig, all_finite
+from gtl_jax.evolution import EvolutionConfig
 from gtl_jax.evolve import (
     CPU_XLA_FLAGS,
     LifeWorkers,
@@ -21,8 +19,7 @@ from gtl_jax.evolve import (
     main,
     make_evolution,
 )
-from gtl_jax.learngene import make_spec
-from gtl_jax.models import build_model
+from gtl_jax.executors import HostExecutor
 
 SMOKE = ["--config", "omniglot:smoke", "--quiet"]
 
@@ -121,74 +118,11 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert (part / "learngene" / "metadata.json").is_file()
 
 
-def _tiny_evolution(omniglot, **overrides) -> Evolution:
-    """3 VGG11 x1/16 on the first 20 classes of each split, a few steps each."""
-    config = EvolutionConfig(
-        **{"pop_size": 3, "tournament_size": 3, "life_way": 5, "life_steps": 2}
-        | {"num_critics": 1}
-        | overrides
-    )
-    model = build_model("vgg11", 5, width=1 / 16)
-    train, val = (jnp.asarray(omniglot[s].images[:20]) for s in ("train", "val"))
-    spec = make_spec(model, 0.45, 1)
-    recipe = Recipe(steps=1, eval_every=1)
-    return Evolution(model, model, spec, config, recipe, train, val, strategy="loop")
-
-
-def test_two_generations_compile_once(omniglot):
-    evo = _tiny_evolution(omniglot)
-    key = jax.random.key(0)
-    state = evo.init(key)
-    for _ in range(2):
-        state, metrics = evo.generation(key, state)
-    assert int(state.generation) == 2 and metrics["generation"] == 2
-    compiled = {
-        "hosts": evo.hosts.member,
-        "life_step": evo.life_step.member,
-        "extract": evo.extract.member,
-        # Critics run member-major: one compiled function per phase for all descendants.
-        "critic_init": evo.critics.member_init,
-        "critic_instinct": evo.critics.member_instinct,
-        "critic_step": evo.critics.member_step,
-        "critic_accuracy": evo.critics.member_accuracy,
-        "reproduce": evo.reproduce,
-    }
-    for name, fn in compiled.items():
-        assert fn._cache_size() == 1, name
-
-
-def test_blocks_of_members_live_as_in_the_whole_population(omniglot):
-    # What lets generation split the population between worker processes: a block draws the
-    # whole population's keys and tasks, so its members' lives are bit-identical.
-    evo = _tiny_evolution(omniglot)
-    key = jax.random.fold_in(jax.random.key(1), 0)
-    genes = evo.init(jax.random.key(0)).learngenes
-    whole = jax.device_get(evo.lives(key, genes))
-    blocks = [
-        jax.device_get(
-            evo.lives(
-                key, jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], genes), lo, hi
-            )
-        )
-        for lo, hi in ((0, 2), (2, 3))
-    ]
-    for field in ("fitness", "diverged", "instinct"):
-        joined = np.concatenate([getattr(b, field) for b in blocks])
-        np.testing.assert_array_equal(getattr(whole, field), joined)
-    np.testing.assert_array_equal(
-        whole.life_losses, np.concatenate([b.life_losses for b in blocks], axis=1)
-    )
-    for a, *parts in zip(
-        *map(jax.tree.leaves, [whole.trained] + [b.trained for b in blocks])
-    ):
-        np.testing.assert_array_equal(a, np.concatenate(parts))
-
-
 def test_worker_processes_compute_the_lives_of_the_population(omniglot):
     c = load_config("omniglot:smoke")  # pop 3: blocks of 2 and 1 members
-    evo = make_evolution(c, omniglot)
+    evo = HostExecutor(make_evolution(c, omniglot), c.strategy)
     key = jax.random.fold_in(jax.random.key(1), 0)
-    genes = evo.init(jax.random.key(0)).learngenes
+    genes = evo.evo.init(jax.random.key(0)).learngenes
     here_steps, there_steps = [], []
     here = jax.device_get(evo.lives(key, genes, on_step=here_steps.append))
     with LifeWorkers(c, 2) as workers:
@@ -215,29 +149,6 @@ def test_worker_processes_compute_the_lives_of_the_population(omniglot):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("poison", [jnp.nan, jnp.inf])
-def test_a_diverging_individual_is_never_selected(poison, omniglot):
-    evo = _tiny_evolution(omniglot)
-    key = jax.random.key(0)
-    state = evo.init(key)
-    # Individual 1's learngene carries a NaN (or inf): its host's loss and learngene go
-    # non-finite.
-    layer = sorted(state.learngenes)[0]
-    kernel = state.learngenes[layer]["kernel"]
-    poisoned = {
-        **state.learngenes,
-        layer: {
-            **state.learngenes[layer],
-            "kernel": kernel.at[1, 0, 0, 0, 0].set(poison),
-        },
-    }
-    state, metrics = evo.generation(key, state.replace(learngenes=poisoned))
-    assert metrics["diverged"] == 1 and np.isnan(metrics["fitness"][1])
-    assert 1 not in metrics["parents"] and metrics["best_index"] != 1
-    assert np.isfinite(metrics["fitness_max"])
-    assert bool(all_finite(state.learngenes).all())  # the NaN did not spread
-
-
 def test_library_defaults_are_the_default_config():
     assert from_config(EvolutionConfig, load_config("omniglot")) == EvolutionConfig()
 
@@ -253,43 +164,3 @@ def test_cpu_xla_flags_only_for_checked_jaxlib_and_never_over_the_users():
     # XLA aborts on flags it does not know: other versions get XLA_FLAGS unchanged.
     assert cpu_xla_flags("", "0.4.35") == ""
     assert cpu_xla_flags("--x=1", "0.11.0") == "--x=1"
-
-
-def test_lineage_score_fixed_critics_and_the_final_choice(omniglot):
-    evo = _tiny_evolution(omniglot, selection="score", fixed_critics=True, life_steps=0)
-    key = jax.random.key(0)
-    state = evo.init(key)
-    genes = state.learngenes
-    state, first = evo.generation(key, state)
-    # ECO's score: fitness plus the decayed score of the parent (none in generation 1).
-    np.testing.assert_allclose(first["scores"], first["fitness"], rtol=1e-6)
-    inherited = np.asarray(first["scores"])[first["parents"]]
-    np.testing.assert_allclose(state.scores, inherited, rtol=1e-6)
-    # With no lifetime steps a learngene comes out as it went in; with fixed critics the
-    # same learngenes get the same fitness in any generation.
-    again, second = evo.generation(key, state.replace(learngenes=genes))
-    np.testing.assert_allclose(second["fitness"], first["fitness"], atol=1e-6)
-    expected = np.asarray(second["fitness"]) + 0.6 * np.asarray(state.scores)
-    np.testing.assert_allclose(second["scores"], expected, rtol=1e-5)
-
-    # The final choice: the best re-scored of the fittest candidates, or the fittest.
-    index, info = evo.choose_final(key, again, candidates=2, episodes=3)
-    assert info["candidates"] == list(np.argsort(-np.asarray(again.fitness))[:2])
-    assert index == info["candidates"][int(np.argmax(info["rescored"]))]
-    index, info = evo.choose_final(key, again, candidates=1, episodes=3)
-    assert index == int(np.argmax(again.fitness)) and info["rule"] == "fittest"
-
-
-def test_no_selection_control_chooses_its_final_learngene_at_random(omniglot):
-    evo = _tiny_evolution(omniglot, selection="none")
-    state = evo.init(jax.random.key(0))
-    chosen = {
-        evo.choose_final(jax.random.key(s), state, candidates=3, episodes=5)[0]
-        for s in range(20)
-    }
-    assert chosen == {0, 1, 2}
-
-
-def test_a_head_that_does_not_match_the_tasks_is_refused(omniglot):
-    with pytest.raises(ValueError, match="life_model has a 5-class head.*life_way=50"):
-        _tiny_evolution(omniglot, life_way=50)

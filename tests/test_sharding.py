@@ -16,9 +16,6 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from gtl_jax.configs import load_config
-from gtl_jax.evolve import ConfigError, validate_config
-
 SCRIPT = ROOT / "tests" / "scripts" / "sharded_evolution.py"
 
 
@@ -38,19 +35,29 @@ def run_on(devices: int, args: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_sharded_evolution_over_8_devices_matches_one_device(tmp_path):
-    # Two generations of 8 individuals (tournaments of 4), the loop strategy (the CPU
-    # default). The script asserts the layout: P split over the 8 devices, 1 member each.
+@pytest.mark.parametrize(
+    "strategy,pop_size,tournament_size",
+    [("loop", 8, 4), ("loop", 9, 3), ("vmap", 9, 3)],
+)
+def test_sharded_evolution_over_8_devices_matches_one_device(
+    strategy, pop_size, tournament_size, tmp_path
+):
+    # Two generations, by the host loop (the CPU default) or by the pure jitted generation
+    # (vmap). The script asserts the layout: 8 members split over the 8 devices, 1 each; 9
+    # members (the default config's population) padded to 16 in the loop and replicated.
+    flags = ["--strategy", strategy, "--pop_size", str(pop_size)]
+    flags += ["--tournament_size", str(tournament_size)]
     results = {}
     for devices in (1, 8):
         out = tmp_path / f"{devices}.npz"
-        run_on(devices, ["--strategy", "loop", "--out", str(out)])
+        run_on(devices, [*flags, "--out", str(out)])
         results[devices] = dict(np.load(out))
     one, sharded = results[1], results[8]
     assert int(one["devices"]) == 1 and int(sharded["devices"]) == 8
     assert one.keys() == sharded.keys()
     genes = [k for k in one if k.startswith("learngenes/")]
     assert len(genes) == 2 * 8 * 5  # generations x layers x tensors
+    assert one[genes[0]].shape[0] == pop_size
     tolerance = 1.5 / 75
     for g in range(2):
         # Fitness is a query accuracy: a float-level difference can flip a near-tied query,
@@ -75,11 +82,15 @@ def test_sharded_evolution_over_8_devices_matches_one_device(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
-def test_sharded_training_over_8_devices_matches_one_device(strategy, tmp_path):
+@pytest.mark.parametrize("members", [8, 9])
+def test_sharded_training_over_8_devices_matches_one_device(
+    strategy, members, tmp_path
+):
     # Eight networks trained by the strategy, sharded over 8 devices and on one; no
     # selection, so nothing discrete can amplify a float-level difference.
     out = tmp_path / "result.npz"
-    run_on(8, ["--strategy", strategy, "--lifetime_only", "--out", str(out)])
+    flags = ["--strategy", strategy, "--pop_size", str(members), "--lifetime_only"]
+    run_on(8, [*flags, "--out", str(out)])
     result = dict(np.load(out))
     single = [k[len("single/") :] for k in result if k.startswith("single/")]
     assert "losses" in single and len(single) > 10
@@ -87,10 +98,3 @@ def test_sharded_training_over_8_devices_matches_one_device(strategy, tmp_path):
         np.testing.assert_allclose(
             result[f"sharded/{k}"], result[f"single/{k}"], rtol=1e-4, atol=1e-5
         )
-
-
-def test_population_not_divisible_by_devices_is_refused():
-    c = load_config("omniglot")  # pop_size 9
-    with pytest.raises(ConfigError, match=r"pop_size=9: .*the 8 devices"):
-        validate_config(c, num_devices=8)
-    validate_config(c, num_devices=3)

@@ -56,11 +56,11 @@ def jax_rows(calls: int, repeats: int) -> list[dict]:
     import numpy as np
 
     from gtl_jax.descendants import frozen_bn_step
+    from gtl_jax.executors import population_map
     from gtl_jax.models import build_model
     from gtl_jax.population import (
         init_network,
         make_optimizer,
-        population_map,
         predict,
         stack,
         train_step,

@@ -203,14 +203,9 @@ def _setup_jax(spec: dict):
     import jax.numpy as jnp
     import numpy as np
 
+    from gtl_jax.executors import population_map
     from gtl_jax.models import build_model
-    from gtl_jax.population import (
-        init_network,
-        make_optimizer,
-        population_map,
-        stack,
-        train_step,
-    )
+    from gtl_jax.population import init_network, make_optimizer, stack, train_step
 
     pop, batch = spec["members"], spec["batch"]
     model = build_model("vgg11", spec["classes"], width=spec["width"])
@@ -394,13 +389,9 @@ def cost_worker(spec: dict) -> None:
     jax = _import_jax("loop_lax")
     import jax.numpy as jnp
 
+    from gtl_jax.executors import resolve_strategy
     from gtl_jax.models import build_model
-    from gtl_jax.population import (
-        init_network,
-        make_optimizer,
-        resolve_strategy,
-        train_step,
-    )
+    from gtl_jax.population import init_network, make_optimizer, train_step
 
     width, batch, classes = spec["width"], spec["batch"], spec["classes"]
     model = build_model("vgg11", classes, width=width)

@@ -24,14 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gtl_jax.executors import population_map
 from gtl_jax.models import build_model
-from gtl_jax.population import (
-    init_network,
-    make_optimizer,
-    population_map,
-    stack,
-    train_step,
-)
+from gtl_jax.population import init_network, make_optimizer, stack, train_step
 
 INIT_COMPILE = """
 import time, jax, jax.numpy as jnp

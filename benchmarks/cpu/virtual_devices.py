@@ -37,11 +37,11 @@ def worker(spec: dict) -> None:
     import jax.numpy as jnp
     import numpy as np
 
+    from gtl_jax.executors import population_map
     from gtl_jax.models import build_model
     from gtl_jax.population import (
         init_network,
         make_optimizer,
-        population_map,
         population_mesh,
         population_sharding,
         stack,

@@ -21,22 +21,22 @@ from gtl_jax.data.pool import sample_batch
 from gtl_jax.descendants import Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig
 from gtl_jax.evolve import configure_jax
+from gtl_jax.executors import HostExecutor, population_map
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
-from gtl_jax.population import (
-    init_network,
-    make_optimizer,
-    population_map,
-    train_step,
-)
+from gtl_jax.population import init_network, make_optimizer, train_step
 
 
 def check_layout(tree, pop_size: int) -> None:
-    """Every leaf split over the 'pop' axis of all devices, pop_size / D members each."""
+    """Every leaf split over the 'pop' axis of all devices, pop_size / D members each; a
+    population not divisible by the devices replicated on every device."""
     devices = jax.device_count()
     for leaf in jax.tree.leaves(tree):
         if devices == 1:
             assert len(leaf.sharding.device_set) == 1, leaf.sharding
+            continue
+        if pop_size % devices:
+            assert leaf.sharding.is_fully_replicated, leaf.sharding
             continue
         assert leaf.sharding.spec == PartitionSpec("pop"), leaf.sharding
         shards = leaf.addressable_shards
@@ -44,8 +44,8 @@ def check_layout(tree, pop_size: int) -> None:
         assert all(s.data.shape[0] == pop_size // devices for s in shards)
 
 
-def lifetime_steps(strategy: str, mesh) -> dict[str, np.ndarray]:
-    """Eight networks trained two steps by ``population_map``: the losses and the weights.
+def lifetime_steps(strategy: str, mesh, members: int) -> dict[str, np.ndarray]:
+    """``members`` networks trained two steps by ``population_map``: the losses and the weights.
 
     No selection, and images of uniform noise: max-pooling routes a gradient to one of tied
     maxima, which Omniglot's flat black and white regions are full of, so there a
@@ -69,16 +69,19 @@ def lifetime_steps(strategy: str, mesh) -> dict[str, np.ndarray]:
     )
     step = population_map(step_fn, (0, 0, 0, None), strategy=strategy, mesh=mesh)
     key = jax.random.key(1)
-    state = init(jax.random.split(key, 8))
-    classes = jnp.tile(jnp.arange(5), (8, 1)) + jnp.arange(8)[:, None]
+    state = init(jax.random.split(key, members))
+    classes = jnp.tile(jnp.arange(5), (members, 1)) + jnp.arange(members)[:, None]
     losses = []
     for s in range(2):
         state, loss = step(
-            jax.random.split(jax.random.fold_in(key, s), 8), state, classes, images
+            jax.random.split(jax.random.fold_in(key, s), members),
+            state,
+            classes,
+            images,
         )
         losses.append(np.asarray(loss))
     if mesh is not None:
-        check_layout(state, 8)
+        check_layout(state, members)
     params = jax.tree_util.tree_leaves_with_path(state.params)
     return {
         "losses": np.stack(losses),
@@ -96,13 +99,13 @@ def main() -> None:
     parser.add_argument(
         "--lifetime_only",
         action="store_true",
-        help="instead: train 8 networks by population_map on all devices and on one",
+        help="instead: train pop_size networks by population_map on all devices and on one",
     )
     args = parser.parse_args()
     configure_jax()
     if args.lifetime_only:
-        single = lifetime_steps(args.strategy, None)
-        sharded = lifetime_steps(args.strategy, "auto")
+        single = lifetime_steps(args.strategy, None, args.pop_size)
+        sharded = lifetime_steps(args.strategy, "auto", args.pop_size)
         np.savez(
             args.out,
             devices=jax.device_count(),
@@ -128,14 +131,14 @@ def main() -> None:
         Recipe(steps=1, eval_every=1),
         train,
         val,
-        strategy=args.strategy,
     )
+    executor = HostExecutor(evo, args.strategy)
     key = jax.random.key(0)
     state = evo.init(key)
     check_layout(state.learngenes, args.pop_size)
     results = {}
     for g in range(args.generations):
-        state, metrics = evo.generation(key, state)
+        state, metrics = executor.generation(key, state)
         check_layout(state.learngenes, args.pop_size)
         results[f"fitness/{g}"] = np.asarray(metrics["fitness"])
         results[f"parents/{g}"] = np.asarray(metrics["parents"])

@@ -1,3 +1,5 @@
+"""population_map: the strategies agree, the loop compiles once."""
+
 from __future__ import annotations
 
 import functools
@@ -7,15 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gtl_jax.executors import population_map, resolve_strategy
 from gtl_jax.models import build_model
-from gtl_jax.population import (
-    init_network,
-    make_optimizer,
-    population_map,
-    resolve_strategy,
-    stack,
-    train_step,
-)
+from gtl_jax.population import init_network, make_optimizer, stack, train_step
 
 
 def test_auto_strategy_per_backend():
