@@ -15,16 +15,18 @@ import importlib
 from gtl_jax import stopping  # noqa: F401
 from gtl_jax.checkpoint import load_learngene, save_learngene
 from gtl_jax.data import ClassPool, Episode, load_dataset, sample_batch, sample_episode
-from gtl_jax.descendants import Recipe, mean_confidence
+from gtl_jax.descendants import Recipe, fine_tune, mean_confidence
 from gtl_jax.evolution import (
     Evolution,
     EvolutionConfig,
     EvolutionState,
+    Pools,
+    host_metrics,
     mutate,
     reproduce,
     tournament_select,
 )
-from gtl_jax.executors import DescendantEvaluator, population_map
+from gtl_jax.executors import DescendantEvaluator, HostExecutor, population_map
 from gtl_jax.learngene import (
     LearngeneSpec,
     extract_learngene,
@@ -46,7 +48,9 @@ __all__ = [
     "Evolution",
     "EvolutionConfig",
     "EvolutionState",
+    "HostExecutor",
     "LearngeneSpec",
+    "Pools",
     "PretrainConfig",
     "Recipe",
     "TrainState",
@@ -54,6 +58,8 @@ __all__ = [
     "configure_jax",
     "descendant_recipe",
     "extract_learngene",
+    "fine_tune",
+    "host_metrics",
     "init_network",
     "insert_learngene",
     "load_dataset",

@@ -13,7 +13,7 @@ def test_readme_example_runs(capsys):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "(75, 5)" in out and "share_of_network" in out
+    assert "(2, 2)" in out and "(75, 5)" in out and "share_of_network" in out
 
 
 def test_readme_has_the_two_setup_commands():
