@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from gtl_jax.configs import load_config
-from gtl_jax.evolve import ConfigError, validate_config
+from gtl_jax.experiment import ConfigError, load_config, validate_config
 
 SCRIPT = ROOT / "tests" / "scripts" / "sharded_evolution.py"
 

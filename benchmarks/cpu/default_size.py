@@ -48,7 +48,7 @@ def timed(fn, calls: int, repeats: int, block=lambda x: x) -> float:
 
 
 def jax_rows(calls: int, repeats: int) -> list[dict]:
-    from gtl_jax.evolve import configure_jax
+    from gtl_jax.experiment import configure_jax
 
     configure_jax()
     import jax

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from gtl_jax.data import load_omniglot
 from gtl_jax.descendants import DescendantEvaluator, Recipe
-from gtl_jax.evolve import configure_jax, fixed_episodes
+from gtl_jax.experiment import configure_jax, fixed_episodes
 from gtl_jax.models import build_model
 
 

@@ -28,7 +28,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def worker(spec: dict) -> None:
-    from gtl_jax.evolve import configure_jax
+    from gtl_jax.experiment import configure_jax
 
     configure_jax()
     import functools
