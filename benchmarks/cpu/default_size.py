@@ -1,6 +1,6 @@
 """The steps of the default command (VGG11 x1/8, 28x28x1, 5-way) on one pinned core, JAX vs torch.
 
-Run it alone: ``python benchmarks/cpu/default_size.py [--core 0] [--out benchmarks/results]``
+Run it alone: ``python benchmarks/cpu/default_size.py [--core 0] [--out benchmarks/cpu/results]``
 (needs torch: ``pip install -e '.[bench]'``). Writes ``default_size.{jsonl,md}``.
 
 Since the default command splits its work between worker processes pinned one per core

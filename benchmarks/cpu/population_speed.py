@@ -72,7 +72,7 @@ used for every strategy, torch included. The matmul peak is measured in the same
 N ``jnp.dot`` (and ``torch.mm``) of two f32 2048x2048 matrices on both cores (and, for JAX, in
 a process pinned to one core). ``% peak`` is achieved FLOP/s over the JAX 2-core peak.
 
-Outputs (``--out``, default benchmarks/results): ``population_speed.jsonl`` (one line per
+Outputs (``--out``, default benchmarks/cpu/results): ``population_speed.jsonl`` (one line per
 measurement, skip, peak and cost analysis, each with versions and the command),
 ``population_speed.md`` (the table, the command on top), ``population_speed.png`` (images/s
 against P per strategy, one panel per width).

@@ -1,6 +1,6 @@
 """Both cores from one process: the population sharded over 2 virtual CPU devices, against 1.
 
-Run it alone: ``python benchmarks/cpu/virtual_devices.py [--out benchmarks/results]``.
+Run it alone: ``python benchmarks/cpu/virtual_devices.py [--out benchmarks/cpu/results]``.
 Writes ``virtual_devices.{jsonl,md}``.
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` gives one process D CPU devices; the
