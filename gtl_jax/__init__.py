@@ -5,8 +5,8 @@ generations of a population of networks; networks that inherit one start good an
 tasks fast. The public API is a few pure functions; ``python -m gtl_jax.evolve`` runs it all.
 
 ``configure_jax`` (the command line's JAX settings) and ``descendant_recipe`` (a config's
-``Recipe``) live in ``gtl_jax.evolve`` and are loaded on first use, so ``import gtl_jax``
-does not import the command line's plotting and progress bars.
+``Recipe``) live in the experiment layer, ``gtl_jax.experiment``, and are loaded on first
+use, so ``import gtl_jax`` does not import the command line's config and flag machinery.
 """
 
 import importlib
@@ -78,13 +78,13 @@ __all__ = [
     "train_step",
 ]
 
-# Public names defined in gtl_jax.evolve, imported when first used.
-_FROM_EVOLVE = ("configure_jax", "descendant_recipe")
+# Public names defined in gtl_jax.experiment, imported when first used.
+_FROM_EXPERIMENT = ("configure_jax", "descendant_recipe")
 
 
 def __getattr__(name: str):
-    if name in _FROM_EVOLVE:
-        return getattr(importlib.import_module("gtl_jax.evolve"), name)
+    if name in _FROM_EXPERIMENT:
+        return getattr(importlib.import_module("gtl_jax.experiment"), name)
     raise AttributeError(f"module 'gtl_jax' has no attribute {name!r}")
 
 

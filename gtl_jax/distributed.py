@@ -4,10 +4,10 @@ JAX's multi-process runtime (``jax.distributed``) makes the devices of every pro
 device list; ``gtl_jax.population`` shards the population over all of them, so each process
 trains the members on its own devices. Two uses:
 
-- Several hosts (``--distributed true``): each host runs the command itself; the cluster tells
+- Several hosts (``--config.execution.distributed=true``): each host runs the command itself; the cluster tells
   JAX who is who (SLURM, Open MPI, Kubernetes, Cloud TPU), or the environment variables
   ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` do.
-- Several processes on one CPU machine (``--processes N``): ``launch_local`` starts N copies of
+- Several processes on one CPU machine (``--config.execution.processes=N``): ``launch_local`` starts N copies of
   the command, one per core, each pinned to its core. XLA CPU uses two cores poorly for small
   networks: two pinned processes gave about 1.6x one process on both cores (docs/cpu.md).
 
@@ -36,9 +36,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from gtl_jax.stopping import deferred, sigint_ignored
-
-CHILD_ENV = "GTL_JAX_LOCAL_PROCESS"  # set in the processes started by launch_local
+# CHILD_ENV: set in the processes started by launch_local (defined by stopping, which
+# reads it and imports nothing of the package).
+from gtl_jax.stopping import CHILD_ENV, deferred, sigint_ignored  # noqa: F401
 
 
 def initialize() -> None:

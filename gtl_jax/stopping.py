@@ -26,7 +26,6 @@ import _thread
 import contextlib
 import functools
 import os
-import pathlib
 import signal
 import sys
 import threading
@@ -34,6 +33,11 @@ import time
 from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+# Set in the processes gtl_jax.distributed.launch_local starts (defined here: this module
+# imports nothing of the package).
+CHILD_ENV = "GTL_JAX_LOCAL_PROCESS"
 
 
 class Stopped(KeyboardInterrupt):
@@ -81,8 +85,6 @@ def _message() -> str:
 
 def _reports() -> bool:
     """Whether this process prints the line: of joined local processes only process 0."""
-    from gtl_jax.distributed import CHILD_ENV  # noqa: PLC0415 (distributed imports jax)
-
     return not os.environ.get(CHILD_ENV) or os.environ.get("JAX_PROCESS_ID") in (
         None,
         "0",
@@ -240,32 +242,6 @@ def sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def kept_in(workdir: os.PathLike | str, generations: int) -> str:
-    """What a workdir of several evolutions keeps (``python -m gtl_jax.study``): each
-    evolution's last checkpointed generation and the pretrained networks cached, as the text
-    after ``interrupted: ``."""
-    from gtl_jax.checkpoint import latest_step  # noqa: PLC0415 (checkpoint imports this)
-
-    workdir = pathlib.Path(workdir)
-    runs = sorted(
-        p.parent for p in workdir.glob("**/checkpoints") if p.is_dir() and p != workdir
-    )
-    kept = [
-        f"{'the evolution' if run == workdir else run.relative_to(workdir).as_posix()} "
-        f"at generation {latest_step(run) or 0} of {generations}"
-        for run in runs
-    ]
-    networks = len(list(workdir.glob("pretrained/*/metadata.json")))
-    if networks:
-        kept.append(f"{networks} pretrained network(s)")
-    jobs = len(list(workdir.glob("jobs/*.json")))
-    if jobs:
-        kept.append(f"{jobs} evaluated job(s)")
-    if not kept:
-        return f"nothing is kept in {workdir} yet; run the same command again to start"
-    return f"kept in {workdir}: {', '.join(kept)}; run the same command again to resume"
 
 
 handle_starting()  # imported first by the package (gtl_jax/__init__.py)

@@ -2,31 +2,31 @@
 
 One evolution is one sample: evolutions of one config that differ only in their seed end
 several points apart on the same test episodes. This command runs, for every seed of
-``seeds``, an evolution (``evolved/seed_S``) and its *no-selection* control (``selection=
-none``: the same lifetimes, critics and mutations, parents drawn at random;
-``no_selection/seed_S``), pre-trains the baselines, and evaluates every method on the same
+``suite.seeds``, an evolution (``evolved/seed_S``) and its *no-selection* control
+(``evolution.selection=none``: the same lifetimes, critics and mutations, parents drawn at
+random; ``no_selection/seed_S``), pre-trains the baselines, and evaluates every method on the same
 fixed episodes with the same descendant keys:
 
 - ``learngene``: each evolution's learngene file.
 - ``no-selection``: each control evolution's final learngene (drawn at random from its last
   population, as its parents were).
 - ``score-selection``: evolutions whose tournaments rank ECO's lineage score (fitness plus
-  the parent's score decayed by ``score_decay``) instead of raw fitness (``score/seed_S``).
+  the parent's score decayed by ``evolution.score_decay``) instead of raw fitness (``score/seed_S``).
 - ``untrained-circuit``: the circuit of a randomly initialised network (seed S): what the
   circuit's shape and the zeroed cross weights give without any training.
 - ``pretrain-circuit-eq``: the circuit cut from a network pre-trained conventionally on all
   meta-train classes, seeing as many images as one evolution's lifetimes and critics (seed S).
 - ``pretrain-closed-eq``: the same pre-training with the circuit kept closed (weights from
-  non-gene into gene channels held at zero, as lifetimes with ``life_closed`` do): what
+  non-gene into gene channels held at zero, as lifetimes with ``evolution.life_closed`` do): what
   evolution adds over plain pre-training of the same closed circuit at equal compute.
 - ``scratch``: random initialisation (the reference every gain is measured from).
-- ``pretrain-full``: every conv layer of a network pre-trained for ``pretrain_steps``
+- ``pretrain-full``: every conv layer of a network pre-trained for ``suite.pretrain_steps``
   (transfers five times the parameters: a reference, not a competitor).
 
-Settings: ``study_ways`` x ``eval_shots`` on the dataset's evaluation split, and 5-way on
-``transfer_dataset`` (another domain; ``digits``: scikit-learn's 8x8 digits). The table
+Settings: ``suite.study_ways`` x ``evaluation.eval_shots`` on the dataset's evaluation
+split, and 5-way on ``suite.transfer_dataset`` (another domain; ``digits``: scikit-learn's 8x8 digits). The table
 gives each method's mean over seeds with a 95% confidence half-width over the seeds
-(Student's t, ``seeds - 1`` degrees of freedom), the mean per-episode half-width, and the
+(Student's t, seeds - 1 degrees of freedom), the mean per-episode half-width, and the
 gain over scratch (paired by episode, then over seeds).
 
 Workdir: ``evolved/``, ``no_selection/``, ``score/`` (one evolve workdir per seed),
@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -50,27 +51,25 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed, evolve, plots, stopping
-from gtl_jax.configs import load_config
-from gtl_jax.data import load_dataset
-from gtl_jax.data.digits import load_digits
-from gtl_jax.evolve import (
+from gtl_jax import checkpoint, distributed, evolve, experiment, plots, stopping
+from gtl_jax.executors import DescendantEvaluator
+from gtl_jax.experiment import (
+    COMMAND_ERRORS,
     PROGRESS_FORMAT,
-    ConfigError,
-    build_parser,
+    QUIET,
+    STUDY_METHODS,
+    TRANSFER_DATASETS,
+    Flag,
     configure_jax,
     descendant_recipe,
+    eval_shots,
     fixed_episodes,
+    flatten,
+    int_list,
+    load_pools,
     model_of,
-    parse_shots,
-    resolve_config,
-)
-from gtl_jax.executors import DescendantEvaluator
-from gtl_jax.inherit import (
-    episode_fingerprint,
-    parse_list,
-    pretrained_network,
-    resolve_workers,
+    validate_config,
+    write_atomic,
 )
 from gtl_jax.learngene import (
     Learngene,
@@ -80,17 +79,13 @@ from gtl_jax.learngene import (
     make_spec,
 )
 from gtl_jax.population import init_network, make_optimizer
-
-STUDY_METHODS = (
-    "learngene",
-    "no-selection",
-    "score-selection",
-    "untrained-circuit",
-    "pretrain-circuit-eq",
-    "pretrain-closed-eq",
-    "scratch",
-    "pretrain-full",
+from gtl_jax.suite import (
+    episode_fingerprint,
+    pretrained_network,
+    resolve_workers,
+    split_names,
 )
+
 SEEDED = frozenset(STUDY_METHODS[:6])  # one transfer per seed
 # The evolution arms: method -> (folder, selection; None: the config's own).
 ARMS = {
@@ -98,7 +93,6 @@ ARMS = {
     "no-selection": ("no_selection", "none"),
     "score-selection": ("score", "score"),
 }
-TRANSFER_DATASETS = {"": None, "digits": load_digits}
 
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: 1.96 is close).
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -119,56 +113,27 @@ def seed_interval(values: Any) -> tuple[float, float]:
     return float(v.mean()), float(t95(v.size) * v.std(ddof=1) / math.sqrt(v.size))
 
 
-def parse_ints(c: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in str(c[field]).split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(
-            f"config field {field}={c[field]!r}: not a comma-separated list of ints"
-        ) from None
-    if not values:
-        raise ConfigError(f"config field {field}={c[field]!r}: empty")
-    return values
+def seeds(c: ml_collections.ConfigDict) -> tuple[int, ...]:
+    return int_list(c.suite.seeds)
 
 
 def study_methods(c: ml_collections.ConfigDict) -> tuple[str, ...]:
-    return parse_list(c, "study_methods", STUDY_METHODS)
-
-
-def validate_study(c: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first impossible study field."""
-    seeds = parse_ints(c, "seeds")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"config field seeds={c.seeds!r}: a seed appears twice")
-    if min(parse_ints(c, "study_ways")) < 2:
-        raise ConfigError(
-            f"config field study_ways={c.study_ways!r}: ways must be >= 2"
-        )
-    study_methods(c)
-    if int(c.study_episodes) < 1:
-        raise ConfigError(
-            f"config field study_episodes={c.study_episodes!r}: must be >= 1"
-        )
-    if c.transfer_dataset not in TRANSFER_DATASETS:
-        raise ConfigError(
-            f"config field transfer_dataset={c.transfer_dataset!r}: known: "
-            + ", ".join(repr(k) for k in TRANSFER_DATASETS)
-        )
+    return split_names(c.suite.study_methods)
 
 
 def seed_config(
     c: ml_collections.ConfigDict, seed: int, selection: str
 ) -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict(c.to_dict())
-    s.seed, s.selection = seed, selection
+    s.seed, s.evolution.selection = seed, selection
     return s
 
 
 def evolution_images(c: ml_collections.ConfigDict, cost: dict) -> int:
     """Images one evolution trained on: lifetime batches and critic support sets."""
     return int(
-        cost["lifetime_steps"] * c.life_batch
-        + cost["critic_steps"] * c.critic_way * c.critic_shot
+        cost["lifetime_steps"] * c.evolution.life_batch
+        + cost["critic_steps"] * c.evolution.critic_way * c.evolution.critic_shot
     )
 
 
@@ -182,7 +147,7 @@ def sources(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
         if method not in SEEDED:
             out.append({"label": method, "method": method, "seed": None})
             continue
-        for seed in parse_ints(c, "seeds"):
+        for seed in seeds(c):
             out.append(
                 {"label": f"{method}/seed{seed}", "method": method, "seed": seed}
             )
@@ -195,9 +160,9 @@ def learngene_path(workdir: pathlib.Path, method: str, seed: int) -> pathlib.Pat
 
 def equal_compute_steps(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> int:
     """Pre-training steps that see as many images as one evolution (seed 0's file)."""
-    seed = parse_ints(c, "seeds")[0]
+    seed = seeds(c)[0]
     meta = checkpoint.read_metadata(learngene_path(workdir, "learngene", seed))
-    return math.ceil(evolution_images(c, meta["cost"]) / int(c.pretrain_batch))
+    return math.ceil(evolution_images(c, meta["cost"]) / int(c.suite.pretrain_batch))
 
 
 def pretrained(
@@ -212,7 +177,7 @@ def pretrained(
     """The pretrained network a method cuts from (cached in ``workdir/pretrained``)."""
     p = ml_collections.ConfigDict(c.to_dict())
     if method in ("pretrain-circuit-eq", "pretrain-closed-eq"):
-        p.seed, p.pretrain_steps = seed, equal_compute_steps(c, workdir)
+        p.seed, p.suite.pretrain_steps = seed, equal_compute_steps(c, workdir)
     closed = spec if method == "pretrain-closed-eq" else None
     return pretrained_network(p, train_images, workdir, quiet=quiet, closed_spec=closed)
 
@@ -233,7 +198,7 @@ def build_transfer(
     if method in ARMS:
         return checkpoint.load_learngene(learngene_path(workdir, method, seed))[0]
     if method == "untrained-circuit":
-        model = model_of(c, c.life_way)
+        model = model_of(c, c.evolution.life_way)
         tx = make_optimizer("sgd", 0.0)
         state = init_network(
             model, tx, jax.random.key(seed), tuple(train_images.shape[2:])
@@ -242,7 +207,7 @@ def build_transfer(
     variables, _ = pretrained(c, method, seed, train_images, spec, workdir, quiet)
     params, stats = variables["params"], variables["batch_stats"]
     if method == "pretrain-full":
-        model = model_of(c, c.life_way)
+        model = model_of(c, c.evolution.life_way)
         full = make_spec(model, 1.0, spec.in_channels)
         return extract_learngene(full, params, stats)
     return extract_learngene(spec, params, stats)
@@ -253,10 +218,10 @@ def build_transfer(
 
 def settings(c: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
     """``(dataset, way, shot)`` of every evaluation setting."""
-    shots = parse_shots(c.eval_shots)
-    out = [("source", w, s) for w in parse_ints(c, "study_ways") for s in shots]
-    if c.transfer_dataset:
-        out += [(c.transfer_dataset, 5, s) for s in shots]
+    shots = eval_shots(c)
+    out = [("source", w, s) for w in int_list(c.suite.study_ways) for s in shots]
+    if c.suite.transfer_dataset:
+        out += [(c.suite.transfer_dataset, 5, s) for s in shots]
     return out
 
 
@@ -264,19 +229,19 @@ def settings(c: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
 # jobs are asked for (a job is named by its setting and its method and seed).
 NEUTRAL_FIELDS = frozenset(
     {
-        "workers",
-        "data_dir",
-        "distributed",
-        "processes",
-        "seeds",
-        "study_methods",
-        "study_ways",
-        "eval_shots",
-        "transfer_dataset",
-        "eval_episodes",
-        "inherit_episodes",
-        "methods",
-        "heads",
+        "execution.workers",
+        "data.data_dir",
+        "execution.distributed",
+        "execution.processes",
+        "suite.seeds",
+        "suite.study_methods",
+        "suite.study_ways",
+        "evaluation.eval_shots",
+        "suite.transfer_dataset",
+        "evaluation.eval_episodes",
+        "suite.inherit_episodes",
+        "suite.methods",
+        "suite.heads",
     }
 )
 
@@ -287,7 +252,9 @@ def job_path(
     """Where a job's result is kept: named by its setting, method and seed, and a digest of
     the config fields that change its numbers (another config computes it again)."""
     fields = {
-        k: v for k, v in json.loads(c.to_json()).items() if k not in NEUTRAL_FIELDS
+        k: v
+        for k, v in flatten(json.loads(c.to_json())).items()
+        if k not in NEUTRAL_FIELDS
     }
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[
         :10
@@ -301,7 +268,7 @@ def setting_episodes(c: ml_collections.ConfigDict, way: int) -> int:
     """Episodes of an N-way setting: ``study_episodes`` at 5-way, 5/N as many otherwise, so
     every setting scores about as many query images (a 20-way episode has four times the
     queries of a 5-way one, and costs about four times as much)."""
-    return max(1, round(int(c.study_episodes) * 5 / way))
+    return max(1, round(int(c.suite.study_episodes) * 5 / way))
 
 
 class StudySuite:
@@ -310,13 +277,14 @@ class StudySuite:
 
     def __init__(self, c: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.c, self.workdir = c, workdir
-        pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
-        self.pools = {"source": pools[c.eval_split]}
-        if c.transfer_dataset:
-            loader = TRANSFER_DATASETS[c.transfer_dataset]
-            self.pools[c.transfer_dataset] = loader(image_size=c.image_size)["test"]
+        pools = load_pools(c)
+        self.pools = {"source": pools[c.suite.eval_split]}
+        transfer = c.suite.transfer_dataset
+        if transfer:
+            loader = TRANSFER_DATASETS[transfer]
+            self.pools[transfer] = loader(image_size=c.data.image_size)["test"]
         train_images = jnp.asarray(pools["train"].images)
-        first = parse_ints(c, "seeds")[0]
+        first = seeds(c)[0]
         self.spec = LearngeneSpec.from_json(
             checkpoint.read_metadata(learngene_path(workdir, "learngene", first))[
                 "spec"
@@ -335,15 +303,15 @@ class StudySuite:
                 model_of(self.c, way),
                 self.recipe,
                 n_way=way,
-                strategy=self.c.strategy,
-                zero_cross=self.c.zero_cross,
+                strategy=self.c.execution.strategy,
+                zero_cross=self.c.evolution.zero_cross,
             )
         return self._evaluators[way]
 
     def episodes(self, dataset: str, way: int, shot: int):
         setting = (dataset, way, shot)
         if setting not in self._episodes:
-            key = jax.random.fold_in(jax.random.key(self.c.eval_seed), shot)
+            key = jax.random.fold_in(jax.random.key(self.c.evaluation.eval_seed), shot)
             key = jax.random.fold_in(key, way)
             pool = self.pools[dataset]
             self._episodes[setting] = fixed_episodes(
@@ -352,7 +320,9 @@ class StudySuite:
                 episodes=setting_episodes(self.c, way),
                 n_way=way,
                 k_shot=shot,
-                n_query=min(int(self.c.eval_query), pool.images_per_class - shot),
+                n_query=min(
+                    int(self.c.evaluation.eval_query), pool.images_per_class - shot
+                ),
             )
         return self._episodes[setting]
 
@@ -374,7 +344,7 @@ class StudySuite:
         }
         path = job_path(self.workdir, self.c, (dataset, way, shot, label))
         path.parent.mkdir(parents=True, exist_ok=True)
-        evolve.write_atomic(path, json.dumps(result))
+        write_atomic(path, json.dumps(result))
         return result
 
 
@@ -404,8 +374,8 @@ def _start_pretraining(config_json: str, workdir: str) -> None:
     """Loads the meta-train pool and the learngene spec once per process."""
     configure_jax()
     c = ml_collections.ConfigDict(json.loads(config_json))
-    pools = load_dataset(c.dataset, c.data_dir or None, image_size=c.image_size)
-    path = learngene_path(pathlib.Path(workdir), "learngene", parse_ints(c, "seeds")[0])
+    pools = load_pools(c)
+    path = learngene_path(pathlib.Path(workdir), "learngene", seeds(c)[0])
     _PRETRAIN.update(
         c=c,
         workdir=pathlib.Path(workdir),
@@ -449,10 +419,11 @@ def evolve_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: bool)
     # The learngene arm always runs: its first seed's file names the spec and the cost.
     methods = {"learngene", *study_methods(c)}
     runs = []
-    for seed in parse_ints(c, "seeds"):
+    for seed in seeds(c):
         for method, (folder, selection) in ARMS.items():
             if method in methods:
-                runs.append((folder, seed_config(c, seed, selection or c.selection)))
+                selection = selection or c.evolution.selection
+                runs.append((folder, seed_config(c, seed, selection)))
     histories = {}
     for i, (folder, sc) in enumerate(runs, start=1):
         if not quiet:
@@ -531,12 +502,12 @@ def _gain(interval: tuple[float, float]) -> str:
 
 def results_table(c, rows: list[dict], share: float) -> str:
     """Markdown: per setting, each method's accuracy, instinct and gains over scratch."""
-    seeds = parse_ints(c, "seeds")
     recipe = descendant_recipe(c)
     lines = [
-        f"{len(seeds)} evolutions (seeds {c.seeds}), {c.study_episodes} fixed 5-way episodes "
-        f"per setting (N-way: 5/N as many), {c.eval_query} queries per class; {c.model} "
-        f"x{c.width:g}, learngene "
+        f"{len(seeds(c))} evolutions (seeds {c.suite.seeds}), {c.suite.study_episodes} "
+        "fixed 5-way episodes per setting (N-way: 5/N as many), "
+        f"{c.evaluation.eval_query} queries per class; {c.model.name} "
+        f"x{c.model.width:g}, learngene "
         f"{100 * share:.1f}% of the parameters; descendants: {recipe.describe()}. "
         "Mean over seeds ± 95% CI over seeds (Student's t); 'episode CI': the mean "
         "per-episode 95% half-width within one seed; gains are paired with scratch by "
@@ -547,8 +518,10 @@ def results_table(c, rows: list[dict], share: float) -> str:
         key=lambda s: (s[0] != "source", s),
     )
     for dataset, way, shot in settings:
-        name = c.dataset if dataset == "source" else dataset
-        split = f"{c.eval_split} classes" if dataset == "source" else "all classes"
+        name = c.data.dataset if dataset == "source" else dataset
+        split = (
+            f"{c.suite.eval_split} classes" if dataset == "source" else "all classes"
+        )
         lines += [
             "",
             f"**{name} ({split}), {way}-way {shot}-shot**",
@@ -605,8 +578,7 @@ def summary_table(c, rows: list[dict]) -> str:
 def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False):
     """Evolutions, controls, baselines and the evaluation; returns the summary."""
     start = time.perf_counter()
-    validate_study(c)
-    evolve.validate_config(c)
+    validate_config(c)
     histories = evolve_all(c, workdir, quiet)
     evolve_seconds = time.perf_counter() - start
 
@@ -666,7 +638,7 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
         costs[source["label"]] = build_transfer_cost(source, c, workdir)
     rows = aggregate(c, results, costs)
     learngene, meta = checkpoint.load_learngene(
-        learngene_path(workdir, "learngene", parse_ints(c, "seeds")[0])
+        learngene_path(workdir, "learngene", seeds(c)[0])
     )
     share = float(meta["parameter_share"]["share_of_network"])
     table = results_table(c, rows, share)
@@ -696,42 +668,71 @@ def build_transfer_cost(source: dict, c, workdir: pathlib.Path) -> dict:
         meta = checkpoint.read_metadata(learngene_path(workdir, method, seed))
         return {"images": evolution_images(c, meta["cost"])}
     if method in ("pretrain-circuit-eq", "pretrain-closed-eq"):
-        return {"images": equal_compute_steps(c, workdir) * int(c.pretrain_batch)}
+        return {"images": equal_compute_steps(c, workdir) * int(c.suite.pretrain_batch)}
     if method == "pretrain-full":
-        return {"images": int(c.pretrain_steps) * int(c.pretrain_batch)}
+        return {"images": int(c.suite.pretrain_steps) * int(c.suite.pretrain_batch)}
     return {"images": 0}
+
+
+def stop_message(workdir: os.PathLike | str, generations: int) -> str:
+    """What an interrupted study keeps in ``workdir``: each evolution's last checkpointed
+    generation, the pretrained networks cached and the jobs evaluated, as the text after
+    ``interrupted: ``."""
+    workdir = pathlib.Path(workdir)
+    runs = sorted(
+        p.parent for p in workdir.glob("**/checkpoints") if p.is_dir() and p != workdir
+    )
+    kept = [
+        f"{'the evolution' if run == workdir else run.relative_to(workdir).as_posix()} "
+        f"at generation {checkpoint.latest_step(run) or 0} of {generations}"
+        for run in runs
+    ]
+    networks = len(list(workdir.glob("pretrained/*/metadata.json")))
+    if networks:
+        kept.append(f"{networks} pretrained network(s)")
+    jobs = len(list(workdir.glob("jobs/*.json")))
+    if jobs:
+        kept.append(f"{jobs} evaluated job(s)")
+    if not kept:
+        return f"nothing is kept in {workdir} yet; run the same command again to start"
+    return f"kept in {workdir}: {', '.join(kept)}; run the same command again to resume"
+
+
+STUDY_FLAGS = (
+    Flag(
+        "workdir",
+        None,
+        "where the evolutions, pre-trained networks, jobs and results go; a rerun computes "
+        "only what is missing (default: runs/study_<config>)",
+    ),
+    QUIET,
+)
 
 
 @stopping.command
 def main(argv: list[str] | None = None) -> int:
-    defaults = load_config("omniglot")
-    parser = build_parser(defaults)
-    parser.prog = "python -m gtl_jax.study"
-    parser.description = (
-        "Several evolutions (seeds), their no-selection controls and the pre-training "
-        "baselines, evaluated on the same fixed episodes: every method as mean and 95% CI "
-        "over seeds."
-    )
-    args = parser.parse_args(argv)
     try:
-        c = resolve_config(args)
-        validate_study(c)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    workdir = pathlib.Path(
-        args.workdir or f"runs/study_{args.config.replace(':', '_')}"
-    )
-    stopping.describe(lambda: stopping.kept_in(workdir, int(c.generations)))
-    configure_jax()
-    try:
-        summary = run(c, workdir, quiet=args.quiet)
-    except evolve.COMMAND_ERRORS as e:
+        cl = experiment.parse_command_line(
+            sys.argv[1:] if argv is None else argv,
+            prog="python -m gtl_jax.study",
+            description="Several evolutions (seeds), their no-selection controls and the "
+            "pre-training baselines, evaluated on the same fixed episodes: every method as "
+            "mean and 95% CI over seeds.",
+            own=STUDY_FLAGS,
+        )
+        c = cl.config
+        validate_config(c)
+        label = experiment.config_label(cl.spec)
+        workdir = pathlib.Path(cl.flags["workdir"] or f"runs/study_{label}")
+        stopping.describe(lambda: stop_message(workdir, int(c.evolution.generations)))
+        configure_jax()
+        summary = run(c, workdir, quiet=cl.flags["quiet"])
+    except COMMAND_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
     print(summary["table"])
-    print(evolve.smoke_note(args.config), end="")
+    print(experiment.smoke_note(cl.spec), end="")
     print(
         f"\nwall time {summary['total_seconds']:.0f} s (evolutions "
         f"{summary['evolution_seconds']:.0f} s, descendants "

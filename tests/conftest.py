@@ -13,7 +13,7 @@ os.environ["GTL_OMNIGLOT_URL"] = "http://127.0.0.1:9/no-network-in-tests/"
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from gtl_jax.evolve import configure_jax  # noqa: E402
+from gtl_jax.experiment import configure_jax  # noqa: E402
 
 configure_jax()
 

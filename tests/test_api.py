@@ -16,8 +16,8 @@ from conftest import ROOT
 import gtl_jax
 from gtl_jax.data import to_float
 from gtl_jax.descendants import Recipe
-from gtl_jax.evolve import fixed_episodes
 from gtl_jax.executors import DescendantEvaluator
+from gtl_jax.experiment import fixed_episodes
 from gtl_jax.models import build_model
 from gtl_jax.population import init_network, make_optimizer, predict, train_step
 
@@ -78,10 +78,12 @@ def test_every_public_name_resolves_and_importing_loads_no_command_line():
     assert "Returns:" in inspect.getdoc(gtl_jax.parameter_share)
     for key in ("gene_params", "share_of_conv", "share_of_network"):
         assert key in inspect.getdoc(gtl_jax.parameter_share)
-    # configure_jax and descendant_recipe come from gtl_jax.evolve, loaded on first use.
+    # configure_jax and descendant_recipe come from gtl_jax.experiment, loaded on first
+    # use; no command is imported.
     check = (
-        "import sys, gtl_jax; before = 'gtl_jax.evolve' in sys.modules; "
-        "gtl_jax.configure_jax; print(before, 'gtl_jax.evolve' in sys.modules)"
+        "import sys, gtl_jax; before = 'gtl_jax.experiment' in sys.modules; "
+        "gtl_jax.configure_jax; print(before, 'gtl_jax.experiment' in sys.modules, "
+        "any(f'gtl_jax.{m}' in sys.modules for m in ('evolve', 'inherit', 'study')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", check],
@@ -91,4 +93,12 @@ def test_every_public_name_resolves_and_importing_loads_no_command_line():
         check=True,
         timeout=120,
     ).stdout.split()
-    assert out == ["False", "True"]
+    assert out == ["False", "True", "False"]
+
+
+def test_descendant_recipe_reads_the_nested_config():
+    from gtl_jax.experiment import load_config
+
+    c = load_config("omniglot:smoke")
+    assert gtl_jax.descendant_recipe(c) == Recipe(steps=2, eval_every=1)
+    assert gtl_jax.descendant_recipe(c.to_dict()) == Recipe(steps=2, eval_every=1)

@@ -154,7 +154,7 @@ def test_truncated_missing_and_ambiguous(tmp_path):
     assert str(path) in str(e.value)
     with pytest.raises(DataError, match="does not exist"):
         load_npz(tmp_path / "nothing.npz")
-    with pytest.raises(DataError, match="needs --data_dir"):
+    with pytest.raises(DataError, match="needs --config.data.data_dir"):
         load_npz(None)
     np.savez(tmp_path / "second.npz", images=np.zeros((3, 1, 2, 2), np.uint8))
     with pytest.raises(DataError, match="holds 2 .npz files"):

@@ -193,7 +193,7 @@ def test_missing_data_lists_looked_at_paths(tmp_path, monkeypatch):
     ]:
         assert str(looked_at.resolve()) in message
     for hint in [
-        "--data_dir",
+        "--config.data.data_dir",
         "GTL_DATA_DIR",
         "GTL_OMNIGLOT_URL",
         BACKGROUND_FILE,

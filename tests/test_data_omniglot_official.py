@@ -36,7 +36,7 @@ SMALL = ("images_background_small1.zip", "images_background_small2.zip")
 # Evaluation alphabets written as an official-format zip (the small files hold only
 # background alphabets).
 EVAL_ALPHABETS = ("Angelic", "Atemayar_Qelisayer", "Atlantean")
-SMOKE = ["--config", "omniglot:smoke", "--quiet"]
+SMOKE = ["--config=configs/omniglot.py:smoke", "--quiet"]
 
 
 def md5(data: bytes) -> str:
@@ -626,7 +626,10 @@ def test_cli_downloads_verifies_and_runs(
         **{BACKGROUND_ZIP: full_split_background_zip, EVALUATION_ZIP: evaluation_zip}
     )
     digests(full_split_background_zip, evaluation_zip)
-    argv = SMOKE + ["--workdir", str(fresh_machine.workdir), "--generations", "1"]
+    argv = SMOKE + [
+        f"--workdir={fresh_machine.workdir}",
+        "--config.evolution.generations=1",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     assert "| learngene |" in captured.out

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gtl_jax.configs import load_config
 from gtl_jax.data import sample_episode
 from gtl_jax.descendants import (
     Recipe,
@@ -17,8 +16,8 @@ from gtl_jax.descendants import (
     new_descendant,
     prototype_logits,
 )
-from gtl_jax.evolve import descendant_recipe, fixed_episodes
 from gtl_jax.executors import DescendantEvaluator
+from gtl_jax.experiment import descendant_recipe, fixed_episodes, load_config
 from gtl_jax.learngene import extract_learngene, make_spec
 from gtl_jax.models import build_model
 from gtl_jax.population import predict

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -9,66 +10,109 @@ import numpy as np
 import pytest
 
 from gtl_jax.checkpoint import load_learngene
-from gtl_jax.configs import load_config
 from gtl_jax.evolution import EvolutionConfig
-from gtl_jax.evolve import (
+from gtl_jax.evolve import main
+from gtl_jax.experiment import (
     CPU_XLA_FLAGS,
-    LifeWorkers,
+    FIELD_HELP,
     cpu_xla_flags,
-    from_config,
-    main,
-    make_evolution,
+    flatten,
+    load_config,
 )
-from gtl_jax.executors import HostExecutor
 
-SMOKE = ["--config", "omniglot:smoke", "--quiet"]
+SMOKE = ["--config=configs/omniglot.py:smoke", "--quiet"]
 
 
-def test_help_documents_every_config_field(capsys):
+def test_help_lists_every_config_field_once_with_its_default_and_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for field in load_config("omniglot"):
-        assert f"--{field}" in text, field
+    fields = flatten(load_config("omniglot").to_dict())
+    assert set(fields) == set(FIELD_HELP)  # one help line per section.field
+    for path, value in fields.items():
+        assert text.count(f"--config.{path} ") == 1, path
+        assert f"--config.{path} (default: {value!r})\n      {FIELD_HELP[path]}" in text
+    for flag in ("--config=", "--workdir", "--quiet"):
+        assert flag in text
+    # The defaults shown are the chosen config's.
+    main_smoke = ["--config=omniglot:smoke", "--help"]
+    with pytest.raises(SystemExit):
+        main(main_smoke)
+    assert "--config.evolution.pop_size (default: 3)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (
+            ["--config.evolution.pop_sze=3"],
+            "unknown config field evolution.pop_sze; did you mean evolution.pop_size?",
+        ),
+        (["--config.life_steps=3"], "unknown config field life_steps"),
+        (["--life_steps", "3"], "Unknown command line flag 'life_steps'"),
+        (["--config.evolution.pop_size=many"], "--config.evolution.pop_size=many"),
+        (["--config.seed", "x"], "--config.seed"),
+        (["--config.evolution", "3"], "config field evolution is a section"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_misspelled_field_or_flag_is_one_line_naming_it(
+    flags, message, capsys, tmp_path
+):
+    assert main(SMOKE + ["--workdir", str(tmp_path / "w")] + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize(
     "flags,field",
     [
-        (["--pop_size", "4"], "pop_size"),
-        (["--ratio", "1.5"], "ratio"),
-        (["--model", "vgg12"], "model"),
-        (["--eval_shots", "1,x"], "eval_shots"),
-        (["--head", "linear"], "head"),
+        (["--config.evolution.pop_size=4"], "evolution.pop_size"),
+        (["--config.model.ratio=1.5"], "model.ratio"),
+        (["--config.model.name=vgg12"], "model.name"),
+        (["--config.evaluation.eval_shots=1,x"], "evaluation.eval_shots"),
+        (["--config.descendants.head=linear"], "descendants.head"),
     ],
 )
 def test_impossible_config_names_the_field(flags, field, capsys, tmp_path):
     assert main(SMOKE + ["--workdir", str(tmp_path)] + flags) == 2
-    assert field in capsys.readouterr().err
+    assert f"config field {field}=" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.parametrize("name", ["_paper", "no_such_config", "os.path"])
 def test_unknown_config_names_the_known_ones(name, capsys, tmp_path):
     # _paper is the paper configs' private helper module, not a config.
-    assert main(["--config", f"{name}:smoke", "--workdir", str(tmp_path)]) == 2
+    assert main([f"--config={name}:smoke", "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"unknown config {name!r}" in err and "omniglot" in err
     assert not any(tmp_path.iterdir())
 
 
+def test_config_paths_short_names_and_the_default_are_the_same_file(tmp_path):
+    from gtl_jax.experiment import config_dir, resolve_config
+
+    installed = (config_dir() / "omniglot.py").resolve()
+    assert resolve_config("omniglot:smoke") == f"{installed}:smoke"
+    assert load_config() == load_config("omniglot") == load_config(f"{installed}")
+    assert load_config("configs/omniglot.py:smoke") == load_config("omniglot:smoke")
+    with pytest.raises(ValueError, match="config file nowhere/x.py does not exist"):
+        resolve_config("nowhere/x.py")
+
+
 def test_more_ways_than_classes_names_the_field(capsys, tmp_path):
-    assert main(SMOKE + ["--workdir", str(tmp_path), "--eval_way", "700"]) == 2
-    assert "eval_way" in capsys.readouterr().err
+    flags = ["--workdir", str(tmp_path), "--config.evaluation.eval_way=700"]
+    assert main(SMOKE + flags) == 2
+    assert "config field evaluation.eval_way=700" in capsys.readouterr().err
 
 
 def test_missing_dataset_says_where_it_looked(capsys, tmp_path):
     missing = tmp_path / "no_such_dir"
-    assert (
-        main(SMOKE + ["--workdir", str(tmp_path / "w"), "--data_dir", str(missing)])
-        == 2
-    )
+    flags = ["--workdir", str(tmp_path / "w"), f"--config.data.data_dir={missing}"]
+    assert main(SMOKE + flags) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "GTL_DATA_DIR" in err
 
@@ -105,7 +149,8 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
 
     # Interrupted after generation 1, then resumed from the workdir to 2.
     part = tmp_path / "part"
-    assert main(SMOKE + ["--workdir", str(part), "--generations", "1"]) == 0
+    flags = ["--workdir", str(part), "--config.evolution.generations=1"]
+    assert main(SMOKE + flags) == 0
     assert main(SMOKE + ["--workdir", str(part)]) == 0
     resumed, _ = load_learngene(part / "learngene")
     jax.tree.map(np.testing.assert_array_equal, resumed, gene)
@@ -113,44 +158,15 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert [json.loads(line)["generation"] for line in lines] == [1, 2]
 
     # A different evolution config in the same workdir is refused, nothing destroyed.
-    assert main(SMOKE + ["--workdir", str(part), "--life_lr", "0.3"]) == 2
-    assert "life_lr" in capsys.readouterr().err
+    assert main(SMOKE + ["--workdir", str(part), "--config.evolution.life_lr=0.3"]) == 2
+    assert "evolution.life_lr" in capsys.readouterr().err
     assert (part / "learngene" / "metadata.json").is_file()
 
 
-def test_worker_processes_compute_the_lives_of_the_population(omniglot):
-    c = load_config("omniglot:smoke")  # pop 3: blocks of 2 and 1 members
-    evo = HostExecutor(make_evolution(c, omniglot), c.strategy)
-    key = jax.random.fold_in(jax.random.key(1), 0)
-    genes = evo.evo.init(jax.random.key(0)).learngenes
-    here_steps, there_steps = [], []
-    here = jax.device_get(evo.lives(key, genes, on_step=here_steps.append))
-    with LifeWorkers(c, 2) as workers:
-        there = workers(key, genes, there_steps.append)
-    # A pinned worker computes on one core, this process on two: XLA may sum in another
-    # order, so equal up to float rounding; a flipped query moves accuracy by 1/75.
-    query = 1 / (c.critic_way * c.critic_query)
-    np.testing.assert_allclose(there.fitness, here.fitness, atol=query + 1e-6)
-    np.testing.assert_allclose(there.instinct, here.instinct, atol=query + 1e-6)
-    np.testing.assert_array_equal(there.diverged, here.diverged)
-    np.testing.assert_allclose(
-        there.life_losses, here.life_losses, rtol=1e-4, atol=1e-5
-    )
-    for a, b in zip(jax.tree.leaves(there.trained), jax.tree.leaves(here.trained)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    # The progress the workers report adds up to the steps of the whole population.
-    assert sum(there_steps) == pytest.approx(sum(here_steps))
-    assert sum(here_steps) == pytest.approx(c.life_steps + c.critic_steps)
-    # Pinned workers compute on one core each: the numbers do not depend on how many there
-    # are (one worker runs all 3 members; two run 2 and 1).
-    with LifeWorkers(c, 1) as worker:
-        alone = worker(key, genes)
-    for a, b in zip(jax.tree.leaves(there), jax.tree.leaves(alone)):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_library_defaults_are_the_default_config():
-    assert from_config(EvolutionConfig, load_config("omniglot")) == EvolutionConfig()
+    c = load_config("omniglot")
+    assert EvolutionConfig(**c.evolution) == EvolutionConfig()
+    assert c.evolution.to_dict() == dataclasses.asdict(EvolutionConfig())
 
 
 def test_cpu_xla_flags_only_for_checked_jaxlib_and_never_over_the_users():

@@ -1,8 +1,11 @@
 """Importing the package pulls in no heavy optional dependency (issue 15, item 6):
-tensorflow-datasets is imported only by the loader that reads a tfds folder."""
+tensorflow-datasets is imported only by the loader that reads a tfds folder. No module of the
+package imports itself back through others (no import cycle)."""
 
 from __future__ import annotations
 
+import ast
+import pathlib
 import subprocess
 import sys
 
@@ -29,3 +32,117 @@ def test_importing_every_module_imports_no_tensorflow_datasets():
     ).stdout.split()
     assert int(out[0]) > 20  # every module of the package, subpackages included
     assert out[1:] == ["[]"]
+
+
+# --------------------------------------------------------------------------- import cycles
+
+
+def _package_modules() -> dict[str, pathlib.Path]:
+    """Every module of the package and its file: gtl_jax/ and configs/ (installed as
+    gtl_jax.configs)."""
+    modules = {}
+    for folder, package in (
+        (ROOT / "gtl_jax", "gtl_jax"),
+        (ROOT / "configs", "gtl_jax.configs"),
+    ):
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join((package, *parts))] = path
+    return modules
+
+
+def _imported(name: str, path: pathlib.Path, modules: dict) -> set[str]:
+    """The package's modules that ``name`` imports anywhere (inside functions too, and
+    ``importlib.import_module("...")`` with a literal name). ``from a import b`` imports the
+    module a.b if there is one, else the package a."""
+
+    def owner(target: str) -> str | None:  # the longest module prefix of a dotted name
+        parts = target.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in modules:
+                return ".".join(parts[:n])
+        return None
+
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([node.module] if node.module else [])])
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                targets.append(sub if sub in modules else base)
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None))
+            == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            targets.append(node.args[0].value)
+    return {m for m in map(owner, targets) if m is not None}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module, or a self-import."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph[v]:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_inside_the_package():
+    modules = _package_modules()
+    graph = {name: _imported(name, path, modules) for name, path in modules.items()}
+    # The parser sees what it should: the layers, and imports inside functions.
+    assert {"gtl_jax.experiment", "gtl_jax.suite"} <= graph["gtl_jax.evolve"]
+    assert {"gtl_jax.experiment", "gtl_jax.suite"} <= graph["gtl_jax.inherit"]
+    assert "gtl_jax.evolve" in graph["gtl_jax.study"]
+    assert "gtl_jax.experiment" in graph["gtl_jax"]  # importlib.import_module, lazily
+    for command in ("gtl_jax.evolve", "gtl_jax.inherit", "gtl_jax.study"):
+        assert not graph["gtl_jax.experiment"] & {command}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path):
+    a = tmp_path / "a.py"
+    a.write_text("def f():\n    from pkg import b\n")
+    b = tmp_path / "b.py"
+    b.write_text("import pkg.a\n")
+    modules = {"pkg": tmp_path / "__init__.py", "pkg.a": a, "pkg.b": b}
+    graph = {
+        name: _imported(name, path, modules)
+        for name, path in modules.items()
+        if name != "pkg"
+    }
+    graph["pkg"] = set()
+    assert _cycles(graph) == [["pkg.a", "pkg.b"]]

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gtl_jax import inherit
+from gtl_jax import inherit, suite
 from gtl_jax import learngene as lg
 from gtl_jax.checkpoint import save_learngene
-from gtl_jax.configs import load_config
+from gtl_jax.experiment import METHODS, fixed_episodes, load_config
 from gtl_jax.models import build_model
 
 
@@ -51,35 +51,37 @@ def _write_learngene(path, name="vgg11", width=1 / 16):
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory):
+def suite_runs(tmp_path_factory):
     """The whole suite (every method, two heads) on tiny shapes, run twice in one workdir:
     the second run reuses the cached pretrained network."""
     tmp = tmp_path_factory.mktemp("inherit")
     _write_learngene(tmp / "learngene")
     c = load_config("omniglot:smoke")
-    c.model, c.width = "vgg11", 1 / 16
-    c.inherit_episodes, c.eval_query, c.eval_shots = 4, 3, "1"
-    c.workers = 1
+    c.model.name, c.model.width = "vgg11", 1 / 16
+    c.suite.inherit_episodes = 4
+    c.evaluation.eval_query, c.evaluation.eval_shots = 3, "1"
+    c.execution.workers = 1
     first = inherit.run(c, tmp / "learngene", tmp / "a", quiet=True)
     # The second run: the cached pretrained network, and two worker processes.
-    c.workers = 2
+    c.execution.workers = 2
     second = inherit.run(c, tmp / "learngene", tmp / "a", quiet=True)
-    c.workers = 1
+    c.execution.workers = 1
     return c, first, second, tmp
 
 
-def test_every_method_and_head_is_reported(suite):
-    c, first, _, tmp = suite
+def test_every_method_and_head_is_reported(suite_runs):
+    c, first, _, tmp = suite_runs
     got = {(r["method"], r["head"], r["shot"]) for r in first["rows"]}
-    for method in inherit.METHODS[:-1]:
+    for method in METHODS[:-1]:
         for head in ("random", "prototype"):
             assert (method, head, 1) in got
     assert ("proto-frozen", "frozen features", 1) in got
     assert len(got) == len(first["rows"]) == 11
     for r in first["rows"]:
         assert 0.0 <= r["accuracy"][0] <= 1.0 and r["accuracy"][1] >= 0.0
-        assert len(r["per_episode"]) == c.inherit_episodes
-        assert r["curve_steps"][-1] == (0 if r["method"] == "proto-frozen" else c.steps)
+        assert len(r["per_episode"]) == c.suite.inherit_episodes
+        steps = 0 if r["method"] == "proto-frozen" else c.descendants.steps
+        assert r["curve_steps"][-1] == steps
         # The curve's last point is the reported accuracy.
         assert r["curve"][-1] == pytest.approx(r["accuracy"][0], abs=1e-6)
     lines = (tmp / "a" / "results.jsonl").read_text().splitlines()
@@ -95,8 +97,8 @@ def test_every_method_and_head_is_reported(suite):
     assert "| pretrain-circuit | prototype |" in first["table"]
 
 
-def test_shares_and_costs(suite):
-    _, first, _, _ = suite
+def test_shares_and_costs(suite_runs):
+    _, first, _, _ = suite_runs
     share = {r["method"]: r["params_transferred"] for r in first["rows"]}
     assert share["scratch"] == 0.0
     assert share["learngene"] == pytest.approx(share["pretrain-circuit"])
@@ -111,8 +113,8 @@ def test_shares_and_costs(suite):
     assert cost["pretrain-full"]["steps"] == 3 and cost["scratch"] == {"what": "none"}
 
 
-def test_proto_frozen_is_the_pretrained_networks_instinct(suite):
-    _, first, _, _ = suite
+def test_proto_frozen_is_the_pretrained_networks_instinct(suite_runs):
+    _, first, _, _ = suite_runs
     rows = {(r["method"], r["head"], r["shot"]): r for r in first["rows"]}
     frozen = rows["proto-frozen", "frozen features", 1]
     full = rows["pretrain-full", "prototype", 1]
@@ -121,8 +123,8 @@ def test_proto_frozen_is_the_pretrained_networks_instinct(suite):
     assert full["curve"][0] == pytest.approx(full["instinct"][0], abs=1e-6)
 
 
-def test_episodes_identical_across_methods_and_runs(suite):
-    _, first, second, _ = suite
+def test_episodes_identical_across_methods_and_runs(suite_runs):
+    _, first, second, _ = suite_runs
     prints = {r["episode_fingerprint"] for r in first["rows"] + second["rows"]}
     assert len(prints) == 1
     # Same seed, same episodes, same keys, same (cached) pretrained network: the second run,
@@ -143,17 +145,17 @@ def test_fixed_episodes_depend_on_the_seed_only(omniglot):
     images = jnp.asarray(omniglot["test"].images[:20])
 
     def fingerprint(seed):
-        episodes, _ = inherit.fixed_episodes(
+        episodes, _ = fixed_episodes(
             jax.random.key(seed), images, episodes=2, n_way=5, k_shot=1, n_query=2
         )
-        return inherit.episode_fingerprint(episodes)
+        return suite.episode_fingerprint(episodes)
 
     assert fingerprint(3) == fingerprint(3) != fingerprint(4)
 
 
 def test_heur_spec_takes_the_last_layers_whole():
     model = build_model("vgg11", 5, width=1 / 16)
-    spec = inherit.heur_spec(model, 1, 3)
+    spec = suite.heur_spec(model, 1, 3)
     graph = model.conv_graph()
     assert spec.names == tuple(n.name for n in graph[-3:])
     channels = {n.name: n.channels for n in graph}
@@ -205,12 +207,10 @@ def test_learngene_of_another_architecture_is_a_clear_error(tmp_path, capsys):
     _write_learngene(tmp_path / "resnet_gene", name="resnet12", width=1 / 16)
     code = inherit.main(
         [
-            "--config",
-            "omniglot:smoke",
+            "--config=configs/omniglot.py:smoke",
             "--learngene",
             str(tmp_path / "resnet_gene"),
-            "--model",
-            "vgg11",
+            "--config.model.name=vgg11",
             "--workdir",
             str(tmp_path / "w"),
             "--quiet",
@@ -228,12 +228,12 @@ def test_missing_learngene_and_bad_fields(tmp_path, capsys):
     assert "metadata.json not found" in capsys.readouterr().err
     _write_learngene(tmp_path / "g")
     for flags, field in (
-        (["--methods", "learngene,magic"], "methods"),
-        (["--heads", "clever"], "heads"),
-        (["--eval_split", "train"], "eval_split"),
-        (["--heur_layers", "99"], "heur_layers"),
+        (["--config.suite.methods=learngene,magic"], "suite.methods"),
+        (["--config.suite.heads=clever"], "suite.heads"),
+        (["--config.suite.eval_split=train"], "suite.eval_split"),
+        (["--config.suite.heur_layers=99"], "suite.heur_layers"),
     ):
-        argv = ["--config", "omniglot:smoke", "--learngene", str(tmp_path / "g")]
+        argv = ["--config=omniglot:smoke", "--learngene", str(tmp_path / "g")]
         code = inherit.main(
             [*argv, "--workdir", str(tmp_path / "w"), "--quiet", *flags]
         )
@@ -241,8 +241,8 @@ def test_missing_learngene_and_bad_fields(tmp_path, capsys):
         assert f"config field {field}=" in capsys.readouterr().err
 
 
-def test_results_jsonl_rows_are_json(suite):
-    _, _, _, tmp = suite
+def test_results_jsonl_rows_are_json(suite_runs):
+    _, _, _, tmp = suite_runs
     for line in (tmp / "a" / "results.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert {"method", "head", "accuracy", "instinct", "cost"} <= set(row)
@@ -255,36 +255,43 @@ def test_pretrained_cache_key_holds_what_changes_the_weights(tmp_path):
     c = load_config("omniglot:smoke")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 3, 28, 28, 1), dtype=np.uint8)
-    base, key = inherit.pretrained_cache(c, images, tmp_path)
-    assert key["images"] == inherit.images_digest(images.copy())
+    base, key = suite.pretrained_cache(c, images, tmp_path)
+    assert key["images"] == suite.images_digest(images.copy())
 
     def path(images=images, closed=None, **fields):
         other = load_config("omniglot:smoke")
-        other.update(fields)
-        return inherit.pretrained_cache(other, images, tmp_path, closed)[0]
+        for name, value in fields.items():  # "section__field": value
+            section, _, field = name.rpartition("__")
+            (other[section] if section else other)[field] = value
+        return suite.pretrained_cache(other, images, tmp_path, closed)[0]
 
     assert path() == base
     for same in (
-        {"ratio": 0.3},
-        {"zero_cross": False},
-        {"eval_way": 20, "inherit_episodes": 9, "methods": "scratch"},
+        {"model__ratio": 0.3},
+        {"evolution__zero_cross": False},
+        {
+            "evaluation__eval_way": 20,
+            "suite__inherit_episodes": 9,
+            "suite__methods": "scratch",
+        },
     ):
         assert path(**same) == base, same
     other_pixels = images.copy()
     other_pixels[0, 0, 0, 0, 0] ^= 1
-    spec = lg.make_spec(build_model("vgg11", 5, width=c.width), c.ratio, 1)
+    m = c.model
+    spec = lg.make_spec(build_model("vgg11", 5, width=m.width), m.ratio, 1)
     for changed in (
         {"images": other_pixels},
         {"images": images[:5]},
-        {"precision": "bfloat16"},
-        {"pretrain_lr": 3e-3},
-        {"pretrain_steps": 4},
-        {"pretrain_batch": 32},
-        {"pretrain_weight_decay": 1e-4},
+        {"model__precision": "bfloat16"},
+        {"suite__pretrain_lr": 3e-3},
+        {"suite__pretrain_steps": 4},
+        {"suite__pretrain_batch": 32},
+        {"suite__pretrain_weight_decay": 1e-4},
         {"seed": 1},
-        {"augment": "crop_flip"},
-        {"width": 0.125},
-        {"model": "vgg13"},
+        {"evolution__augment": "crop_flip"},
+        {"model__width": 0.125},
+        {"model__name": "vgg13"},
         {"closed": spec},
     ):
         assert path(**changed) != base, changed
@@ -311,29 +318,23 @@ def test_npz_with_only_a_test_split_is_evaluated_on_all_its_classes(tmp_path, ca
     data = _ten_class_npz(tmp_path, "test: 0-9\n")
     _write_learngene(tmp_path / "g")
     argv = [
-        "--config",
-        "omniglot:smoke",
+        "--config=omniglot:smoke",
         "--learngene",
         str(tmp_path / "g"),
-        "--dataset",
-        "npz",
-        "--data_dir",
-        str(data),
-        "--eval_way",
-        "10",
-        "--eval_shots",
-        "1",
-        "--eval_query",
-        "3",
-        "--inherit_episodes",
-        "2",
-        "--heads",
-        "random",
+        "--config.data.dataset=npz",
+        f"--config.data.data_dir={data}",
+        "--config.evaluation.eval_way=10",
+        "--config.evaluation.eval_shots=1",
+        "--config.evaluation.eval_query=3",
+        "--config.suite.inherit_episodes=2",
+        "--config.suite.heads=random",
         "--quiet",
     ]
     work = tmp_path / "w"
     assert (
-        inherit.main([*argv, "--methods", "learngene,scratch", "--workdir", str(work)])
+        inherit.main(
+            [*argv, "--config.suite.methods=learngene,scratch", f"--workdir={work}"]
+        )
         == 0
     )
     rows = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
@@ -346,8 +347,7 @@ def test_npz_with_only_a_test_split_is_evaluated_on_all_its_classes(tmp_path, ca
     code = inherit.main(
         [
             *argv,
-            "--methods",
-            "learngene,pretrain-full",
+            "--config.suite.methods=learngene,pretrain-full",
             "--workdir",
             str(tmp_path / "p"),
         ]
@@ -360,7 +360,7 @@ def test_npz_with_only_a_test_split_is_evaluated_on_all_its_classes(tmp_path, ca
     )
 
     code = inherit.main(
-        [*argv, "--eval_split", "val", "--workdir", str(tmp_path / "v")]
+        [*argv, "--config.suite.eval_split=val", "--workdir", str(tmp_path / "v")]
     )
     assert code == 2
     assert (
@@ -371,8 +371,8 @@ def test_npz_with_only_a_test_split_is_evaluated_on_all_its_classes(tmp_path, ca
     from gtl_jax import evolve
 
     code = evolve.main(
-        ["--config", "omniglot:smoke", "--quiet", "--dataset", "npz", "--data_dir",
-         str(data), "--workdir", str(tmp_path / "e")]
+        ["--config=omniglot:smoke", "--quiet", "--config.data.dataset=npz",
+         f"--config.data.data_dir={data}", "--workdir", str(tmp_path / "e")]
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gtl_jax.configs.omniglot import get_config
+from gtl_jax.experiment import load_config
 from gtl_jax.models import PRECISIONS, build_model
 from gtl_jax.population import init_network, make_optimizer, train_step
 
@@ -125,9 +125,9 @@ def test_bfloat16_loss_close_to_float32(name, size):
 
 
 def test_precision_field_default_and_choices():
-    c = get_config()
-    assert c.precision == "float32"
-    assert PRECISIONS[c.precision] == jnp.float32
+    c = load_config("omniglot")
+    assert c.model.precision == "float32"
+    assert PRECISIONS[c.model.precision] == jnp.float32
     assert set(PRECISIONS) == {"float32", "bfloat16"}
 
 
@@ -138,24 +138,21 @@ def test_precision_field_reaches_the_evolve_cli_and_bad_values_are_refused(
 
     code = main(
         [
-            "--config",
-            "omniglot:smoke",
-            "--precision",
-            "float16",
+            "--config=configs/omniglot.py:smoke",
+            "--config.model.precision=float16",
             "--workdir",
             str(tmp_path / "w"),
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "config field precision='float16'" in err, err
+    assert code == 2 and "config field model.precision='float16'" in err, err
     assert not (tmp_path / "w").exists()
 
 
 def test_config_precision_sets_the_models_computation_dtype():
-    from gtl_jax.configs import load_config
-    from gtl_jax.evolve import model_of
+    from gtl_jax.experiment import model_of
 
     c = load_config("omniglot")
     assert model_of(c, 5).dtype == jnp.float32
-    c.precision = "bfloat16"
+    c.model.precision = "bfloat16"
     assert model_of(c, 5).dtype == jnp.bfloat16

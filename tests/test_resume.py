@@ -26,39 +26,26 @@ from gtl_jax.checkpoint import load_learngene
 
 GENERATIONS = 3
 TINY = [
-    "--config",
-    "omniglot:smoke",
+    "--config=configs/omniglot.py:smoke",
     "--quiet",
-    "--pop_size",
-    "8",
-    "--tournament_size",
-    "4",
-    "--life_steps",
-    "1",
-    "--life_batch",
-    "8",
-    "--critic_steps",
-    "1",
-    "--critic_query",
-    "5",
-    "--steps",
-    "1",
-    "--eval_shots",
-    "1",
-    "--eval_episodes",
-    "8",
-    "--eval_query",
-    "5",
+    "--config.evolution.pop_size=8",
+    "--config.evolution.tournament_size=4",
+    "--config.evolution.life_steps=1",
+    "--config.evolution.life_batch=8",
+    "--config.evolution.critic_steps=1",
+    "--config.evolution.critic_query=5",
+    "--config.descendants.steps=1",
+    "--config.evaluation.eval_shots=1",
+    "--config.evaluation.eval_episodes=8",
+    "--config.evaluation.eval_query=5",
 ]
 TIMEOUT = 300  # seconds for one process
 
 
 def evolve(workdir, generations: int = GENERATIONS) -> list[str]:
     return [sys.executable, "-m", "gtl_jax.evolve", *TINY] + [
-        "--workdir",
-        str(workdir),
-        "--generations",
-        str(generations),
+        f"--workdir={workdir}",
+        f"--config.evolution.generations={generations}",
     ]
 
 
@@ -240,12 +227,13 @@ def test_checkpoint_restores_across_8_1_4_devices(reference, tmp_path):
 
 
 def test_joined_processes_resume_across_process_counts(reference, tmp_path):
-    # Generation 1 as 2 joined processes (--processes 2: jax.distributed over Gloo, one CPU
+    # Generation 1 as 2 joined processes (--config.execution.processes=2: jax.distributed over Gloo, one CPU
     # device each), 2 in one process, 3 as 2 processes again, each resuming the last.
     workdir = tmp_path / "w"
     for processes, generations in ((2, 1), (1, 2), (2, 3)):
         done = subprocess.run(
-            evolve(workdir, generations) + ["--processes", str(processes)],
+            evolve(workdir, generations)
+            + [f"--config.execution.processes={processes}"],
             env=env(1),
             cwd=ROOT,
             capture_output=True,

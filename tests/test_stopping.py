@@ -30,7 +30,7 @@ from conftest import ROOT
 from gtl_jax import checkpoint, distributed, stopping, study
 from gtl_jax.checkpoint import load_learngene
 
-SMOKE = ["--config", "omniglot:smoke"]
+SMOKE = ["--config=configs/omniglot.py:smoke"]
 TIMEOUT = 300  # seconds for one process
 RESUME = "run the same command again"
 
@@ -196,14 +196,16 @@ def test_worker_processes_stop_without_a_word(tmp_path):
     evolution, then Ctrl-C to the whole group during the final table. The workers ignore
     SIGINT and are shut down by the main process; none is left."""
     workdir = tmp_path / "w"
-    command = Command("gtl_jax.evolve", workdir, "--workers", "2")
+    command = Command("gtl_jax.evolve", workdir, "--config.execution.workers=2")
     code, err = interrupt(command, first_metrics(workdir), signal.SIGTERM, group=False)
     assert code == 143
     assert_one_line(err, f"generation 1 of 2 is checkpointed in .*; {RESUME} to resume")
     time.sleep(1.0)
     assert not group_processes(command.proc.pid)
 
-    command = Command("gtl_jax.evolve", workdir, "--workers", "2", quiet=False)
+    command = Command(
+        "gtl_jax.evolve", workdir, "--config.execution.workers=2", quiet=False
+    )
     running = descendants_running(command, workdir)
     code, err = interrupt(command, running, signal.SIGINT, group=True, delay=2.0)
     assert code == 130
@@ -429,8 +431,8 @@ def test_orbax_loops_let_pending_work_finish_before_they_close(inside):
 
 
 def test_stop_messages_read_the_workdir(tmp_path):
-    from gtl_jax.configs import load_config
     from gtl_jax.evolve import stop_message
+    from gtl_jax.experiment import load_config
 
     c = load_config("omniglot:smoke")
     assert stop_message(c, tmp_path) == (
@@ -449,6 +451,6 @@ def test_stop_messages_read_the_workdir(tmp_path):
         json.dumps({**meta, "generation": 2})
     )
     assert stop_message(c, tmp_path).startswith("the evolution is done")
-    assert stopping.kept_in(tmp_path, 2) == (
+    assert study.stop_message(tmp_path, 2) == (
         f"kept in {tmp_path}: the evolution at generation 2 of 2; {RESUME} to resume"
     )

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from gtl_jax.study import STUDY_METHODS, main, seed_interval, t95
+from gtl_jax.experiment import STUDY_METHODS
+from gtl_jax.study import main, seed_interval, t95
 
 
 def test_seed_interval_is_students_t():
@@ -19,8 +20,9 @@ def test_seed_interval_is_students_t():
 
 def test_smoke_study_evaluates_every_method_over_seeds(tmp_path, capsys):
     workdir = tmp_path / "study"
-    flags = ["--config", "omniglot:smoke", "--quiet", "--workdir", str(workdir)]
-    flags += ["--study_ways", "5", "--eval_shots", "1", "--seeds", "0,1"]
+    flags = ["--config=configs/omniglot.py:smoke", "--quiet", f"--workdir={workdir}"]
+    flags += ["--config.suite.study_ways=5", "--config.evaluation.eval_shots=1"]
+    flags += ["--config.suite.seeds=0,1"]
     assert main(flags) == 0
     out = capsys.readouterr().out
     assert "omniglot (test classes), 5-way 1-shot" in out
@@ -35,7 +37,8 @@ def test_smoke_study_evaluates_every_method_over_seeds(tmp_path, capsys):
             workdir / "no_selection" / "seed_1" / "learngene" / "metadata.json"
         ).read_text()
     )
-    assert meta["config"]["selection"] == "none" and meta["config"]["seed"] == 1
+    config = meta["config"]
+    assert config["evolution"]["selection"] == "none" and config["seed"] == 1
     assert meta["choice"]["rule"] == "random member"
 
     summary = json.loads((workdir / "results.json").read_text())

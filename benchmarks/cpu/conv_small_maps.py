@@ -31,7 +31,7 @@ import json
 import pathlib
 import statistics
 
-from gtl_jax.evolve import configure_jax
+from gtl_jax.experiment import configure_jax
 
 configure_jax()  # the command line's XLA flags, as a worker process runs
 

@@ -1,6 +1,6 @@
 """The steps of the default command (VGG11 x1/8, 28x28x1, 5-way) on one pinned core, JAX vs torch.
 
-Run it alone: ``python benchmarks/cpu/default_size.py [--core 0] [--out benchmarks/results]``
+Run it alone: ``python benchmarks/cpu/default_size.py [--core 0] [--out benchmarks/cpu/results]``
 (needs torch: ``pip install -e '.[bench]'``). Writes ``default_size.{jsonl,md}``.
 
 Since the default command splits its work between worker processes pinned one per core
@@ -48,7 +48,7 @@ def timed(fn, calls: int, repeats: int, block=lambda x: x) -> float:
 
 
 def jax_rows(calls: int, repeats: int) -> list[dict]:
-    from gtl_jax.evolve import configure_jax
+    from gtl_jax.experiment import configure_jax
 
     configure_jax()
     import jax

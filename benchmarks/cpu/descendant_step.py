@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from gtl_jax.data import load_omniglot
 from gtl_jax.descendants import Recipe
-from gtl_jax.evolve import configure_jax, fixed_episodes
 from gtl_jax.executors import DescendantEvaluator
+from gtl_jax.experiment import configure_jax, fixed_episodes
 from gtl_jax.models import build_model
 
 

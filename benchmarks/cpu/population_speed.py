@@ -18,7 +18,7 @@ default 1, 4, 8, 16), by each strategy (``--strategies``):
   carry=0)`` over the stacked population, the state donated and (``loop``) updated in place,
   as the evolution's lifetime step runs (``loop`` is the library's default, ``"auto"``, on CPU);
 - ``loop_lax``: ``loop`` without the library's CPU forms (``gtl_jax.models.layers``: lax.conv's
-  own kernel gradient, nn.max_pool), without ``gtl_jax.evolve.CPU_XLA_FLAGS`` and without
+  own kernel gradient, nn.max_pool), without ``gtl_jax.experiment.CPU_XLA_FLAGS`` and without
   ``carry`` (a new stacked population after every step): the library's default as it ran
   before them, so the table shows what they are worth;
 - ``unroll``: the P members traced one after another inside one jit (not a library strategy);
@@ -29,8 +29,8 @@ default 1, 4, 8, 16), by each strategy (``--strategies``):
 - ``procs2``: two OS processes, each pinned to one core, each running the library ``loop`` over
   P/2 members; both start each timed repeat together (a barrier through their stdin);
   images/s = all images of a repeat / (last end - first start). This is how ``python -m
-  gtl_jax.evolve`` trains its population on a 2-core CPU by default (``workers=0``: the
-  members split between worker processes pinned one per core, ``gtl_jax.evolve.LifeWorkers``),
+  gtl_jax.evolve`` trains its population on a 2-core CPU by default (``execution.workers=0``: the
+  members split between worker processes pinned one per core, ``gtl_jax.experiment.LifeWorkers``),
   where the processes meet once per generation, not every few steps. Skipped for odd P.
 - ``torch_procs2``: the same process layout with PyTorch: two processes pinned one per core,
   one torch thread each, each the PyTorch loop over P/2 members, behind the same barrier; the
@@ -51,7 +51,7 @@ its own: ``first_call_s`` is the first population step (compilation + one step; 
 step), ``compile_s`` = first_call_s - steady step time; ``peak_mib`` is the subprocess's
 ``ru_maxrss`` (for procs2 the sum of both processes), including the runtime itself
 (``rss_setup_mib``: after imports and initialising the P networks, before the first step).
-JAX runs with the command line's settings (``gtl_jax.evolve.configure_jax``: non-partitionable
+JAX runs with the command line's settings (``gtl_jax.experiment.configure_jax``: non-partitionable
 threefry, ``CPU_XLA_FLAGS``; ``loop_lax`` without those flags), except the persistent compilation cache, which is off. Steady state: one warm-up step after the first,
 then the median of timed repeats of ``k`` steps (``k`` so that a repeat lasts at least
 ``--min-repeat-s``; at least ``--min-repeats``, at most ``--max-repeats``, about ``--budget-s``
@@ -72,7 +72,7 @@ used for every strategy, torch included. The matmul peak is measured in the same
 N ``jnp.dot`` (and ``torch.mm``) of two f32 2048x2048 matrices on both cores (and, for JAX, in
 a process pinned to one core). ``% peak`` is achieved FLOP/s over the JAX 2-core peak.
 
-Outputs (``--out``, default benchmarks/results): ``population_speed.jsonl`` (one line per
+Outputs (``--out``, default benchmarks/cpu/results): ``population_speed.jsonl`` (one line per
 measurement, skip, peak and cost analysis, each with versions and the command),
 ``population_speed.md`` (the table, the command on top), ``population_speed.png`` (images/s
 against P per strategy, one panel per width).
@@ -112,7 +112,7 @@ PROCS2_STRATEGIES = ("procs2", "torch_procs2")
 TORCH_STRATEGIES = ("torch", "torch_procs2")
 # Strategies whose compiled program may depend on P (--compile-pops).
 COMPILE_STRATEGIES = ("loop", "vmap", "unroll")
-# The library's CPU forms (gtl_jax.models.layers) and XLA flags (gtl_jax.evolve.CPU_XLA_FLAGS),
+# The library's CPU forms (gtl_jax.models.layers) and XLA flags (gtl_jax.experiment.CPU_XLA_FLAGS),
 # which ``loop_lax`` turns off: the library's loop as it ran before them.
 LAX_STRATEGIES = ("loop_lax",)
 
@@ -173,7 +173,7 @@ def _import_jax(strategy: str = "loop"):
     without the library's CPU forms and CPU XLA flags."""
     import jaxlib
 
-    from gtl_jax.evolve import CPU_XLA_FLAGS, configure_jax, cpu_xla_flags
+    from gtl_jax.experiment import CPU_XLA_FLAGS, configure_jax, cpu_xla_flags
     from gtl_jax.models import layers
 
     if strategy in LAX_STRATEGIES:

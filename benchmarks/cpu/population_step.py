@@ -6,7 +6,7 @@ Prints JSON lines:
   VGG11 networks on 28x28 images, for the library's ``loop`` and ``vmap`` strategies and for
   ``unroll`` (the P members traced one after another inside one jit; not a library strategy).
 - ``init_compile``: seconds to compile one network's init with JAX's partitionable threefry on
-  and off (the command line turns it off, see ``gtl_jax.evolve.configure_jax``); each in a fresh
+  and off (the command line turns it off, see ``gtl_jax.experiment.configure_jax``); each in a fresh
   subprocess so that no cache is shared.
 Run it alone: the machine's cores are shared.
 """

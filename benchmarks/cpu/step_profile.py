@@ -8,7 +8,7 @@ What is measured, for each width (``--widths``, default 1/4 and 1): ``cpu_explor
 step (``compile_step``: one SGD step, lr 0.05, of one VGG11 with a 5-way head on 64 random u8
 32x32x3 images), in a process pinned to one core (``--core``), as each worker process of
 ``python -m gtl_jax.evolve`` runs, with the command line's JAX settings
-(``gtl_jax.evolve.configure_jax``):
+(``gtl_jax.experiment.configure_jax``):
 
 1. **Speed.** images/s of the library's step and of the same step with the small-map rule the
    library had before the wide-map rule (``small_maps_before``: only 2x2 and 1x1 maps as
@@ -131,7 +131,7 @@ def hlo_op_names(hlo: str) -> dict[str, str]:
 
 def measure(width: float, rounds: int, timing_s: float, profile_steps: int) -> dict:
     """Runs in the pinned worker: speed, profile and efficiency of one width."""
-    from gtl_jax.evolve import configure_jax
+    from gtl_jax.experiment import configure_jax
 
     configure_jax()
     import jax

@@ -1,6 +1,6 @@
 """Both cores from one process: the population sharded over 2 virtual CPU devices, against 1.
 
-Run it alone: ``python benchmarks/cpu/virtual_devices.py [--out benchmarks/results]``.
+Run it alone: ``python benchmarks/cpu/virtual_devices.py [--out benchmarks/cpu/results]``.
 Writes ``virtual_devices.{jsonl,md}``.
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` gives one process D CPU devices; the
@@ -28,7 +28,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def worker(spec: dict) -> None:
-    from gtl_jax.evolve import configure_jax
+    from gtl_jax.experiment import configure_jax
 
     configure_jax()
     import functools

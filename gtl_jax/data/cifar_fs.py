@@ -60,7 +60,7 @@ FOLDER_FILES = ("train", "test", "meta")
 TFDS_NAME = "cifar100"
 
 _HOW_TO_PROVIDE = (
-    "Provide CIFAR-FS by passing --data_dir (data_dir=...) or setting GTL_DATA_DIR to a "
+    "Provide CIFAR-FS by passing --config.data.data_dir=... (data_dir=... in Python) or setting GTL_DATA_DIR to a "
     "folder (or its 'cifar_fs/' subfolder) holding one of: CIFAR_FS_train.pickle, "
     "CIFAR_FS_val.pickle and CIFAR_FS_test.pickle (MetaOptNet); cifar-100-python.tar.gz "
     "(https://www.cs.toronto.edu/~kriz/cifar.html) or its extracted folder "

@@ -58,7 +58,7 @@ METAOPTNET_FILES = {
 _SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 _HOW_TO_PROVIDE = (
-    "Provide miniImageNet by passing --data_dir (data_dir=...) or setting GTL_DATA_DIR to "
+    "Provide miniImageNet by passing --config.data.data_dir=... (data_dir=... in Python) or setting GTL_DATA_DIR to "
     "a folder (or its 'mini_imagenet/' subfolder) holding either "
     "mini-imagenet-cache-{train,val,test}.pkl or "
     "miniImageNet_category_split_{train_phase_train,val,test}.pickle."

@@ -1,6 +1,6 @@
 """Any dataset as class pools: one ``.npz`` of images by class, and a small split file.
 
-This module lets a user bring their own data (``--dataset npz --data_dir path/to/data.npz``).
+This module lets a user bring their own data (``--config.data.dataset=npz --config.data.data_dir=path/to/data.npz``).
 The file holds:
 
 - ``images``: uint8 ``(n_classes, n_per_class, H, W)`` or ``(n_classes, n_per_class, H, W, C)``;
@@ -20,7 +20,7 @@ The meta-train / meta-validation / meta-test classes come from, in this order:
 
 Splits must be non-empty and disjoint; classes in no split are left out. A split may be left
 out too: the pools are then only those listed, and a command that needs another one names it
-(``python -m gtl_jax.inherit --methods learngene,scratch`` needs only ``test``, so a file whose
+(``python -m gtl_jax.inherit --config.suite.methods=learngene,scratch`` needs only ``test``, so a file whose
 split lists ``test: 0-9`` is evaluated on all its 10 classes; the evolution needs all three).
 A shell module (I/O, no jit); resized pools are cached like the other datasets'.
 """
@@ -57,7 +57,9 @@ _FORMAT = (
 def find_npz(data_dir: str | os.PathLike | None) -> pathlib.Path:
     """The ``.npz`` file: ``data_dir`` itself, or the only ``.npz`` in the folder ``data_dir``."""
     if data_dir is None or str(data_dir) == "":
-        raise DataError(f"dataset 'npz' needs --data_dir (data_dir=...): {_FORMAT}")
+        raise DataError(
+            f"dataset 'npz' needs --config.data.data_dir=... (data_dir=... in Python): {_FORMAT}"
+        )
     path = pathlib.Path(data_dir).expanduser()
     if path.is_dir():
         found = sorted(path.glob("*.npz"))

@@ -86,11 +86,11 @@ _SHARED_RELPATH = pathlib.Path("..", "shared", "data", "omniglot")
 _RESIZE_CHUNK = 1024
 
 _HOW_TO_PROVIDE = (
-    "Provide Omniglot by passing --data_dir (data_dir=...), by setting GTL_DATA_DIR, "
+    "Provide Omniglot by passing --config.data.data_dir=... (data_dir=... in Python), by setting GTL_DATA_DIR, "
     "or by placing it at ../shared/data/omniglot (relative to the repository root or "
     "the working directory). When no folder holds Omniglot, the official zips are "
     "downloaded (from $GTL_OMNIGLOT_URL or the official repository) into the existing "
-    "folder that --data_dir or GTL_DATA_DIR names, else into "
+    "folder that --config.data.data_dir or GTL_DATA_DIR names, else into "
     "~/.cache/gtl_jax/data/omniglot ($GTL_CACHE_DIR/data/omniglot). The folder "
     "(or its 'omniglot/' subfolder) must hold either the official release's "
     f"{BACKGROUND_ZIP} and {EVALUATION_ZIP} (from {OFFICIAL_URL}), or the arrays "
@@ -221,7 +221,7 @@ def download_official(folder: pathlib.Path) -> None:
     base = os.environ.get(URL_ENV) or OFFICIAL_URL
     how_to_fix = (
         f"Put {BACKGROUND_ZIP} and {EVALUATION_ZIP} (from {OFFICIAL_URL}) in {folder}, "
-        f"or set {URL_ENV} to a mirror serving them, or point --data_dir / GTL_DATA_DIR "
+        f"or set {URL_ENV} to a mirror serving them, or point --config.data.data_dir / GTL_DATA_DIR "
         f"at the Omniglot arrays ({BACKGROUND_FILE}, {EVALUATION_FILE}, "
         f"{ALPHABETS_FILE})."
     )

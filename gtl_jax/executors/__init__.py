@@ -22,11 +22,13 @@ from gtl_jax.executors.population_map import (
     population_map,
     resolve_strategy,
 )
+from gtl_jax.executors.workers import LifeWorkers
 
 __all__ = [
     "STRATEGIES",
     "DescendantEvaluator",
     "HostExecutor",
+    "LifeWorkers",
     "Lives",
     "population_map",
     "resolve_strategy",

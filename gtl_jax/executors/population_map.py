@@ -88,7 +88,7 @@ def population_map(
         updated as the first element of its output tuple. On one device it is donated (do not
         use the argument after the call), and the loop writes each member's update into it in
         place instead of stacking a new population after all members (measured even with
-        stacking or faster: ``benchmarks/results/cpu_explore.md``, "Using both cores").
+        stacking or faster: ``benchmarks/cpu/results/cpu_explore.md``, "Using both cores").
 
     Returns:
       A function of the same arguments with outputs stacked along a leading P. It is already

@@ -20,8 +20,8 @@ from gtl_jax.data import load_omniglot
 from gtl_jax.data.pool import sample_batch
 from gtl_jax.descendants import Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig
-from gtl_jax.evolve import configure_jax
 from gtl_jax.executors import HostExecutor, population_map
+from gtl_jax.experiment import configure_jax
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
 from gtl_jax.population import init_network, make_optimizer, train_step

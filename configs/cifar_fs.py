@@ -1,8 +1,10 @@
 """GTL on CIFAR-FS with VGG11 at 32x32: the paper's first experiment.
 
 Run (a folder holding CIFAR_FS_*.pickle, cifar-100-python.tar.gz or a tfds cifar100; README, "Data"):
-  python -m gtl_jax.evolve --config cifar_fs --data_dir /path/to/cifar --workdir runs/cifar_fs
-  python -m gtl_jax.evolve --config cifar_fs:smoke --data_dir ...  # seconds: the whole pipeline
+  python -m gtl_jax.evolve --config=configs/cifar_fs.py --config.data.data_dir=/path/to/cifar \
+      --workdir=runs/cifar_fs
+  python -m gtl_jax.evolve --config=configs/cifar_fs.py:smoke --config.data.data_dir=...
+      # seconds: the whole pipeline
 
 Paper headline to compare with: with 20% of the parameters, learngenes give +12% accuracy
 over the same VGG11 trained from random initialisation on CIFAR-FS. The learngene and scratch rows

@@ -26,10 +26,11 @@ def paper_config(
 
     Args:
       arg: None or ``"smoke"`` (the whole pipeline on a few images per class).
-      dataset: a key of ``gtl_jax.data.DATASETS``; also picks the augmentation.
-      image_size: S.
-      model: a key of ``gtl_jax.models.MODELS``.
-      life_batch: the lifetime batch size.
+      dataset: ``data.dataset``, a key of ``gtl_jax.data.DATASETS``; also picks the
+        augmentation (``evolution.augment``).
+      image_size: S (``data.image_size``).
+      model: ``model.name``, a key of ``gtl_jax.models.MODELS``.
+      life_batch: the lifetime batch size (``evolution.life_batch``).
       smoke_life_batch: the lifetime batch size of the smoke variant.
 
     Raises:
@@ -37,37 +38,39 @@ def paper_config(
     """
     # Every field comes from the omniglot config; only what differs is set here.
     c = omniglot.get_config()
-    c.dataset = dataset
-    c.image_size = image_size
-    c.model = model
-    c.width = 1.0
-    c.augment = DATASET_AUGMENT[dataset]
+    c.data.dataset = dataset
+    c.data.image_size = image_size
+    c.model.name = model
+    c.model.width = 1.0
+    c.evolution.augment = DATASET_AUGMENT[dataset]
 
-    c.pop_size = 12
-    c.generations = 20
-    c.life_steps = 200
-    c.life_batch = life_batch
-    c.num_critics = 4
-    c.critic_steps = 50
-    c.eval_episodes = 600
-    c.steps = 50
+    c.evolution.pop_size = 12
+    c.evolution.generations = 20
+    c.evolution.life_steps = 200
+    c.evolution.life_batch = life_batch
+    c.evolution.num_critics = 4
+    c.evolution.critic_steps = 50
+    c.evaluation.eval_episodes = 600
+    c.descendants.steps = 50
 
     if arg == "smoke":
         # The tests' synthetic files hold 4 images per class.
-        c.width = 0.0625
-        c.pop_size = 3
-        c.generations = 2
-        c.life_steps = 2
-        c.life_batch = smoke_life_batch
-        c.num_critics = 1
-        c.critic_query = 2
-        c.critic_steps = 2
-        c.eval_episodes = 2
-        c.eval_shots = "1"
-        c.eval_query = 2
-        c.steps = 2
-        c.eval_every = 1
-        c.workers = 1  # at toy sizes a worker process costs more than it saves
+        c.model.width = 0.0625
+        c.evolution.pop_size = 3
+        c.evolution.generations = 2
+        c.evolution.life_steps = 2
+        c.evolution.life_batch = smoke_life_batch
+        c.evolution.num_critics = 1
+        c.evolution.critic_query = 2
+        c.evolution.critic_steps = 2
+        c.evaluation.eval_episodes = 2
+        c.evaluation.eval_shots = "1"
+        c.evaluation.eval_query = 2
+        c.descendants.steps = 2
+        c.descendants.eval_every = 1
+        c.execution.workers = (
+            1  # at toy sizes a worker process costs more than it saves
+        )
     elif arg:
         raise ValueError(
             f"unknown variant {arg!r} of the {dataset} config (known: smoke)"

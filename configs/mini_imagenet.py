@@ -2,8 +2,10 @@
 
 Run (a folder holding mini-imagenet-cache-*.pkl or miniImageNet_category_split_*.pickle; README,
 "Data"):
-  python -m gtl_jax.evolve --config mini_imagenet --data_dir /path/to/mini --workdir runs/mini
-  python -m gtl_jax.evolve --config mini_imagenet:smoke --data_dir ...  # the whole pipeline
+  python -m gtl_jax.evolve --config=configs/mini_imagenet.py \
+      --config.data.data_dir=/path/to/mini --workdir=runs/mini
+  python -m gtl_jax.evolve --config=configs/mini_imagenet.py:smoke \
+      --config.data.data_dir=...  # the whole pipeline
 
 Paper headline to compare with: with 20% of the parameters, learngenes give +16% accuracy
 over the same ResNet12 trained from random initialisation on miniImageNet. The learngene and
@@ -18,7 +20,7 @@ Expected runtime on one GPU, an estimate from FLOPs (not measured: no GPU here).
   test:     600 episodes x 2 methods x (5 + 25 images) x 50 steps = 1.8M -> 36 PFLOP
 About 71 PFLOP: at a sustained 10-40 TFLOP/s (an A100 in f32/TF32), 0.5 to 2 hours. Twelve
 ResNet12 hosts training at once need tens of GB of activations: on a smaller GPU use
-``--strategy loop`` (one host at a time; same results).
+``--config.execution.strategy=loop`` (one host at a time; same results).
 """
 
 from __future__ import annotations
