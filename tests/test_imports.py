@@ -146,3 +146,26 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
     }
     graph["pkg"] = set()
     assert _cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+def test_the_core_never_imports_the_executors():
+    # The pure core (evolution, descendants, population, learngene, models, data) does not
+    # depend on how it is executed: gtl_jax.executors is passed in by the caller.
+    modules = _package_modules()
+    graph = {name: _imported(name, path, modules) for name, path in modules.items()}
+
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for w in graph[todo.pop()] - seen:
+                seen.add(w)
+                todo.append(w)
+        return seen
+
+    core = ["gtl_jax.evolution", "gtl_jax.descendants", "gtl_jax.population"]
+    core += [m for m in modules if m.startswith(("gtl_jax.models", "gtl_jax.data"))]
+    core.append("gtl_jax.learngene")
+    assert "gtl_jax.evolution" in reachable("gtl_jax.executors.host")  # the check sees
+    for module in core:
+        executors = {m for m in reachable(module) if m.startswith("gtl_jax.executors")}
+        assert not executors, (module, executors)
