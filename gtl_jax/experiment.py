@@ -756,7 +756,10 @@ def help_text(
     with its value in the chosen config and one line of help."""
     lines = [
         f"usage: {prog} [--config=CONFIG[:VARIANT]] [--config.SECTION.FIELD=VALUE ...] "
-        + " ".join(f"[--{f.name}]" for f in own),
+        + " ".join(
+            f"[--{f.name}]" if f.kind == "bool" else f"[--{f.name}={f.name.upper()}]"
+            for f in own
+        ),
         "",
         description,
         "",
