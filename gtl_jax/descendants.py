@@ -44,10 +44,10 @@ OPTIMIZERS = ("adam", "sgd")
 class Recipe:
     """How a descendant is fine-tuned; every reported number names its recipe.
 
-    The defaults are the default config's (``gtl_jax/configs/omniglot.py``; a test checks):
-    ``Recipe()`` is the recipe of the descendants of ``python -m gtl_jax.evolve`` and
-    ``python -m gtl_jax.inherit`` run with that config, and
-    ``gtl_jax.descendant_recipe(config)`` builds the recipe of any config.
+    The defaults are the default config's (``configs/omniglot.py`` builds its
+    ``descendants`` section from them): ``Recipe()`` is the recipe of the descendants of
+    ``python -m gtl_jax.evolve`` and ``python -m gtl_jax.inherit`` run with that config,
+    and ``gtl_jax.descendant_recipe(config)`` builds the recipe of any config.
 
     Attributes:
       head: initial N-way head: "random", "zero", or "prototype" (class means of the support

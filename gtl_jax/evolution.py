@@ -269,7 +269,7 @@ class EvolutionConfig:
       selection: "tournament" (on fitness), "score" (on the lineage score) or "none".
       score_decay: the weight of the parent's score in a child's lineage score.
       final_candidates: the fittest members of the last generation re-scored before the
-        final learngene is chosen (``Evolution.choose_final``).
+        final learngene is chosen (``HostExecutor.choose_final``).
       rescore_episodes: the meta-validation episodes they are re-scored on (0: the fittest
         is chosen).
 

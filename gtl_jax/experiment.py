@@ -52,7 +52,7 @@ from gtl_jax.evolution import Evolution, EvolutionConfig
 from gtl_jax.executors import STRATEGIES, HostExecutor, resolve_strategy
 from gtl_jax.executors.workers import LifeWorkers
 from gtl_jax.learngene import make_spec
-from gtl_jax.models import MODELS, PRECISIONS, build_model
+from gtl_jax.models import FORMS, MODELS, PRECISIONS, build_model
 from gtl_jax.pretrain import PretrainConfig
 
 FITNESS_KEYS = ("fitness_max", "fitness_mean", "fitness_min", "fitness_ci")
@@ -153,13 +153,16 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The network: architecture ``name`` (a key of ``gtl_jax.models.MODELS``), ``width``
-    multiplier, computation ``precision`` and the learngene ``ratio`` r (each conv layer's
-    gene owns round(r * C) output channels)."""
+    multiplier, computation ``precision``, the learngene ``ratio`` r (each conv layer's
+    gene owns round(r * C) output channels) and the layers' ``forms`` (``"cpu"``: the forms
+    measured faster on XLA CPU; ``"xla"``: plain ``lax.conv`` and ``max_pool``; ``"auto"``:
+    ``"cpu"`` on the CPU backend, ``"xla"`` on GPU/TPU)."""
 
     name: str = "vgg11"
     width: float = 0.25
     precision: str = "float32"
     ratio: float = 0.45
+    forms: str = "auto"
 
     def __post_init__(self):
         _need(
@@ -176,6 +179,7 @@ class ModelConfig:
             f"must be one of {', '.join(PRECISIONS)}",
         )
         _need(self, 0 < self.ratio <= 1, "ratio", "must be in (0, 1]")
+        _need(self, self.forms in FORMS, "forms", f"must be one of {', '.join(FORMS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,11 +428,15 @@ def config_changes(previous: dict, current: dict) -> list[str]:
 
 
 def model_of(c: ml_collections.ConfigDict, num_classes: int):
-    """The config's network (``model.name``, ``model.width``, ``model.precision``) with
-    ``num_classes`` outputs."""
+    """The config's network (``model.name``, ``model.width``, ``model.precision``,
+    ``model.forms``) with ``num_classes`` outputs."""
     m = c.model
     return build_model(
-        m.name, num_classes, width=m.width, dtype=PRECISIONS[m.precision]
+        m.name,
+        num_classes,
+        width=m.width,
+        dtype=PRECISIONS[m.precision],
+        forms=m.get("forms", "auto"),
     )
 
 
@@ -531,6 +539,9 @@ FIELD_HELP = {
     "on CPU)",
     "model.ratio": "learngene ratio r: each conv layer's gene owns round(r * C) output "
     "channels",
+    "model.forms": "how the layers compute: auto (cpu on the CPU backend, xla on GPU/TPU), "
+    "cpu (shifted-matmul convs on small maps, matmul kernel gradients, reshaped max-pool) "
+    "or xla (lax.conv and max_pool); the same numbers to float rounding",
     "evolution.pop_size": "population size P (divisible by tournament_size)",
     "evolution.tournament_size": "tournament group size k",
     "evolution.generations": "number of generations G",

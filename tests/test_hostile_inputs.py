@@ -95,10 +95,6 @@ IMPOSSIBLE_CONFIGS = [
     (["--config.execution.strategy=pmap"], "execution.strategy"),
     (["--config.execution.processes=0"], "execution.processes"),
     (["--config.execution.workers=-1"], "execution.workers"),
-    (
-        ["--config.execution.processes=2"],
-        "evolution.pop_size",
-    ),  # the smoke population of 3 cannot be split in 2
 ]
 
 

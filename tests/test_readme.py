@@ -32,3 +32,49 @@ def test_readme_public_api_line_lists_all():
     names = re.findall(r"`([^`]+)`", listed.group(1))
     assert sorted(names) == sorted(gtl_jax.__all__)
     assert len(names) == len(set(names))
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every ``python -m gtl_jax.<command> ...`` line of the README's shell blocks, joined
+    across backslash continuations and split like a shell, comments dropped."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if "python" in words and "-m" in words:
+                module = words[words.index("-m") + 1]
+                if module.startswith("gtl_jax."):
+                    commands.append(words[words.index("-m") + 1 :])
+    return commands
+
+
+def test_every_readme_command_parses_into_a_valid_config():
+    # Each command line of the README is parsed by its command's own parser and its config
+    # checked (experiment_of), so a renamed field or flag breaks this test, not a reader.
+    # The cheap ones are run by other tests (the smoke runs, --help); the long ones are
+    # what the README's numbers come from.
+    import pytest
+
+    from gtl_jax import evolve, experiment, inherit, study
+
+    own = {
+        "gtl_jax.evolve": evolve.EVOLVE_FLAGS,
+        "gtl_jax.inherit": inherit.INHERIT_FLAGS,
+        "gtl_jax.study": study.STUDY_FLAGS,
+    }
+    commands = _readme_commands()
+    assert len(commands) >= 15 and {c[0] for c in commands} == set(own)
+    for module, *argv in commands:
+        if "--help" in argv:
+            with pytest.raises(SystemExit):
+                experiment.parse_command_line(
+                    argv, prog=module, description="", own=own[module]
+                )
+            continue
+        line = experiment.parse_command_line(
+            argv, prog=module, description="", own=own[module]
+        )
+        experiment.experiment_of(line.config)

@@ -8,6 +8,7 @@ restored across device counts: tests/test_resume.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,23 @@ def test_sharded_training_over_8_devices_matches_one_device(
         np.testing.assert_allclose(
             result[f"sharded/{k}"], result[f"single/{k}"], rtol=1e-4, atol=1e-5
         )
+
+
+def test_the_smoke_config_runs_on_8_devices(tmp_path):
+    # Its population of 3 does not divide 8 devices: padded, as any population is.
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
+    command = ["-m", "gtl_jax.evolve", "--config=omniglot:smoke", "--quiet"]
+    done = subprocess.run(
+        [sys.executable, *command, f"--workdir={tmp_path}"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["devices"] == 8 and "| learngene |" in done.stdout

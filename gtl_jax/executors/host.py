@@ -78,6 +78,30 @@ def _replicated_then_sharded(fn: Callable, mesh: Any) -> Callable:
     return placed
 
 
+# Host code runs no eager op on arrays that live on several devices: with several XLA CPU
+# devices an eager op on a replicated population (one small program per op) was seen to
+# deadlock in a collective; data movement goes through these jitted functions instead.
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _pairs(keys, episodes, genes, times: int, copies: int):
+    """Every (member, episode) pair: the keys and episodes tiled ``times`` (one copy per
+    member), the genes repeated ``copies`` times (one per episode)."""
+    tile = lambda x: jnp.tile(x, (times,) + (1,) * (x.ndim - 1))  # noqa: E731
+    repeat = lambda x: jnp.repeat(x, copies, axis=0)  # noqa: E731
+    return tile(keys), jax.tree.map(tile, episodes), jax.tree.map(repeat, genes)
+
+
+_stack = jax.jit(lambda xs: jnp.stack(xs))
+_member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree))
+
+
+def _mean_per_member(values: jax.Array, per_member: int) -> np.ndarray:
+    """f32[n * per_member] -> the mean of each member's (host)."""
+    values = jnp.asarray(to_host(values))
+    return to_host(values.reshape(-1, per_member).mean(axis=1))
+
+
 class HostExecutor:
     """Runs the generations of an ``Evolution`` from the host, by an execution strategy.
 
@@ -137,6 +161,13 @@ class HostExecutor:
         if evo.mesh is not None:
             self.reproduce = _replicated_then_sharded(self.reproduce, evo.mesh)
         self.diversity = jax.jit(diversity)
+        # One program (not op by op: with several devices an eager op on a replicated
+        # population is a program of its own on every device).
+        self.diverged = jax.jit(
+            lambda losses, trained: (
+                ~jnp.all(jnp.isfinite(losses), axis=0) | ~all_finite(trained)
+            )
+        )
 
     def choose_final(
         self,
@@ -173,11 +204,7 @@ class HostExecutor:
             jax.random.split(episode_key, episodes), self.evo.val_images
         )
         keys = jax.random.split(init_key, episodes)
-        tile = lambda x: jnp.tile(x, (n,) + (1,) * (x.ndim - 1))  # noqa: E731
-        repeat = lambda x: jnp.repeat(x, episodes, axis=0)  # noqa: E731
-        result = self.critics(
-            tile(keys), jax.tree.map(tile, sampled), jax.tree.map(repeat, genes)
-        )
+        result = self.critics(*_pairs(keys, sampled, genes, n, episodes))
         rescored = to_host(result.final).reshape(n, episodes).mean(axis=1)
         index = order[int(np.argmax(rescored))]
         return index, {
@@ -235,30 +262,25 @@ class HostExecutor:
             life_losses.append(loss)
             if on_step is not None:
                 on_step(1.0)
-        life_losses = jnp.stack(life_losses) if life_losses else jnp.zeros((1, n))
+        life_losses = _stack(life_losses) if life_losses else jnp.zeros((1, n))
         # 3. Extraction: what was learned in life is inherited.
         trained = self.extract(hosts)
         # A diverged individual (non-finite loss or learngene) gets NaN fitness: never selected.
-        diverged = ~jnp.all(jnp.isfinite(life_losses), axis=0) | ~all_finite(trained)
+        diverged = self.diverged(life_losses, trained)
         # 4. Fitness by critics: the same critic tasks and keys for every individual.
         episode_key, init_key = jax.random.split(critic_key)
         episodes = self.sample_critic_episodes(
             jax.random.split(episode_key, c.num_critics), self.evo.val_images
         )
         critic_keys = jax.random.split(init_key, c.num_critics)
-        tile = lambda x: jnp.tile(x, (n,) + (1,) * (x.ndim - 1))  # noqa: E731
-        repeat = lambda x: jnp.repeat(x, c.num_critics, axis=0)  # noqa: E731
         result = self.critics(
-            tile(critic_keys),
-            jax.tree.map(tile, episodes),
-            jax.tree.map(repeat, trained),
-            on_step=on_step,
+            *_pairs(critic_keys, episodes, trained, n, c.num_critics), on_step=on_step
         )
         # The per-individual scalars on the host (gathered when processes share the work).
         diverged, life_losses, instinct = to_host(
             (diverged, life_losses, result.instinct)
         )
-        fitness = to_host(result.final.reshape(n, c.num_critics).mean(axis=1))
+        fitness = _mean_per_member(result.final, c.num_critics)
         return Lives(trained, life_losses, diverged, fitness, instinct)
 
     def generation(
@@ -278,7 +300,7 @@ class HostExecutor:
             population) just completed, e.g. ``tqdm.update``.
           workers: computes ``lives`` of the whole population elsewhere, as
             ``workers(key, learngenes, on_step, critic_key)``
-            (``gtl_jax.evolve.LifeWorkers``: blocks of members in worker processes);
+            (``gtl_jax.executors.LifeWorkers``: blocks of members in worker processes);
             None: in this process.
         """
         if self.strategy == "vmap" and workers is None:
@@ -314,7 +336,7 @@ class HostExecutor:
             generation=jnp.int32(g + 1),
             learngenes=next_learngenes,
             parents=parents,
-            best_learngene=jax.tree.map(lambda x: x[best], trained),
+            best_learngene=_member(trained, best),
             best_fitness=jnp.float32(fitness[best]),
             scores=jnp.asarray(next_scores, jnp.float32),
             trained=trained,
