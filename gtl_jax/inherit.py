@@ -1,18 +1,9 @@
 """``python -m gtl_jax.inherit``: what a learngene buys, against what, at what cost.
 
 Loads a learngene file, builds one descendant per fixed, seeded test episode and fine-tunes it,
-side by side with the baselines on the same episodes and the same descendant keys:
-
-- ``learngene``: the learngene file inherited (cross weights zeroed if ``zero_cross``).
-- ``scratch``: random initialisation.
-- ``pretrain-full``: every conv layer of a network of the descendant's architecture pretrained
-  conventionally on all meta-train classes (``gtl_jax.pretrain``).
-- ``pretrain-circuit``: the learngene's channel circuit (same layers, same k) cut from that
-  pretrained network: what evolution adds over plain pre-training at the same share.
-- ``heur-lg``: the last ``suite.heur_layers`` conv layers of the pretrained network, whole, on random
-  lower layers (Heur-LG, AAAI 2022).
-- ``proto-frozen``: no fine-tuning: nearest support prototype on the pretrained network's frozen
-  features (for comparison with ProtoNet-style tables).
+side by side with the baselines on the same episodes and the same descendant keys: scratch,
+pretrain-full, pretrain-circuit (what evolution adds over plain pre-training at the same
+share), heur-lg and proto-frozen (``gtl_jax.suite`` describes each).
 
 Each fine-tuned method runs once per descendant head in ``suite.heads`` (random, zero,
 prototype). The descendant may have another shape than the learngene's ancestor
