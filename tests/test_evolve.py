@@ -163,6 +163,28 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert (part / "learngene" / "metadata.json").is_file()
 
 
+def test_the_pure_generation_runs_the_command_and_resumes(tmp_path, capsys):
+    # execution.strategy=vmap: every generation is the jitted pure Evolution.step (the
+    # GPU/TPU form) and descendants are one vmapped program; a run killed after generation
+    # 1 resumes to the learngene of an uninterrupted one.
+    vmap = SMOKE + ["--config.execution.strategy=vmap"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(vmap + ["--workdir", str(full)]) == 0
+    assert "| learngene |" in capsys.readouterr().out
+    assert (
+        main(vmap + ["--workdir", str(part), "--config.evolution.generations=1"]) == 0
+    )
+    assert main(vmap + ["--workdir", str(part)]) == 0
+    gene, meta = load_learngene(full / "learngene")
+    resumed, _ = load_learngene(part / "learngene")
+    jax.tree.map(np.testing.assert_array_equal, resumed, gene)
+    metrics = [
+        json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["generation"] for m in metrics] == [1, 2] and meta["generation"] == 2
+    assert all(len(m["fitness"]) == 3 and len(m["parents"]) == 3 for m in metrics)
+
+
 def test_library_defaults_are_the_default_config():
     c = load_config("omniglot")
     assert EvolutionConfig(**c.evolution) == EvolutionConfig()
