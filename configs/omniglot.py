@@ -42,6 +42,10 @@ from gtl_jax.experiment import (
     SuiteConfig,
 )
 
+# smoke: the whole pipeline at toy sizes; vit: the default with a ViT (vit_fs) instead of
+# VGG11; vit_smoke: both.
+VARIANTS = ("smoke", "vit", "vit_smoke")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     asdict = dataclasses.asdict
@@ -56,8 +60,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.suite = asdict(SuiteConfig())
     c.execution = asdict(ExecutionConfig())
 
-    if arg == "smoke":
-        c.model.width = 0.0625
+    if arg not in (None, "", *VARIANTS):
+        raise ValueError(
+            f"unknown variant {arg!r} of the omniglot config (known: {', '.join(VARIANTS)})"
+        )
+    vit = arg in ("vit", "vit_smoke")
+    if vit:
+        # A ViT for 28x28 images: 8 heads of 16 dims, 6 blocks, 7x7 patches of 4 pixels;
+        # its learngene is 4 heads (64 dims) and 115 MLP units of each block, 24% of the
+        # network. Heur-LG transfers conv layers, which a ViT has none of.
+        c.model.name = "vit_fs"
+        c.model.width = 1.0
+        c.suite.methods = (
+            "learngene,scratch,pretrain-full,pretrain-circuit,proto-frozen"
+        )
+    if arg in ("smoke", "vit_smoke"):
+        c.model.width = 0.5 if vit else 0.0625
         c.evolution.pop_size = 3
         c.evolution.generations = 2
         c.evolution.life_steps = 3
@@ -71,11 +89,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.suite.pretrain_steps = 3
         c.suite.seeds = "0,1"
         c.suite.study_episodes = 2
-        c.execution.workers = (
-            1  # at toy sizes a worker process costs more than it saves
-        )
-    elif arg:
-        raise ValueError(
-            f"unknown variant {arg!r} of the omniglot config (known: smoke)"
-        )
+        # At toy sizes a worker process costs more than it saves.
+        c.execution.workers = 1
     return c

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gtl_jax.learngene import Learngene, LearngeneSpec
+from gtl_jax.learngene import Learngene, ViTSpec, spec_from_json
 from gtl_jax.stopping import deferred
 
 FORMAT = "gtl_jax.learngene/1"
@@ -270,11 +270,12 @@ def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]
     """Reads a learngene file and checks its arrays against its metadata.
 
     Returns:
-      ``(learngene, metadata)``; ``metadata["spec"]`` rebuilds with ``LearngeneSpec.from_json``.
+      ``(learngene, metadata)``; ``metadata["spec"]`` rebuilds with
+      ``gtl_jax.learngene.spec_from_json``.
     """
     path = pathlib.Path(path).absolute()
     meta = read_metadata(path)
-    spec = LearngeneSpec.from_json(meta["spec"])
+    spec = spec_from_json(meta["spec"])
     template = {
         name: {
             k: jax.ShapeDtypeStruct(tuple(shape), np.float32)
@@ -299,7 +300,15 @@ def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]
                     f"{name}/{k}: the arrays hold shape {tuple(x.shape)}, the "
                     f"metadata says {expected}"
                 )
-    for layer in spec.layers:
+    for t in spec.tensors() if isinstance(spec, ViTSpec) else ():
+        gene = learngene.get(t.module, {})
+        if t.leaf not in gene:
+            problems.append(f"{t.module}/{t.leaf}: missing")
+        elif any(k is not None and k != n for k, n in zip(t.block, gene[t.leaf].shape)):
+            problems.append(
+                f"{t.module}/{t.leaf}: shape {gene[t.leaf].shape} vs spec block {t.block}"
+            )
+    for layer in () if isinstance(spec, ViTSpec) else spec.layers:
         gene = learngene.get(layer.name)
         if gene is None:
             problems.append(f"{layer.name}: missing")

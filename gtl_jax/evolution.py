@@ -29,12 +29,12 @@ from gtl_jax.data.augment import AUGMENTATIONS, augment_fn
 from gtl_jax.data.pool import Episode, sample_batch, sample_classes, sample_episode
 from gtl_jax.descendants import Recipe, fine_tune
 from gtl_jax.learngene import (
-    PARAMETER_KEYS,
     Learngene,
     LearngeneSpec,
     close_circuit,
     extract_learngene,
     insert_learngene,
+    parameter_keys,
 )
 from gtl_jax.population import (
     TrainState,
@@ -89,12 +89,15 @@ def mutate(
 ) -> Learngene:
     """Gaussian mutation of one learngene, scaled to each tensor's standard deviation.
 
-    Each parameter tensor (kernel, BN scale and bias; never the running statistics) is perturbed
-    with probability ``rate`` by ``sigma * std(tensor) * N(0, 1)``. ``sigma = 0`` is the identity.
+    Each parameter tensor (kernel, BN scale and bias, a ViT's embeddings and LayerNorm
+    parameters; never the running statistics) is perturbed with probability ``rate`` by
+    ``sigma * std(tensor) * N(0, 1)``. ``sigma = 0`` is the identity.
     """
     # All tensors share one flat normal draw: one RNG call compiles in a fraction of a second,
     # where one call per tensor under vmap took over 20 s of XLA CPU compile time.
-    slots = [(name, k) for name in sorted(learngene) for k in PARAMETER_KEYS]
+    slots = [
+        (name, k) for name in sorted(learngene) for k in parameter_keys(learngene[name])
+    ]
     tensors = [learngene[name][k] for name, k in slots]
     sizes = np.array([t.size for t in tensors])
     apply_key, noise_key = jax.random.split(key)
@@ -175,6 +178,7 @@ def diversity(learngenes: Learngene) -> jax.Array:
     values = [
         jnp.mean(jnp.std(gene["kernel"], axis=0)) / (jnp.std(gene["kernel"]) + 1e-12)
         for gene in learngenes.values()
+        if "kernel" in gene
     ]
     return jnp.mean(jnp.stack(values))
 

@@ -51,8 +51,8 @@ from gtl_jax.descendants import HEADS, Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig
 from gtl_jax.executors import STRATEGIES, HostExecutor, resolve_strategy
 from gtl_jax.executors.workers import LifeWorkers
-from gtl_jax.learngene import make_spec
-from gtl_jax.models import FORMS, MODELS, PRECISIONS, build_model
+from gtl_jax.learngene import ViTSpec, make_spec
+from gtl_jax.models import FORMS, MODELS, PRECISIONS, VITS, build_model
 from gtl_jax.pretrain import PretrainConfig
 
 FITNESS_KEYS = ("fitness_max", "fitness_mean", "fitness_min", "fitness_ci")
@@ -156,13 +156,17 @@ class ModelConfig:
     multiplier, computation ``precision``, the learngene ``ratio`` r (each conv layer's
     gene owns round(r * C) output channels) and the layers' ``forms`` (``"cpu"``: the forms
     measured faster on XLA CPU; ``"xla"``: plain ``lax.conv`` and ``max_pool``; ``"auto"``:
-    ``"cpu"`` on the CPU backend, ``"xla"`` on GPU/TPU)."""
+    ``"cpu"`` on the CPU backend, ``"xla"`` on GPU/TPU); for ViTs the ``patch`` side (0:
+    the model's own) and ``closed_norm`` (the learngene's dims normalised apart, so its
+    circuit is exactly closed; ``gtl_jax.models.ViT.gene_dims``)."""
 
     name: str = "vgg11"
     width: float = 0.25
     precision: str = "float32"
     ratio: float = 0.45
     forms: str = "auto"
+    patch: int = 0
+    closed_norm: bool = True
 
     def __post_init__(self):
         _need(
@@ -180,6 +184,13 @@ class ModelConfig:
         )
         _need(self, 0 < self.ratio <= 1, "ratio", "must be in (0, 1]")
         _need(self, self.forms in FORMS, "forms", f"must be one of {', '.join(FORMS)}")
+        _need(self, self.patch >= 0, "patch", "must be >= 0 (0: the model's own)")
+        _need(
+            self,
+            not self.patch or self.name in VITS,
+            "patch",
+            f"only ViTs ({', '.join(VITS)}) have patches; 0 for {self.name}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,17 +438,28 @@ def config_changes(previous: dict, current: dict) -> list[str]:
     )
 
 
-def model_of(c: ml_collections.ConfigDict, num_classes: int):
+def model_of(c: ml_collections.ConfigDict, num_classes: int, spec: Any = None):
     """The config's network (``model.name``, ``model.width``, ``model.precision``,
-    ``model.forms``) with ``num_classes`` outputs."""
+    ``model.forms``, ``model.patch``) with ``num_classes`` outputs.
+
+    A ViT with ``model.closed_norm`` normalises the learngene's dims apart
+    (``gtl_jax.models.ViT.gene_dims``), so the circuit is exactly closed: the dims of
+    ``spec`` (a ``ViTSpec``, e.g. of the learngene a descendant inherits), else those the
+    config's ``model.ratio`` gives this network."""
     m = c.model
-    return build_model(
+    model = build_model(
         m.name,
         num_classes,
         width=m.width,
         dtype=PRECISIONS[m.precision],
         forms=m.get("forms", "auto"),
+        patch=int(m.get("patch", 0)),
     )
+    if m.name in VITS and m.get("closed_norm", True):
+        if not isinstance(spec, ViTSpec):
+            spec = make_spec(model, m.ratio, 1)
+        model = model.clone(gene_dims=spec.k_dim)
+    return model
 
 
 def descendant_recipe(c: ml_collections.ConfigDict) -> Recipe:
@@ -532,13 +554,17 @@ FIELD_HELP = {
     "data.dataset": "dataset name: omniglot, cifar_fs, mini_imagenet or npz",
     "data.data_dir": "dataset folder; default: $GTL_DATA_DIR or ../shared/data/<dataset>",
     "data.image_size": "images are resized to image_size x image_size",
-    "model.name": "architecture: vgg11, vgg13, vgg16 or resnet12",
+    "model.name": "architecture: vgg11, vgg13, vgg16, resnet12, or a ViT: vit_fs (for "
+    "28-84 pixel images), vit_tiny, vit_small",
     "model.width": "width multiplier of every conv layer",
     "model.precision": "computation dtype: float32, or bfloat16 (mixed precision for "
     "GPU/TPU: bfloat16 convs, float32 parameters, BatchNorm statistics and loss; no faster "
     "on CPU)",
     "model.ratio": "learngene ratio r: each conv layer's gene owns round(r * C) output "
     "channels",
+    "model.patch": "ViTs: the side of a patch in pixels (0: the model's own)",
+    "model.closed_norm": "ViTs: LayerNorms normalise the learngene's dims apart, so its "
+    "circuit is exactly closed (false: over all dims; the circuit then leaks)",
     "model.forms": "how the layers compute: auto (cpu on the CPU backend, xla on GPU/TPU), "
     "cpu (shifted-matmul convs on small maps, matmul kernel gradients, reshaped max-pool) "
     "or xla (lax.conv and max_pool); the same numbers to float rounding",

@@ -17,6 +17,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 from flax import linen as nn
 
 from gtl_jax.models.graph import ConvNode
@@ -26,6 +27,16 @@ Variables = dict[str, Any]
 
 # Tensors that are parameters (mutated by evolution); "mean" and "var" are statistics.
 PARAMETER_KEYS = ("kernel", "scale", "bias")
+STATISTIC_KEYS = ("mean", "var")
+
+
+def parameter_keys(gene: dict[str, jax.Array]) -> tuple[str, ...]:
+    """The parameter tensors of one entry of a learngene, in a fixed order: kernel, scale,
+    bias (a conv layer's), then any other of its tensors by name (a ViT's ``cls``, ``pos``);
+    never the statistics."""
+    known = tuple(k for k in PARAMETER_KEYS if k in gene)
+    other = sorted(k for k in gene if k not in PARAMETER_KEYS + STATISTIC_KEYS)
+    return known + tuple(other)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,21 +77,272 @@ class LearngeneSpec:
         )
 
 
+# --------------------------------------------------------------------------- ViT circuits
+
+# The ViT tensors whose weights carry non-gene units into gene units, by module suffix:
+# (input axis, output axis) of the kernel. Zeroing kernel[k_in:, :k_out] on those axes (all of
+# any other axis) closes the circuit but for LayerNorm (see ``ViTSpec``).
+VIT_CROSS = {
+    "attn/query": (0, 1),
+    "attn/key": (0, 1),
+    "attn/value": (0, 1),
+    "attn/out": (0, 2),
+    "mlp/fc1": (0, 1),
+    "mlp/fc2": (0, 1),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneTensor:
+    """One tensor of a ViT learngene: ``params[module][leaf]``, its leading ``block`` (one
+    size per axis; None: the whole axis), and the kernel axes (input, output) along which
+    non-gene inputs reach gene outputs (None: none)."""
+
+    module: str
+    leaf: str
+    block: tuple[int | None, ...]
+    cross: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSpec:
+    """The learngene of a ViT: a continuous circuit from the pixels to the class token.
+
+    The first ``k_heads`` heads of every attention layer, and with them the first
+    ``k_dim = k_heads * head_dim`` dims of the residual stream (patch embedding, class token
+    and position embeddings, attention outputs, MLP outputs, every LayerNorm's scale and
+    bias), and the first ``k_mlp`` hidden units of every MLP. Inserted into a ViT with the
+    same head dim and patch (as many or more heads, MLP units and blocks: wider or deeper,
+    extra blocks random), the weights from non-gene units into gene units are zeroed
+    (``VIT_CROSS``).
+
+    The circuit is closed but for LayerNorm: its mean and variance span all dims, non-gene
+    ones included, so a gene dim's normalised value depends on the rest of the host. The
+    design accepts this leak (``circuit_leak`` measures it) rather than changing LayerNorm:
+    a learngene then runs in any ViT unchanged.
+    """
+
+    k_heads: int
+    head_dim: int
+    k_mlp: int
+    depth: int
+    ratio: float
+    in_channels: int
+    patch: int
+
+    kind = "vit"
+
+    @property
+    def k_dim(self) -> int:
+        return self.k_heads * self.head_dim
+
+    def tensors(self) -> tuple[GeneTensor, ...]:
+        d, h, m = self.k_dim, self.k_heads, self.k_mlp
+        out = [
+            GeneTensor("embed/patch", "kernel", (None, None, None, d)),
+            GeneTensor("embed/patch", "bias", (d,)),
+            GeneTensor("embed", "cls", (None, None, d)),
+            GeneTensor("embed", "pos", (None, None, d)),
+        ]
+        for b in range(1, self.depth + 1):
+            block = f"block{b}"
+            for norm in ("norm1", "norm2"):
+                out += [
+                    GeneTensor(f"{block}/{norm}", k, (d,)) for k in ("scale", "bias")
+                ]
+            for name in ("query", "key", "value"):
+                module = f"{block}/attn/{name}"
+                out += [
+                    GeneTensor(
+                        module, "kernel", (d, h, None), VIT_CROSS[f"attn/{name}"]
+                    ),
+                    GeneTensor(module, "bias", (h, None)),
+                ]
+            out += [
+                GeneTensor(
+                    f"{block}/attn/out", "kernel", (h, None, d), VIT_CROSS["attn/out"]
+                ),
+                GeneTensor(f"{block}/attn/out", "bias", (d,)),
+                GeneTensor(f"{block}/mlp/fc1", "kernel", (d, m), VIT_CROSS["mlp/fc1"]),
+                GeneTensor(f"{block}/mlp/fc1", "bias", (m,)),
+                GeneTensor(f"{block}/mlp/fc2", "kernel", (m, d), VIT_CROSS["mlp/fc2"]),
+                GeneTensor(f"{block}/mlp/fc2", "bias", (d,)),
+            ]
+        out += [GeneTensor("norm", k, (d,)) for k in ("scale", "bias")]
+        return tuple(out)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.module for t in self.tensors()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ViTSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def spec_from_json(data: dict[str, Any]) -> LearngeneSpec | ViTSpec:
+    """The spec a learngene file's metadata holds (``spec.to_json()``), CNN or ViT."""
+    if data.get("kind") == ViTSpec.kind:
+        return ViTSpec.from_json(data)
+    return LearngeneSpec.from_json(data)
+
+
+def is_vit_learngene(learngene: Learngene) -> bool:
+    """Whether a learngene is a ViT's (it has the patch embedding) rather than a CNN's."""
+    return "embed/patch" in learngene
+
+
+def _block_index(block: tuple[int | None, ...]) -> tuple[slice, ...]:
+    return tuple(slice(None) if k is None else slice(0, k) for k in block)
+
+
+def _extract_vit(spec: ViTSpec, params: Variables) -> Learngene:
+    learngene: Learngene = {}
+    for t in spec.tensors():
+        tensor = _get(params, _layer_path(t.module))[t.leaf]
+        learngene.setdefault(t.module, {})[t.leaf] = tensor[_block_index(t.block)]
+    return learngene
+
+
+def _cross_index(shape, gene_shape, cross) -> tuple[slice, ...]:
+    """The region of a kernel from non-gene inputs into gene outputs."""
+    index = [slice(None)] * len(shape)
+    index[cross[0]] = slice(gene_shape[cross[0]], None)
+    index[cross[1]] = slice(0, gene_shape[cross[1]])
+    return tuple(index)
+
+
+def _insert_vit(
+    learngene: Learngene, params: Variables, *, zero_cross: bool
+) -> Variables:
+    for module, gene in learngene.items():
+        path = _layer_path(module)
+        suffix = "/".join(path[-2:])
+        target = dict(_get(params, path))
+        for leaf, value in gene.items():
+            tensor = target[leaf]
+            if tensor.ndim != value.ndim or any(
+                g > t for g, t in zip(value.shape, tensor.shape)
+            ):
+                raise ValueError(
+                    f"{module}/{leaf}: gene {value.shape} does not fit {tensor.shape}"
+                )
+            if zero_cross and leaf == "kernel" and suffix in VIT_CROSS:
+                index = _cross_index(tensor.shape, value.shape, VIT_CROSS[suffix])
+                tensor = tensor.at[index].set(0.0)
+            block = tuple(slice(0, g) for g in value.shape)
+            target[leaf] = tensor.at[block].set(value.astype(tensor.dtype))
+        params = _replace(params, path, lambda _, new=target: new)
+    return params
+
+
+def _close_vit(spec: ViTSpec, params: Variables) -> Variables:
+    for t in spec.tensors():
+        if t.cross is None:
+            continue
+        path = _layer_path(t.module)
+        module = _get(params, path)
+        kernel = module[t.leaf]
+        gene_shape = tuple(n if k is None else k for n, k in zip(kernel.shape, t.block))
+        index = _cross_index(kernel.shape, gene_shape, t.cross)
+        params = _replace(
+            params,
+            path,
+            lambda m, leaf=t.leaf, i=index: {**m, leaf: m[leaf].at[i].set(0.0)},
+        )
+    return params
+
+
+def _vit_problems(spec: ViTSpec, model: nn.Module, in_channels: int) -> list[str]:
+    shape = getattr(model, "shape", None)
+    if shape is None or not hasattr(model, "patch"):
+        return [
+            f"the learngene is a ViT's; the target {type(model).__name__} is not a ViT"
+        ]
+    problems = []
+    if in_channels != spec.in_channels:
+        problems.append(
+            f"image channels: the learngene's {spec.in_channels}, the target's {in_channels}"
+        )
+    if model.patch != spec.patch:
+        problems.append(
+            f"embed/patch: patch {spec.patch} vs the target's {model.patch}"
+        )
+    if shape.head_dim != spec.head_dim:
+        problems.append(
+            f"attn: head dim {spec.head_dim} vs the target's {shape.head_dim}"
+        )
+    if shape.heads < spec.k_heads:
+        problems.append(f"attn: target has {shape.heads} heads < gene {spec.k_heads}")
+    if shape.mlp < spec.k_mlp:
+        problems.append(f"mlp/fc1: target has {shape.mlp} units < gene {spec.k_mlp}")
+    for b in range(shape.depth + 1, spec.depth + 1):
+        problems.append(f"block{b}: no block {b} in the {shape.depth}-block target")
+    return problems
+
+
+def _vit_share(spec: ViTSpec, params: Variables) -> dict[str, float]:
+    gene = 0
+    for t in spec.tensors():
+        tensor = _get(params, _layer_path(t.module))[t.leaf]
+        gene += int(
+            np.prod([n if k is None else k for n, k in zip(tensor.shape, t.block)])
+        )
+    circuit = sum(
+        leaf.size
+        for name in spec.names
+        for leaf in jax.tree.leaves(
+            {
+                k: v
+                for k, v in _get(params, _layer_path(name)).items()
+                if not isinstance(v, dict)
+            }
+        )
+    )
+    total = sum(leaf.size for leaf in jax.tree.leaves(params))
+    return {
+        "gene_params": int(gene),
+        "conv_params": int(circuit),
+        "total_params": int(total),
+        "share_of_conv": gene / circuit,
+        "share_of_network": gene / total,
+    }
+
+
 def gene_channels(channels: int, ratio: float) -> int:
     """``k = round(r * C)``, at least 1."""
     return max(1, int(round(ratio * channels)))
 
 
-def make_spec(model: nn.Module, ratio: float, in_channels: int) -> LearngeneSpec:
-    """The learngene spec of a model (anything with ``conv_graph()``) at ratio ``r``.
+def make_spec(
+    model: nn.Module, ratio: float, in_channels: int
+) -> LearngeneSpec | ViTSpec:
+    """The learngene spec of a model at ratio ``r``.
 
     Args:
-      model: the network, e.g. ``VGG(num_classes=5, width=0.25)``.
-      ratio: r in (0, 1], the share of each layer's output channels the learngene owns.
+      model: the network, e.g. ``VGG(num_classes=5, width=0.25)`` (a CNN: anything with
+        ``conv_graph()``) or a ViT (``gtl_jax.models.ViT``).
+      ratio: r in (0, 1], the share of each layer's output channels (a ViT's heads and MLP
+        units) the learngene owns.
       in_channels: image channels (the first layer takes all of them).
     """
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"learngene ratio r must be in (0, 1], got {ratio}")
+    if not hasattr(model, "conv_graph"):  # a ViT
+        shape = model.shape
+        return ViTSpec(
+            k_heads=gene_channels(shape.heads, ratio),
+            head_dim=shape.head_dim,
+            k_mlp=gene_channels(shape.mlp, ratio),
+            depth=shape.depth,
+            ratio=float(ratio),
+            in_channels=int(in_channels),
+            patch=int(model.patch),
+        )
     graph: tuple[ConvNode, ...] = model.conv_graph()
     k = {node.name: gene_channels(node.channels, ratio) for node in graph}
     layers = tuple(
@@ -109,6 +371,8 @@ def extract_learngene(
     spec: LearngeneSpec, params: Variables, batch_stats: Variables
 ) -> Learngene:
     """Cuts the learngene out of one network's ``params`` and ``batch_stats``."""
+    if isinstance(spec, ViTSpec):
+        return _extract_vit(spec, params)
     learngene = {}
     for layer in spec.layers:
         path = _layer_path(layer.name)
@@ -174,7 +438,13 @@ def insert_learngene(
 
     Returns:
       ``(params, batch_stats)`` with the learngene written in.
+
+    A ViT's learngene (``ViTSpec``) goes into the leading block of each of its tensors in a
+    ViT with as many or more heads, MLP units and blocks; its cross weights are the kernels
+    of ``VIT_CROSS``.
     """
+    if is_vit_learngene(learngene):
+        return _insert_vit(learngene, params, zero_cross=zero_cross), batch_stats
     for name, gene in learngene.items():
         target = _layer_path((layer_map or {}).get(name, name))
         conv = _get(params, target + ("conv",))
@@ -196,6 +466,8 @@ def close_circuit(spec: LearngeneSpec, params: Variables) -> Variables:
     channels a closed sub-network during life: what the circuit computes in its host is what
     it computes on its own, so extraction cuts nothing it relied on.
     """
+    if isinstance(spec, ViTSpec):
+        return _close_vit(spec, params)
     for layer in spec.layers:
         path = _layer_path(layer.name) + ("conv",)
         params = _replace(
@@ -221,8 +493,17 @@ def check_fits(
     Accepts a target of the same architecture, a wider one (at least as many channels per
     layer) or a deeper one that has every gene layer's name: in VGG, ``stage{s}/conv{i}`` of a
     VGG11 gene goes to the same conv of a VGG13 or VGG16, so each gene layer sits in the first
-    convs of the stage with its resolution and the extra convs are random.
+    convs of the stage with its resolution and the extra convs are random. A ViT's learngene
+    goes into a ViT with the same head dim and patch and as many or more heads, MLP units and
+    blocks.
     """
+    if isinstance(spec, ViTSpec):
+        problems = _vit_problems(spec, model, in_channels)
+        if problems:
+            raise ValueError(
+                "learngene does not fit the target network:\n  " + "\n  ".join(problems)
+            )
+        return
     if in_channels != spec.in_channels:
         raise ValueError(
             f"the learngene was made for {spec.in_channels} image channels, the target has "
@@ -275,7 +556,12 @@ def parameter_share(spec: LearngeneSpec, params: Variables) -> dict[str, float]:
       - ``share_of_conv`` (float): ``gene_params / conv_params``, in (0, 1].
       - ``share_of_network`` (float): ``gene_params / total_params``, the share reported in
         tables and learngene files ("params transferred").
+
+    For a ViT, ``conv_params`` counts the circuit's modules whole (every block, the
+    embeddings, the LayerNorms; not the head).
     """
+    if isinstance(spec, ViTSpec):
+        return _vit_share(spec, params)
     gene = conv = 0
     for layer in spec.layers:
         module = _get(params, _layer_path(layer.name))
@@ -293,7 +579,9 @@ def parameter_share(spec: LearngeneSpec, params: Variables) -> dict[str, float]:
 
 
 def learngene_size(learngene: Learngene) -> int:
-    """Number of learnable parameters in a learngene (kernels, scales, biases)."""
+    """Number of learnable parameters in a learngene (kernels, scales, biases, embeddings)."""
     return sum(
-        int(gene[key].size) for gene in learngene.values() for key in PARAMETER_KEYS
+        int(gene[key].size)
+        for gene in learngene.values()
+        for key in parameter_keys(gene)
     )

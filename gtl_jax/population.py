@@ -79,7 +79,8 @@ def init_network(
     """Initialises one network and its optimiser state."""
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
-    return TrainState(params, variables["batch_stats"], tx.init(params))
+    # A network without BatchNorm (a ViT) has no statistics: an empty collection.
+    return TrainState(params, variables.get("batch_stats", {}), tx.init(params))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -119,7 +120,7 @@ def train_step(
             train=True,
             mutable=["batch_stats"],
         )
-        return cross_entropy(logits, y), updates["batch_stats"]
+        return cross_entropy(logits, y), updates.get("batch_stats", {})
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -77,6 +77,7 @@ from gtl_jax.learngene import (
     extract_learngene,
     learngene_size,
     make_spec,
+    spec_from_json,
 )
 from gtl_jax.population import init_network, make_optimizer
 from gtl_jax.suite import (
@@ -205,7 +206,7 @@ def build_transfer(
         )
         return extract_learngene(spec, state.params, state.batch_stats)
     variables, _ = pretrained(c, method, seed, train_images, spec, workdir, quiet)
-    params, stats = variables["params"], variables["batch_stats"]
+    params, stats = variables["params"], variables.get("batch_stats", {})
     if method == "pretrain-full":
         model = model_of(c, c.evolution.life_way)
         full = make_spec(model, 1.0, spec.in_channels)
@@ -285,7 +286,7 @@ class StudySuite:
             self.pools[transfer] = loader(image_size=c.data.image_size)["test"]
         train_images = jnp.asarray(pools["train"].images)
         first = seeds(c)[0]
-        self.spec = LearngeneSpec.from_json(
+        self.spec = spec_from_json(
             checkpoint.read_metadata(learngene_path(workdir, "learngene", first))[
                 "spec"
             ]
@@ -379,7 +380,7 @@ def _start_pretraining(config_json: str, workdir: str) -> None:
     _PRETRAIN.update(
         c=c,
         workdir=pathlib.Path(workdir),
-        spec=LearngeneSpec.from_json(checkpoint.read_metadata(path)["spec"]),
+        spec=spec_from_json(checkpoint.read_metadata(path)["spec"]),
         train_images=jnp.asarray(pools["train"].images),
     )
 

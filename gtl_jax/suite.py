@@ -60,6 +60,7 @@ from gtl_jax.learngene import (
     extract_learngene,
     learngene_size,
     make_spec,
+    spec_from_json,
 )
 from gtl_jax.pretrain import pretrain
 
@@ -233,7 +234,7 @@ class Suite:
         self.heads = split_names(s.heads)
         self.tuned = [m for m in self.methods if m != "proto-frozen"]
         learngene, self.meta = checkpoint.load_learngene(learngene_path)
-        spec = LearngeneSpec.from_json(self.meta["spec"])
+        spec = spec_from_json(self.meta["spec"])
         pools = load_pools(c)
         require_splits(pools, (s.eval_split,), c, "evaluation (eval_split)")
         pretrained = sorted(PRETRAINED_METHODS & set(self.methods))
@@ -245,7 +246,7 @@ class Suite:
         eval_pool = pools[s.eval_split]
         image_shape = eval_pool.image_shape
         way = c.evaluation.eval_way
-        target = model_of(c, way)
+        target = model_of(c, way, spec)
         m = c.model
         try:
             check_fits(spec, target, image_shape[-1])
@@ -254,7 +255,12 @@ class Suite:
                 f"learngene file {learngene_path} (from {self.meta['model']}) cannot be "
                 f"inherited by {m.name} x{m.width:g} on {c.data.dataset}: {e}"
             ) from None
-        if s.heur_layers > len(target.conv_graph()):
+        if "heur-lg" in self.methods and not hasattr(target, "conv_graph"):
+            raise ConfigError(
+                f"config field suite.methods={s.methods!r}: heur-lg transfers conv layers; "
+                f"{m.name} has none (leave heur-lg out)"
+            )
+        if "heur-lg" in self.methods and s.heur_layers > len(target.conv_graph()):
             raise ConfigError(
                 f"config field suite.heur_layers={s.heur_layers}: {m.name} has only "
                 f"{len(target.conv_graph())} conv layers"
@@ -274,7 +280,7 @@ class Suite:
             variables, pre_meta = pretrained_network(
                 c, jnp.asarray(pools["train"].images), workdir, quiet=quiet
             )
-            params, stats = variables["params"], variables["batch_stats"]
+            params, stats = variables["params"], variables.get("batch_stats", {})
             in_ch = image_shape[-1]
             full = extract_learngene(make_spec(target, 1.0, in_ch), params, stats)
             self.transfers |= {

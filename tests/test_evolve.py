@@ -185,6 +185,21 @@ def test_the_pure_generation_runs_the_command_and_resumes(tmp_path, capsys):
     assert all(len(m["fitness"]) == 3 and len(m["parents"]) == 3 for m in metrics)
 
 
+def test_a_vit_evolves_and_its_learngene_is_inherited(tmp_path, capsys):
+    # The whole pipeline with a ViT (vit_fs x1/2 on 28x28 Omniglot, 7x7 patches of 4):
+    # its learngene (a ViTSpec) is written, read back and inherited by the final table.
+    flags = [
+        "--config=omniglot:vit_smoke",
+        "--quiet",
+        "--config.evolution.generations=1",
+    ]
+    assert main(flags + ["--workdir", str(tmp_path)]) == 0
+    assert "| learngene |" in capsys.readouterr().out
+    gene, meta = load_learngene(tmp_path / "learngene")
+    assert meta["spec"]["kind"] == "vit" and "block6/attn/query" in gene
+    assert 0.2 < meta["parameter_share"]["share_of_network"] < 0.3
+
+
 def test_library_defaults_are_the_default_config():
     c = load_config("omniglot")
     assert EvolutionConfig(**c.evolution) == EvolutionConfig()

@@ -237,3 +237,30 @@ def test_bad_forms_is_one_line_value_error(bad):
             attempt()
         assert "\n" not in str(error.value)
         assert repr(bad) in str(error.value)
+
+
+def test_vits_are_registered_with_named_layers_and_a_patch_field():
+    from gtl_jax.models import VITS
+
+    assert set(VITS) == {"vit_tiny", "vit_small", "vit_fs"}
+    model = build_model("vit_fs", 5, width=0.5, patch=7)
+    variables = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), train=False)
+    assert set(variables) == {"params"}  # no BatchNorm
+    params = variables["params"]
+    assert {"embed", "block1", "block6", "norm", "head"} <= set(params)
+    assert params["embed"]["pos"].shape == (1, 1 + 4 * 4, 64)  # 4x4 patches of 7
+    assert params["block1"]["attn"]["query"]["kernel"].shape == (64, 4, 16)
+    logits = model.apply(variables, jnp.zeros((2, 28, 28, 1)), train=False)
+    features, attention = model.apply(
+        variables, jnp.zeros((2, 28, 28, 1)), train=False, return_attention=True
+    )
+    assert logits.shape == (2, 5) and features.shape == (2, 64)
+    assert len(attention) == 6 and attention[0].shape == (2, 4, 17, 17)
+    tiny = build_model("vit_tiny", 10)
+    assert (tiny.shape.heads, tiny.shape.dim, tiny.shape.mlp) == (3, 192, 768)
+    with pytest.raises(ValueError, match="only ViTs"):
+        build_model("vgg11", 5, patch=4)
+    with pytest.raises(ValueError, match="patch=5 does not divide"):
+        build_model("vit_fs", 5, patch=5).init(
+            jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False
+        )
