@@ -29,6 +29,7 @@ from gtl_jax.evolution import (
 from gtl_jax.executors import DescendantEvaluator, HostExecutor, population_map
 from gtl_jax.learngene import (
     LearngeneSpec,
+    ViTSpec,
     extract_learngene,
     insert_learngene,
     make_spec,
@@ -54,6 +55,7 @@ __all__ = [
     "PretrainConfig",
     "Recipe",
     "TrainState",
+    "ViTSpec",
     "build_model",
     "configure_jax",
     "descendant_recipe",
