@@ -381,7 +381,7 @@ class Evolution:
         self.config, self.spec = config, spec
         self.life_model, self.critic_model = life_model, critic_model
         self.critic_recipe = critic_recipe
-        # Several devices: the population is sharded over them (population_map) and the pools,
+        # Several devices: the population is sharded over them (``place``) and the pools,
         # which every member samples from, are replicated onto each device once.
         self.mesh = population_mesh()
         train_images, val_images = replicate((train_images, val_images), self.mesh)
