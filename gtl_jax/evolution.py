@@ -163,6 +163,14 @@ def reproduce(
     return next_learngenes, parents
 
 
+def pairs(keys, episodes, genes, members: int, per_member: int):
+    """Every (member, episode) pair, member-major: the keys and episodes tiled ``members``
+    times, the stacked genes each repeated ``per_member`` times. Pure."""
+    tile = lambda x: jnp.tile(x, (members,) + (1,) * (x.ndim - 1))  # noqa: E731
+    repeat = lambda x: jnp.repeat(x, per_member, axis=0)  # noqa: E731
+    return tile(keys), jax.tree.map(tile, episodes), jax.tree.map(repeat, genes)
+
+
 def all_finite(learngenes: Learngene) -> jax.Array:
     """bool[P]: whether every value of each individual's learngene is finite."""
     return jnp.stack(
@@ -472,13 +480,15 @@ class Evolution:
         )
         return self.place(state)
 
-    def critic_episodes(
-        self, critic_key: jax.Array, val_images: jax.Array
-    ) -> tuple[Episode, jax.Array]:
-        """The critics' episodes (leading axis ``num_critics``) and keys. Pure."""
+    def sample_tasks(self, keys: jax.Array, train_images: jax.Array) -> jax.Array:
+        """One lifetime task per key: i32[len(keys), life_way] meta-train classes. Pure."""
+        num_classes, way = train_images.shape[0], self.config.life_way
+        return jax.vmap(lambda k: sample_classes(k, num_classes, way))(keys)
+
+    def sample_critic_episodes(self, keys: jax.Array, val_images: jax.Array) -> Episode:
+        """One critic episode per key (leading axis: the keys). Pure."""
         c = self.config
-        episode_key, init_key = jax.random.split(critic_key)
-        episodes = jax.vmap(
+        return jax.vmap(
             lambda k: sample_episode(
                 k,
                 val_images,
@@ -486,8 +496,18 @@ class Evolution:
                 k_shot=c.critic_shot,
                 n_query=c.critic_query,
             )
-        )(jax.random.split(episode_key, c.num_critics))
-        return episodes, jax.random.split(init_key, c.num_critics)
+        )(keys)
+
+    def critic_episodes(
+        self, critic_key: jax.Array, val_images: jax.Array
+    ) -> tuple[Episode, jax.Array]:
+        """The critics' episodes (leading axis ``num_critics``) and keys. Pure."""
+        n = self.config.num_critics
+        episode_key, init_key = jax.random.split(critic_key)
+        episodes = self.sample_critic_episodes(
+            jax.random.split(episode_key, n), val_images
+        )
+        return episodes, jax.random.split(init_key, n)
 
     def step(
         self, root_key: jax.Array, state: EvolutionState, pools: Pools | None = None
@@ -532,9 +552,7 @@ class Evolution:
             jax.random.split(host_key, size), state.learngenes
         )
         # 2. Lifetime learning: each its own life_way-way task of meta-train classes.
-        classes = jax.vmap(
-            lambda k: sample_classes(k, pools.train.shape[0], c.life_way)
-        )(jax.random.split(task_key, size))
+        classes = self.sample_tasks(jax.random.split(task_key, size), pools.train)
 
         def life_step(hosts, step):
             keys = jax.random.split(jax.random.fold_in(life_key, step), size)
@@ -550,12 +568,8 @@ class Evolution:
         diverged = ~jnp.all(jnp.isfinite(life_losses), axis=0) | ~all_finite(trained)
         # 4. Fitness by critics: the same critic episodes and keys for every member.
         episodes, critic_keys = self.critic_episodes(critic_key, pools.val)
-        tile = lambda x: jnp.tile(x, (size,) + (1,) * (x.ndim - 1))  # noqa: E731
-        repeat = lambda x: jnp.repeat(x, c.num_critics, axis=0)  # noqa: E731
         result = jax.vmap(self.critic_fn)(
-            tile(critic_keys),
-            jax.tree.map(tile, episodes),
-            jax.tree.map(repeat, trained),
+            *pairs(critic_keys, episodes, trained, size, c.num_critics)
         )
         fitness = result.final.reshape(size, c.num_critics).mean(axis=1)
         # 5-6. Tournaments, elitism, mutation, lineage.

@@ -67,12 +67,12 @@ FINAL_STREAM = 2**31 - 2
 def check_run(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, dict]:
     """Every check before anything is written: the config, the data, the workdir's previous
     config. Returns the class pools and the config as JSON."""
-    validate_config(c, num_devices=jax.device_count())
+    validate_config(c)
     pools = load_pools(c)
     require_splits(
         pools, ("train", "val", "test"), c, "evolution: lifetimes, critics, final table"
     )
-    validate_config(c, pools, num_devices=jax.device_count())
+    validate_config(c, pools)
     config_json = json.loads(c.to_json())
     config_path = workdir / "config.json"
     if config_path.exists():
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             c.execution.distributed or os.environ.get(distributed.CHILD_ENV)
         ):
             # This process only starts the joined ones, after the checks that need no data.
-            validate_config(c, num_devices=processes)
+            validate_config(c)
             return distributed.launch_local(processes, ["-m", "gtl_jax.evolve", *argv])
         configure_jax()
         summary = run(c, workdir, quiet=cl.flags["quiet"])

@@ -351,15 +351,12 @@ def experiment_of(c: ml_collections.ConfigDict) -> Experiment:
 def validate_config(
     c: ml_collections.ConfigDict,
     pools: dict | None = None,
-    *,
-    num_devices: int = 1,
 ) -> Experiment:
     """``experiment_of(c)``, then the checks that need the data or two sections; raises
     ConfigError naming the first impossible field.
 
     ``pools``: the loaded splits (only those are checked: callers require the splits they
-    use). ``num_devices`` is accepted for callers that pass it; any device count runs (the
-    executors pad a population the devices do not divide).
+    use). Any device count runs: the executors pad a population the devices do not divide.
     """
     x = experiment_of(c)
     ev, ex = x.evolution, x.evaluation

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gtl_jax.data.pool import sample_classes, sample_episode
 from gtl_jax.distributed import to_host
 from gtl_jax.evolution import (
     Evolution,
@@ -31,6 +30,7 @@ from gtl_jax.evolution import (
     diversity,
     generation_keys,
     host_metrics,
+    pairs,
     reproduce,
     sanitize_fitness,
 )
@@ -83,15 +83,7 @@ def _replicated_then_sharded(fn: Callable, mesh: Any) -> Callable:
 # deadlock in a collective; data movement goes through these jitted functions instead.
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _pairs(keys, episodes, genes, times: int, copies: int):
-    """Every (member, episode) pair: the keys and episodes tiled ``times`` (one copy per
-    member), the genes repeated ``copies`` times (one per episode)."""
-    tile = lambda x: jnp.tile(x, (times,) + (1,) * (x.ndim - 1))  # noqa: E731
-    repeat = lambda x: jnp.repeat(x, copies, axis=0)  # noqa: E731
-    return tile(keys), jax.tree.map(tile, episodes), jax.tree.map(repeat, genes)
-
-
+_pairs = jax.jit(pairs, static_argnums=(3, 4))
 _stack = jax.jit(lambda xs: jnp.stack(xs))
 _member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree))
 
@@ -134,21 +126,10 @@ class HostExecutor:
             zero_cross=c.zero_cross,
             shared_learngene=False,
         )
-        self.sample_tasks = jax.jit(
-            jax.vmap(lambda k: sample_classes(k, evo.train_images.shape[0], c.life_way))
-        )
-        self.sample_critic_episodes = jax.jit(
-            jax.vmap(
-                lambda k, images: sample_episode(
-                    k,
-                    images,
-                    n_way=c.critic_way,
-                    k_shot=c.critic_shot,
-                    n_query=c.critic_query,
-                ),
-                in_axes=(0, None),
-            )
-        )
+        # The core's samplers, jitted: the same keys give the same tasks and episodes.
+        self.sample_tasks = jax.jit(evo.sample_tasks)
+        self.sample_critic_episodes = jax.jit(evo.sample_critic_episodes)
+        self.critic_episodes = jax.jit(evo.critic_episodes)
         self.reproduce = jax.jit(
             functools.partial(
                 reproduce,
@@ -250,7 +231,9 @@ class HostExecutor:
         # 1. Hosts: every learngene into a fresh network (its own key).
         hosts = self.hosts(block(jax.random.split(host_key, size)), learngenes)
         # 2. Lifetime learning: each individual its own life_way-way task of meta-train classes.
-        classes = block(self.sample_tasks(jax.random.split(task_key, size)))
+        classes = block(
+            self.sample_tasks(jax.random.split(task_key, size), self.evo.train_images)
+        )
         life_losses = []
         for step in range(c.life_steps):
             step_keys = block(
@@ -268,11 +251,7 @@ class HostExecutor:
         # A diverged individual (non-finite loss or learngene) gets NaN fitness: never selected.
         diverged = self.diverged(life_losses, trained)
         # 4. Fitness by critics: the same critic tasks and keys for every individual.
-        episode_key, init_key = jax.random.split(critic_key)
-        episodes = self.sample_critic_episodes(
-            jax.random.split(episode_key, c.num_critics), self.evo.val_images
-        )
-        critic_keys = jax.random.split(init_key, c.num_critics)
+        episodes, critic_keys = self.critic_episodes(critic_key, self.evo.val_images)
         result = self.critics(
             *_pairs(critic_keys, episodes, trained, n, c.num_critics), on_step=on_step
         )
