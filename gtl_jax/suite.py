@@ -28,6 +28,7 @@ import json
 import pathlib
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -36,9 +37,9 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed
+from gtl_jax import attention, checkpoint, distributed
 from gtl_jax.data import augment_fn
-from gtl_jax.descendants import mean_confidence
+from gtl_jax.descendants import fine_tuned, mean_confidence
 from gtl_jax.executors import DescendantEvaluator
 from gtl_jax.experiment import (
     METHODS,
@@ -182,7 +183,9 @@ def pretrained_network(
         "seconds": time.perf_counter() - start,
         "final_loss": float(losses[-100:].mean()) if losses.size else None,
     }
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = {"params": state.params}
+    if state.batch_stats:  # none in a ViT: the model's own variables, restorable as such
+        variables["batch_stats"] = state.batch_stats
     checkpoint.save_network(path, variables, meta)
     return variables, meta
 
@@ -287,10 +290,11 @@ class Suite:
                 "pretrain-full": full,
                 "proto-frozen": full,
                 "pretrain-circuit": extract_learngene(spec, params, stats),
-                "heur-lg": extract_learngene(
-                    heur_spec(target, in_ch, s.heur_layers), params, stats
-                ),
             }
+            if "heur-lg" in self.methods:  # conv layers (checked above)
+                self.transfers["heur-lg"] = extract_learngene(
+                    heur_spec(target, in_ch, s.heur_layers), params, stats
+                )
             pre_cost = {
                 "what": "pre-training",
                 "steps": pre_meta["steps"],
@@ -319,6 +323,7 @@ class Suite:
             for head in self.heads
         }
         self.images = jnp.asarray(eval_pool.images)
+        self.target = target
         self._episodes = {}
 
     def episodes(self, shot: int):
@@ -373,6 +378,48 @@ class Suite:
             "instinct": np.asarray(instinct),
             "rows": rows,
         }
+
+    def attention(
+        self, shot: int, methods: Sequence[str], episodes: int, per_episode: int
+    ) -> dict:
+        """Attention rollout maps of fine-tuned ViT descendants on query images of unseen
+        classes (``gtl_jax.attention``), for the first ``episodes`` episodes of a shot
+        setting: the same descendants as the jobs' (same keys, episodes, first head).
+
+        Returns ``{"images": u8[n, S, S, Ch], "maps": {method: f32[n, g, g]},
+        "shares": {method: (mean share on foreground, mean foreground area)}}`` with
+        ``n = episodes * per_episode`` query images (the first of each episode).
+        """
+        eps, keys = self.episodes(shot)
+        eps = jax.tree.map(lambda a: a[:episodes], eps)
+        recipe = next(iter(self.evaluators.values())).recipe
+        model, patch = self.target, self.target.patch
+        images = eps.query_x[:, :per_episode]
+        mask = attention.foreground(images.reshape(-1, *images.shape[2:]), patch)
+        out = {"images": np.asarray(images.reshape(-1, *images.shape[2:]))}
+        out["maps"], out["shares"] = {}, {}
+        for method in methods:
+
+            def one(key, episode, transfer=self.transfers[method]):
+                state = fine_tuned(
+                    model,
+                    recipe,
+                    key,
+                    episode,
+                    transfer,
+                    n_way=self.c.evaluation.eval_way,
+                    zero_cross=self.c.evolution.zero_cross,
+                )
+                return attention.maps(
+                    model, state.params, episode.query_x[:per_episode]
+                )
+
+            m = jax.jit(jax.vmap(one))(keys[:episodes], eps)
+            m = m.reshape(-1, *m.shape[2:])
+            inside, area = attention.foreground_share(m, mask)
+            out["maps"][method] = np.asarray(m)
+            out["shares"][method] = (float(inside.mean()), float(area.mean()))
+        return out
 
     def frozen_prototypes(self, shot: int) -> np.ndarray:
         """Nearest-prototype accuracy on the pretrained network's frozen features: f32[E]."""
