@@ -27,6 +27,7 @@ from flax import struct
 from gtl_jax.data.pool import Episode
 from gtl_jax.learngene import Learngene, insert_learngene
 from gtl_jax.population import (
+    OPTIMIZERS,
     TrainState,
     cross_entropy,
     init_network,
@@ -37,7 +38,6 @@ from gtl_jax.population import (
 
 HEADS = ("random", "zero", "prototype")
 BATCH_NORM = ("batch", "frozen")
-OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +260,31 @@ def fine_tune(
     accuracies = jnp.stack(accuracies)
     losses = jnp.concatenate(losses) if losses else jnp.zeros((0,), jnp.float32)
     return DescendantResult(instinct, accuracies, accuracies[-1], losses)
+
+
+def fine_tuned(
+    model: nn.Module,
+    recipe: Recipe,
+    key: jax.Array,
+    episode: Episode,
+    learngene: Learngene | None,
+    *,
+    n_way: int,
+    zero_cross: bool = True,
+) -> TrainState:
+    """The network ``fine_tune`` scores: the descendant after its ``recipe.steps`` steps
+    (the same key, episode and learngene give the same network). Pure, vmappable."""
+    tx = make_optimizer(recipe.optimizer, recipe.learning_rate)
+    state = new_descendant(
+        model, key, episode, learngene, recipe, n_way=n_way, zero_cross=zero_cross
+    )
+    step = frozen_bn_step if recipe.batch_norm == "frozen" else train_step
+
+    def body(state, _):
+        return step(model, tx, state, episode.support_x, episode.support_y)
+
+    state, _ = jax.lax.scan(body, state, None, length=recipe.steps)
+    return state
 
 
 def mean_confidence(values: Sequence[float] | jax.Array) -> tuple[float, float]:

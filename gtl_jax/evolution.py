@@ -37,6 +37,7 @@ from gtl_jax.learngene import (
     parameter_keys,
 )
 from gtl_jax.population import (
+    OPTIMIZERS,
     TrainState,
     init_network,
     make_optimizer,
@@ -270,6 +271,8 @@ class EvolutionConfig:
 
     Attributes (beyond the sizes):
       generations: G, the number of generations a run evolves.
+      life_optimizer: "sgd" (with ``life_momentum``) or "adam" (ViTs learn little in a
+        lifetime with SGD), at ``life_lr`` with ``life_weight_decay`` as L2.
       critic_steps: fine-tuning steps of each critic (the critics otherwise follow the
         descendants' recipe).
       life_closed: keep the weights from non-gene inputs into gene outputs at zero during
@@ -295,6 +298,7 @@ class EvolutionConfig:
     life_way: int = 50
     life_steps: int = 100
     life_batch: int = 32
+    life_optimizer: str = "sgd"
     life_lr: float = 0.05
     life_momentum: float = 0.9
     life_weight_decay: float = 5e-4
@@ -343,6 +347,11 @@ class EvolutionConfig:
         need(0 <= self.mutation_rate <= 1, "mutation_rate", "must be in [0, 1]")
         need(
             self.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}"
+        )
+        need(
+            self.life_optimizer in OPTIMIZERS,
+            "life_optimizer",
+            f"must be one of {OPTIMIZERS}",
         )
         need(self.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}")
         need(0 <= self.score_decay <= 1, "score_decay", "must be in [0, 1]")
@@ -397,7 +406,10 @@ class Evolution:
         self.image_shape = tuple(train_images.shape[2:])
         c = config
         tx = make_optimizer(
-            "sgd", c.life_lr, momentum=c.life_momentum, weight_decay=c.life_weight_decay
+            c.life_optimizer,
+            c.life_lr,
+            momentum=c.life_momentum,
+            weight_decay=c.life_weight_decay,
         )
 
         def host_fn(key, learngene):

@@ -142,6 +142,9 @@ def predict(
     )
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+
 def make_optimizer(
     name: str, learning_rate: float, *, momentum: float = 0.9, weight_decay: float = 0.0
 ) -> optax.GradientTransformation:
@@ -151,7 +154,7 @@ def make_optimizer(
     elif name == "adam":
         base = optax.adam(learning_rate)
     else:
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     return optax.chain(optax.add_decayed_weights(weight_decay), base)
 
 
