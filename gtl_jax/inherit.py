@@ -12,7 +12,8 @@ dataset (``--config.data.dataset``). The jobs are ``gtl_jax.suite``'s; the pretr
 is cached in the workdir.
 
 Workdir contents: ``config.json``, ``pretrained/``, ``results.md``, ``results.jsonl``,
-``results.json``, ``curves.png``, ``fitness.png``, ``share.png``.
+``results.json``, ``curves.png``, ``fitness.png``, ``share.png``; with a ViT descendant also
+``attention.png`` (where the descendants look, and how much on the foreground).
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def run(
         "".join(json.dumps(row) + "\n" for row in rows)
     )
     table = results_table(c, rows, shots, meta)
+    focus = None
+    if hasattr(suite.target, "patch"):  # a ViT: where its descendants look
+        focus = write_attention(c, suite, shots[0], workdir)
+        table += "\n\n" + attention_table(c, focus, shots[0])
     (workdir / "results.md").write_text(table + "\n")
     summary = {
         "learngene": str(learngene_path),
@@ -141,6 +146,8 @@ def run(
         "total_seconds": time.perf_counter() - start,
         "backend": jax.default_backend(),
     }
+    if focus is not None:
+        summary["attention"] = focus
     (workdir / "results.json").write_text(json.dumps(summary, indent=1))
     write_plots(c, rows, meta, learngene_path, workdir)
     summary["table"] = table
@@ -187,6 +194,59 @@ def results_table(c, rows: list[dict], shots, meta: dict) -> str:
                 f" {100 * r['accuracy'][0]:.1f} ± {100 * r['accuracy'][1]:.1f} |"
             )
         lines.append(line)
+    return "\n".join(lines)
+
+
+# ViT descendants' attention (attention.png): the first query image of this many episodes
+# is drawn; the share on foreground is averaged over every query image of ATTENTION_EPISODES.
+ATTENTION_PLOTTED = 10
+ATTENTION_EPISODES = 40
+ATTENTION_METHODS = ("learngene", "scratch", "pretrain-circuit", "pretrain-full")
+
+
+def write_attention(c, suite: Suite, shot: int, workdir: pathlib.Path) -> dict:
+    """Attention rollout of the fine-tuned ViT descendants of the first ``shot`` setting on
+    query images of the unseen classes: ``attention.png`` and, per method, the mean share of
+    the maps on foreground patches (and those patches' share of the image)."""
+    methods = [m for m in ATTENTION_METHODS if m in suite.tuned]
+    queries = c.evaluation.eval_way * c.evaluation.eval_query
+    episodes = min(ATTENTION_EPISODES, c.suite.inherit_episodes)
+    found = suite.attention(shot, methods, episodes, queries)
+    # The first query of each of the first episodes: several classes, not one.
+    first = np.arange(min(ATTENTION_PLOTTED, episodes)) * queries
+    plots.plot_attention(
+        found["images"][first],
+        {m: found["maps"][m][first] for m in methods},
+        workdir / "attention.png",
+        shares=found["shares"],
+    )
+    return {
+        m: {
+            "foreground_share": found["shares"][m][0],
+            "foreground_area": found["shares"][m][1],
+            "images": int(found["images"].shape[0]),
+        }
+        for m in methods
+    }
+
+
+def attention_table(c, focus: dict, shot: int) -> str:
+    """Markdown: each method's share of attention on the foreground (attention.png)."""
+    n = next(iter(focus.values()))["images"]
+    lines = [
+        f"Attention of the fine-tuned descendants ({c.evaluation.eval_way}-way {shot}-shot, "
+        f"first head), class token's rollout over {n} query images of the "
+        f"meta-{c.suite.eval_split} classes: the share on patches with foreground pixels "
+        "(a uniform map gives the area)",
+        "",
+        "| method | share on foreground | foreground area |",
+        "| --- | --- | --- |",
+    ]
+    for m, f in focus.items():
+        lines.append(
+            f"| {m} | {100 * f['foreground_share']:.1f}% | "
+            f"{100 * f['foreground_area']:.1f}% |"
+        )
     return "\n".join(lines)
 
 

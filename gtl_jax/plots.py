@@ -430,3 +430,64 @@ def plot_study_fitness(
     study's tables); the dashed line is the mean over seeds of the best member's fitness.
     """
     _save(study_fitness_figure(histories), path)
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attention_figure(
+    images: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    shares: Mapping[str, tuple[float, float]] | None = None,
+) -> Figure:
+    """Attention maps over their images; see :func:`plot_attention`."""
+    images = np.asarray(images)
+    n, side = images.shape[0], images.shape[1]
+    rows = ["image", *maps]
+    fig = Figure(
+        figsize=(1.15 * n + 1.6, 1.2 * len(rows) + 0.4), dpi=DPI, layout="constrained"
+    )
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    gray = images.mean(axis=-1)
+    for r, row in enumerate(rows):
+        label = row
+        if shares and row in shares:
+            inside, area = shares[row]
+            label = f"{row}\n{100 * inside:.0f}% on ink\n(area {100 * area:.0f}%)"
+        for i in range(n):
+            ax = axes[r, i]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(gray[i], cmap="gray", vmin=0, vmax=255)
+            if row != "image":
+                m = np.asarray(maps[row][i], float)
+                ax.imshow(
+                    m / max(m.max(), 1e-12),
+                    cmap="inferno",
+                    alpha=0.6,
+                    vmin=0,
+                    vmax=1,
+                    extent=(-0.5, side - 0.5, side - 0.5, -0.5),
+                    interpolation="nearest",
+                )
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    return fig
+
+
+def plot_attention(
+    images: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    path: str | pathlib.Path,
+    shares: Mapping[str, tuple[float, float]] | None = None,
+) -> None:
+    """Where ViT descendants look: one row of images, then one row of attention maps per
+    method (each map scaled to its own maximum, drawn over the image).
+
+    Args:
+      images: u8[n, S, S, Ch], query images of unseen classes.
+      maps: ``{method: f32[n, g, g]}``, the class token's attention rollout over the g x g
+        patches (``gtl_jax.attention.maps``).
+      shares: ``{method: (share on foreground, foreground area)}`` to print beside the rows
+        (``gtl_jax.attention.foreground_share``, averaged).
+    """
+    _save(attention_figure(images, maps, shares), path)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from gtl_jax import inherit
 from gtl_jax.checkpoint import load_learngene
 from gtl_jax.evolution import EvolutionConfig
 from gtl_jax.evolve import main
@@ -198,6 +199,29 @@ def test_a_vit_evolves_and_its_learngene_is_inherited(tmp_path, capsys):
     gene, meta = load_learngene(tmp_path / "learngene")
     assert meta["spec"]["kind"] == "vit" and "block6/attn/query" in gene
     assert 0.2 < meta["parameter_share"]["share_of_network"] < 0.3
+    # The evidence suite with a ViT also draws where its descendants look.
+    inherited = tmp_path / "inherit"
+    code = inherit.main(
+        [
+            "--config=omniglot:vit_smoke",
+            "--quiet",
+            "--learngene",
+            str(tmp_path / "learngene"),
+            "--workdir",
+            str(inherited),
+            # pretrain-circuit: a ViT's pre-trained baselines need no conv layers.
+            "--config.suite.methods=learngene,scratch,pretrain-circuit",
+            "--config.suite.heads=random",
+        ]
+    )
+    assert code == 0
+    assert (inherited / "attention.png").stat().st_size > 0
+    focus = json.loads((inherited / "results.json").read_text())["attention"]
+    assert set(focus) == {"learngene", "scratch", "pretrain-circuit"}
+    for f in focus.values():
+        assert 0 < f["foreground_share"] <= 1 and 0 < f["foreground_area"] <= 1
+        assert f["images"] == 3 * 5 * 15  # inherit_episodes x (5-way x 15 queries)
+    assert "share on foreground" in (inherited / "results.md").read_text()
 
 
 def test_library_defaults_are_the_default_config():
