@@ -103,7 +103,8 @@ def test_pools_hold_the_split_classes_decoded_without_tensorflow(data_dir, tmp_p
         "test": (5, 3, SIZE, SIZE, 3),
     }
     assert all(p.images.dtype == np.uint8 for p in pools.values())
-    sampler = ImageNetSampler(data_dir, Options(image_size=SIZE, **SMALL))
+    options = Options(image_size=SIZE, **SMALL)
+    sampler = ImageNetSampler(data_dir, options, cache_dir=tmp_path)
     wnids = _wnids(sampler)
     # Class names are the WordNet ids of the labels, each pool's within its split.
     split = {
