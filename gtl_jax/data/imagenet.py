@@ -44,9 +44,12 @@ cropped square:
 of each label, built in one pass over the labels of both splits and cached on disk) makes a
 pool a set of random reads. ``imagenet_stream`` gives a ``gtl_jax.data.stream.PoolStream``
 that decodes generation g + 1's train pool in a background thread while generation g trains,
-so the host holds at most two train pools, and the same ``(seed, generation)`` always gives
-the same pool (a killed run resumes to the same result). Every pool of a run has the same
-shape, so the jitted generation compiles once.
+and the same ``(seed, generation)`` always gives the same pool (a killed run resumes to the
+same result). Memory: on the host, the loaded pools (generation 0's train, val, test) and at
+most two streamed train pools (the one being placed on the devices, the next one being
+decoded); on each device, generation 0's train pool (the evolution's own), the current one
+and the val pool; never the dataset. Every pool of a run has the same shape, so the jitted
+generation compiles once.
 
 **Several hosts.** Every process builds the same pools from the same keys (each host decodes
 the whole generation pool, about 3.5 ms per 224-pixel image per core; the pools are
