@@ -30,7 +30,7 @@ flip augmentation; the loop is the paper configs' (``_paper.py``: 12 hosts, 20 g
 Expected time per generation: an estimate from FLOP counts, not measured (no GPU or TPU here).
 ViT-Small at 224x224 is 9.27 GFLOP per image forward and 28.3 GFLOP per image forward and
 backward (XLA cost analysis of the model in float32, ``jax.jit(...).lower(...).compile()
-.cost_analysis()``; a multiply-add counts 2).
+.cost_analysis()``; a multiply-add counts 2; ``python benchmarks/model_flops.py`` prints them).
   lifetimes: 12 hosts x 200 steps x 64 images = 153,600 images x 28.3 GFLOP = 4.35 PFLOP
   critics:   12 x 4 critics x 50 steps x 5 images = 12,000 images x 28.3 GFLOP = 0.34 PFLOP
              + their query accuracy before and after: 2 x 48 x 75 images x 9.27 GFLOP = 0.07
