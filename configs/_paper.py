@@ -1,4 +1,5 @@
-"""The settings the paper's experiments share (``cifar_fs.py``, ``mini_imagenet.py``).
+"""The settings the paper's experiments share (``cifar_fs.py``, ``mini_imagenet.py``; the
+ImageNet-1K config, ``imagenet.py``, runs the same loop).
 
 Not a config itself: both experiments run the loop of the omniglot config at the scale below
 (12 hosts, 20 generations, 600 test episodes, full-width networks), and differ only in dataset,

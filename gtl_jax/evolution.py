@@ -475,6 +475,35 @@ class Evolution:
         """The pools this evolution was built with (pass them to the pure functions)."""
         return Pools(self.train_images, self.val_images)
 
+    def put_pools(self, train: Any = None, val: Any = None) -> Pools:
+        """Pools for the pure functions, placed as the evolution's own are (replicated on
+        every device of the mesh; each process fills its own devices from its copy, so every
+        process must pass the same images): ``train`` and ``val`` (host or device arrays;
+        None: the evolution's own). A dataset streamed generation by generation hands each
+        generation's pools to ``step`` (or ``HostExecutor.generation``) this way.
+
+        Raises:
+          ValueError: a pool's shape or dtype differs from the evolution's own (the jitted
+            generation would compile again for every new shape).
+        """
+        placed = []
+        for name, new, own in (
+            ("train", train, self.train_images),
+            ("val", val, self.val_images),
+        ):
+            if new is None:
+                placed.append(own)
+                continue
+            if tuple(new.shape) != tuple(own.shape) or new.dtype != own.dtype:
+                raise ValueError(
+                    f"the {name} pool is {new.dtype}{list(new.shape)}; the evolution's "
+                    f"is {own.dtype}{list(own.shape)}"
+                )
+            placed.append(
+                jax.device_put(new) if self.mesh is None else replicate(new, self.mesh)
+            )
+        return Pools(*placed)
+
     def init(self, key: jax.Array) -> EvolutionState:
         """Generation 0: the circuits of P randomly initialised networks. Pure."""
         size = self.config.pop_size

@@ -128,7 +128,10 @@ def evolve_generations(
 ) -> EvolutionState:
     """Runs the generations left (up to ``evolution.generations``): after each one its
     metrics line (``metrics.jsonl``, TensorBoard) and a checkpoint; closes ``manager``.
-    Appends each generation's metrics to ``history``."""
+    Appends each generation's metrics to ``history``. A streamed dataset
+    (``experiment.pool_stream``: ImageNet-1K) hands generation g the pools drawn for
+    ``(seed, g)``, prepared while generation g - 1 trained; other datasets' generations
+    use the evolution's own pools, as before."""
     generations = int(c.evolution.generations)
     steps_per_generation = c.evolution.life_steps + c.evolution.critic_steps
     metrics_path = workdir / "metrics.jsonl"
@@ -155,11 +158,26 @@ def evolve_generations(
         if workers > 1:
             pool = stack.enter_context(start_life_workers(c, workers))
             bar.set_description(f"evolution ({workers} worker processes)")
+        # A streamed dataset (ImageNet-1K): each generation its own pools, the next one's
+        # prepared in a background thread while this one trains; None: the evolution's own.
+        stream = None
+        if int(state.generation) < generations:
+            stream = experiment.pool_stream(c)
+        if stream is not None:
+            stack.enter_context(stream)
         while int(state.generation) < generations:
             t = time.perf_counter()
+            pools = None
+            if stream is not None:
+                fresh = stream.get(int(state.generation))
+                pools = executor.evo.put_pools(
+                    **{split: p.images for split, p in fresh.items()}
+                )
+                del fresh  # host memory: the pools being prepared, and these on device
             state, m = executor.generation(
-                root_key, state, on_step=bar.update, workers=pool
+                root_key, state, on_step=bar.update, workers=pool, pools=pools
             )
+            pools = None
             m["seconds"] = time.perf_counter() - t
             bar.set_postfix_str(
                 f"best={m['fitness_max']:.3f}, mean={m['fitness_mean']:.3f}"
@@ -368,7 +386,8 @@ def run(
 
     Several processes (``execution.distributed``, ``execution.processes``): every process
     runs the same program on its own devices and loads the whole class pools (they are
-    small, and every device samples episodes from all classes); only process 0 writes
+    small, and every device samples episodes from all classes; a streamed dataset's
+    generation pools are drawn from the same keys in every process); only process 0 writes
     ``config.json``, metrics, plots, the learngene file and results; checkpoints are written
     by Orbax, which coordinates the processes.
     """

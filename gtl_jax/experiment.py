@@ -5,7 +5,8 @@ read one nested ``ml_collections`` config (``configs/omniglot.py`` at the top of
 repository, installed as the package ``gtl_jax.configs``) whose sections map onto dataclasses:
 
 - ``seed``: the evolution's seed.
-- ``data``: ``DataConfig`` (dataset, data_dir, image_size).
+- ``data``: ``DataConfig`` (dataset, data_dir, image_size; a streamed dataset's class split
+  and pool sizes).
 - ``model``: ``ModelConfig`` (name, width, precision, ratio: the learngene ratio).
 - ``evolution``: ``gtl_jax.evolution.EvolutionConfig``.
 - ``descendants``: ``gtl_jax.descendants.Recipe`` (how every descendant is fine-tuned).
@@ -45,7 +46,15 @@ import ml_collections
 import numpy as np
 
 from gtl_jax import checkpoint, distributed
-from gtl_jax.data import DATASETS, DataError, load_dataset, sample_episode
+from gtl_jax.data import (
+    DATASETS,
+    STREAMS,
+    DataError,
+    PoolStream,
+    imagenet,
+    load_dataset,
+    sample_episode,
+)
 from gtl_jax.data.digits import load_digits
 from gtl_jax.descendants import HEADS, Recipe
 from gtl_jax.evolution import Evolution, EvolutionConfig
@@ -134,11 +143,21 @@ def name_list(value: str, field: str, known: Sequence[str]) -> tuple[str, ...]:
 class DataConfig:
     """The images: ``dataset`` (a key of ``gtl_jax.data.DATASETS``), its folder or file
     (``data_dir``; empty: ``$GTL_DATA_DIR`` or the dataset's default place) and the side
-    ``image_size`` images are resized to."""
+    ``image_size`` images are resized to.
+
+    The datasets streamed generation by generation (``gtl_jax.data.STREAMS``: imagenet)
+    also read: ``classes`` (train,val,test class counts of the class split),
+    ``classes_per_generation`` and ``images_per_class`` (a generation's lifetime pool), and
+    ``eval_images_per_class`` (the critics' and the downstream pools); the others ignore
+    them. Their defaults are ImageNet-1K's (``gtl_jax.data.imagenet``)."""
 
     dataset: str = "omniglot"
     data_dir: str = ""
     image_size: int = 28
+    classes: str = imagenet.CLASSES
+    classes_per_generation: int = imagenet.CLASSES_PER_GENERATION
+    images_per_class: int = imagenet.IMAGES_PER_CLASS
+    eval_images_per_class: int = imagenet.EVAL_IMAGES_PER_CLASS
 
     def __post_init__(self):
         _need(
@@ -148,6 +167,24 @@ class DataConfig:
             f"known datasets: {', '.join(DATASETS)}",
         )
         _need(self, int(self.image_size) >= 1, "image_size", "must be >= 1")
+        imagenet.parse_classes(self.classes)  # ValueError "classes=...: why"
+        for field in (
+            "classes_per_generation",
+            "images_per_class",
+            "eval_images_per_class",
+        ):
+            _need(self, int(getattr(self, field)) >= 1, field, "must be >= 1")
+        _need(
+            self,
+            self.classes_per_generation <= imagenet.parse_classes(self.classes)[0],
+            "classes_per_generation",
+            f"more than the evolution classes of classes={self.classes!r}",
+        )
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the lifetime pools change every generation (``STREAMS``)."""
+        return self.dataset in STREAMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,8 +463,10 @@ RESUMABLE_CHANGES = frozenset(
 
 def config_changes(previous: dict, current: dict) -> list[str]:
     """The ``section.field`` names whose values differ between two configs' JSON, beyond
-    ``RESUMABLE_CHANGES``."""
-    a, b = flatten(previous), flatten(current)
+    ``RESUMABLE_CHANGES``. A field the previous config lacks (written before the field
+    existed) counts as its dataclass default."""
+    defaults = flatten({n: dataclasses.asdict(cls()) for n, cls in SECTIONS.items()})
+    a, b = defaults | flatten(previous), flatten(current)
     return sorted(
         k
         for k in set(a) | set(b)
@@ -512,10 +551,44 @@ def require_splits(
             )
 
 
-def load_pools(c: ml_collections.ConfigDict) -> dict:
-    """The config's class pools (``data`` section)."""
+def data_options(c: ml_collections.ConfigDict) -> dict:
+    """What a streamed dataset's loader and stream take beyond the folder and image size
+    (``DataConfig``'s class split and pool sizes, and the run's seed); ``{}`` for the
+    others."""
     d = c.data
-    return load_dataset(d.dataset, d.data_dir or None, image_size=d.image_size)
+    if d.dataset not in STREAMS:
+        return {}
+    return {
+        "classes": d.classes,
+        "classes_per_generation": int(d.classes_per_generation),
+        "images_per_class": int(d.images_per_class),
+        "eval_images_per_class": int(d.eval_images_per_class),
+        "seed": int(c.seed),
+    }
+
+
+def load_pools(c: ml_collections.ConfigDict) -> dict:
+    """The config's class pools (``data`` section); for a streamed dataset, its train
+    split is generation 0's lifetime pool."""
+    d = c.data
+    return load_dataset(
+        d.dataset, d.data_dir or None, image_size=d.image_size, **data_options(c)
+    )
+
+
+def pool_stream(c: ml_collections.ConfigDict) -> PoolStream | None:
+    """The pools that change every generation (``{split: ClassPool}``, prepared one
+    generation ahead), for a streamed dataset (``gtl_jax.data.STREAMS``); None for the
+    others, whose pools are the evolution's own all along."""
+    d = c.data
+    if d.dataset not in STREAMS:
+        return None
+    return STREAMS[d.dataset](
+        d.data_dir or None,
+        generations=int(c.evolution.generations),
+        image_size=int(d.image_size),
+        **data_options(c),
+    )
 
 
 def fixed_episodes(
@@ -548,9 +621,16 @@ DEFAULT_CONFIG = "omniglot"
 # One line per field: what `--help` prints for the flag of the same name.
 FIELD_HELP = {
     "seed": "seed of the evolution",
-    "data.dataset": "dataset name: omniglot, cifar_fs, mini_imagenet or npz",
+    "data.dataset": "dataset name: omniglot, cifar_fs, mini_imagenet, imagenet or npz",
     "data.data_dir": "dataset folder; default: $GTL_DATA_DIR or ../shared/data/<dataset>",
     "data.image_size": "images are resized to image_size x image_size",
+    "data.classes": "imagenet: train,val,test class counts of the class split "
+    "(evolution, critics, downstream tasks)",
+    "data.classes_per_generation": "imagenet: evolution classes in a generation's "
+    "lifetime pool, drawn anew every generation",
+    "data.images_per_class": "imagenet: images per class in a generation's lifetime pool",
+    "data.eval_images_per_class": "imagenet: images per class of the critics' and the "
+    "downstream pools (fixed for the run)",
     "model.name": "architecture: vgg11, vgg13, vgg16, resnet12, or a ViT: vit_fs (for "
     "28-84 pixel images), vit_tiny, vit_small",
     "model.width": "width multiplier of every conv layer",
@@ -1014,10 +1094,12 @@ def life_workers(c: ml_collections.ConfigDict) -> int:
 
     Only in one process with one device and the loop strategy: several devices or joined
     processes already share the population (``gtl_jax.executors.population_map``), and vmap
-    runs it as one program. At most one per member.
+    runs it as one program. At most one per member. One for a streamed dataset: each
+    worker would have to decode every generation's pools again.
     """
     if (
-        jax.process_count() > 1
+        c.data.dataset in STREAMS
+        or jax.process_count() > 1
         or jax.device_count() > 1
         or resolve_strategy(c.execution.strategy) != "loop"
     ):

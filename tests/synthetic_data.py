@@ -8,6 +8,7 @@ pixel by pixel. Images are random (seeded), so a wrong transpose or a class mix-
 from __future__ import annotations
 
 import io
+import pathlib
 import pickle
 import tarfile
 
@@ -149,3 +150,99 @@ def write_mini_imagenet_metaoptnet(directory, *, per_class=4, seed=0):
         )
         written.update(images)
     return written
+
+
+# --------------------------------------------------------------------------- ImageNet-1K
+
+# The label ids of the synthetic imagenet2012's classes: 16 of the 1000, spread out.
+IMAGENET_LABELS = tuple(range(3, 1000, 63))
+
+
+def imagenet_color(label_index: int, j: int, split: str) -> tuple[int, int, int]:
+    """The colour of image ``j`` of the ``label_index``-th synthetic class in a split: red
+    codes the class, green the image, blue the split (JPEG keeps flat colours to +-3)."""
+    return (8 + 15 * label_index, 8 + 10 * j, 200 if split == "train" else 60)
+
+
+def write_imagenet2012(
+    data_dir,
+    *,
+    labels=IMAGENET_LABELS,
+    train_per_class=6,
+    validation_per_class=4,
+    shards=2,
+    seed=0,
+):
+    """A prepared tensorflow-datasets ``imagenet2012`` (version 5.1.0) in
+    ``data_dir/imagenet2012/5.1.0/``, as ``tfds build imagenet2012 --file_format=array_record``
+    writes it, without TensorFlow: the builder's own ``dataset_info.json``, ``features.json``
+    and ``label.labels.txt`` (its 1000 WordNet ids), and ``imagenet2012-{train,validation}``
+    array_record shards of serialized ``tf.train.Example``s (``image`` JPEG bytes, ``label``
+    int64, ``file_name``), shuffled across classes. Images are flat colours
+    (``imagenet_color``) of varied sizes and aspect ratios.
+
+    Returns the version folder.
+    """
+    import tensorflow_datasets as tfds
+    from array_record.python import array_record_module
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    builder = tfds.builder(
+        "imagenet2012", data_dir=str(data_dir), file_format="array_record"
+    )
+    folder = pathlib.Path(builder.data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    features = builder.info.features
+    wnids = features["label"].names
+    infos = []
+    for split, per_class in (
+        ("train", train_per_class),
+        ("validation", validation_per_class),
+    ):
+        examples = []
+        for i, label in enumerate(labels):
+            for j in range(per_class):
+                height, width = (int(v) for v in rng.integers(24, 64, 2))
+                pixels = np.empty((height, width, 3), np.uint8)
+                pixels[:] = imagenet_color(i, j, split)
+                buffer = io.BytesIO()
+                Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+                name = (
+                    f"{wnids[label]}_{j}.JPEG"
+                    if split == "train"
+                    else f"ILSVRC2012_val_{len(examples) + 1:08d}.JPEG"
+                )
+                examples.append(
+                    features.serialize_example(
+                        {
+                            "image": io.BytesIO(buffer.getvalue()),
+                            "label": label,
+                            "file_name": name,
+                        }
+                    )
+                )
+        examples = [examples[k] for k in rng.permutation(len(examples))]
+        bounds = np.linspace(0, len(examples), shards + 1).astype(int)
+        for k in range(shards):
+            path = folder / f"imagenet2012-{split}.array_record-{k:05d}-of-{shards:05d}"
+            writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+            for record in examples[bounds[k] : bounds[k + 1]]:
+                writer.write(record)
+            writer.close()
+        infos.append(
+            tfds.core.SplitInfo(
+                name=split,
+                shard_lengths=[int(b - a) for a, b in zip(bounds[:-1], bounds[1:])],
+                num_bytes=sum(len(e) for e in examples),
+                filename_template=tfds.core.ShardedFileTemplate(
+                    data_dir=str(folder),
+                    dataset_name="imagenet2012",
+                    split=split,
+                    filetype_suffix="array_record",
+                ),
+            )
+        )
+    builder.info.set_splits(tfds.core.SplitDict(infos))
+    builder.info.write_to_directory(str(folder))
+    return folder

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from gtl_jax.data.augment import AUGMENTATIONS, augment_fn, random_crop_flip
 from gtl_jax.data.cifar_fs import load_cifar_fs
+from gtl_jax.data.imagenet import imagenet_stream, load_imagenet
 from gtl_jax.data.mini_imagenet import load_mini_imagenet
 from gtl_jax.data.npz import load_npz
 from gtl_jax.data.omniglot import find_omniglot_dir, load_omniglot
@@ -19,17 +20,22 @@ from gtl_jax.data.pool import (
     sample_episode,
     to_float,
 )
+from gtl_jax.data.stream import PoolStream
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "STREAMS",
     "ClassPool",
     "DataError",
     "Episode",
+    "PoolStream",
     "augment_fn",
     "find_omniglot_dir",
     "load_cifar_fs",
+    "imagenet_stream",
     "load_dataset",
+    "load_imagenet",
     "load_mini_imagenet",
     "load_npz",
     "load_omniglot",
@@ -46,7 +52,13 @@ DATASETS: dict[str, Callable[..., dict[str, ClassPool]]] = {
     "cifar_fs": load_cifar_fs,
     "mini_imagenet": load_mini_imagenet,
     "npz": load_npz,
+    "imagenet": load_imagenet,
 }
+# The datasets too large for memory, whose lifetime pools change every generation: name ->
+# stream(data_dir, *, generations, image_size, cache_dir, **options) -> a
+# ``gtl_jax.data.stream.PoolStream`` of ``{split: ClassPool}`` (the splits that change).
+# Their loaders (above) return generation 0's pools and take the same options.
+STREAMS: dict[str, Callable[..., PoolStream]] = {"imagenet": imagenet_stream}
 
 
 def load_dataset(
@@ -55,6 +67,7 @@ def load_dataset(
     *,
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    **options,
 ) -> dict[str, ClassPool]:
     """Loads the class pools of a registered dataset.
 
@@ -62,8 +75,10 @@ def load_dataset(
       name: a key of ``DATASETS``.
       data_dir: passed to the loader (None: the loader searches).
       image_size: S; None means the dataset's default (28 for omniglot, 32 for cifar_fs,
-        84 for mini_imagenet, the file's own for npz).
+        84 for mini_imagenet, 224 for imagenet, the file's own for npz).
       cache_dir: passed to the loader (None: its default).
+      options: passed to the loader (the streamed datasets' class split, pool sizes and
+        seed; see ``gtl_jax.data.imagenet.load_imagenet``).
 
     Returns:
       ``{split: ClassPool}``, e.g. ``'train'``, ``'val'``, ``'test'``.
@@ -75,4 +90,4 @@ def load_dataset(
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     # Leaving image_size out keeps each loader's own default the only one.
     kwargs = {} if image_size is None else {"image_size": image_size}
-    return DATASETS[name](data_dir, cache_dir=cache_dir, **kwargs)
+    return DATASETS[name](data_dir, cache_dir=cache_dir, **kwargs, **options)

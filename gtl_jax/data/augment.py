@@ -29,6 +29,7 @@ DATASET_AUGMENT = {
     "omniglot": "none",
     "cifar_fs": "crop_flip",
     "mini_imagenet": "crop_flip",
+    "imagenet": "crop_flip",
     "npz": "none",
 }
 

@@ -26,6 +26,7 @@ from gtl_jax.distributed import to_host
 from gtl_jax.evolution import (
     Evolution,
     EvolutionState,
+    Pools,
     all_finite,
     diversity,
     generation_keys,
@@ -203,6 +204,7 @@ class HostExecutor:
         hi: int | None = None,
         on_step: Callable[[float], Any] | None = None,
         critic_key: jax.Array | None = None,
+        pools: Pools | None = None,
     ) -> Lives:
         """Steps 1-4 of a generation for the members ``[lo, hi)`` of the population.
 
@@ -218,7 +220,11 @@ class HostExecutor:
             completed.
           critic_key: the key of the critic episodes and critics (``fixed_critics``: the
             same every generation); None: the generation's own.
+          pools: the images to sample from (``Evolution.put_pools``); None: the
+            evolution's own.
         """
+        pools = self.evo.pools if pools is None else pools
+        train_images, val_images = pools.train, pools.val
         c = self.evo.config
         size = c.pop_size
         hi = size if hi is None else hi
@@ -232,16 +238,14 @@ class HostExecutor:
         hosts = self.hosts(block(jax.random.split(host_key, size)), learngenes)
         # 2. Lifetime learning: each individual its own life_way-way task of meta-train classes.
         classes = block(
-            self.sample_tasks(jax.random.split(task_key, size), self.evo.train_images)
+            self.sample_tasks(jax.random.split(task_key, size), train_images)
         )
         life_losses = []
         for step in range(c.life_steps):
             step_keys = block(
                 jax.random.split(jax.random.fold_in(life_key, step), size)
             )
-            hosts, loss = self.life_step(
-                step_keys, hosts, classes, self.evo.train_images
-            )
+            hosts, loss = self.life_step(step_keys, hosts, classes, train_images)
             life_losses.append(loss)
             if on_step is not None:
                 on_step(1.0)
@@ -251,7 +255,7 @@ class HostExecutor:
         # A diverged individual (non-finite loss or learngene) gets NaN fitness: never selected.
         diverged = self.diverged(life_losses, trained)
         # 4. Fitness by critics: the same critic tasks and keys for every individual.
-        episodes, critic_keys = self.critic_episodes(critic_key, self.evo.val_images)
+        episodes, critic_keys = self.critic_episodes(critic_key, val_images)
         result = self.critics(
             *_pairs(critic_keys, episodes, trained, n, c.num_critics), on_step=on_step
         )
@@ -269,6 +273,7 @@ class HostExecutor:
         on_step: Callable[[float], Any] | None = None,
         *,
         workers: Callable[..., Lives] | None = None,
+        pools: Pools | None = None,
     ) -> tuple[EvolutionState, dict[str, Any]]:
         """Runs one generation: ``(key, state) -> (state, metrics)``.
 
@@ -281,9 +286,15 @@ class HostExecutor:
             ``workers(key, learngenes, on_step, critic_key)``
             (``gtl_jax.executors.LifeWorkers``: blocks of members in worker processes);
             None: in this process.
+          pools: this generation's images (``Evolution.put_pools``: a dataset streamed
+            generation by generation); None: the evolution's own. Not with ``workers``,
+            which sample from their own.
         """
+        if pools is not None and workers is not None:
+            raise ValueError("pools are given to this process only, not to its workers")
         if self.strategy == "vmap" and workers is None:
-            state, metrics = self.pure_step(root_key, state, self.evo.pools)
+            pools = self.evo.pools if pools is None else pools
+            state, metrics = self.pure_step(root_key, state, pools)
             if on_step is not None:
                 config = self.evo.config
                 on_step(float(config.life_steps + config.critic_steps))
@@ -294,7 +305,11 @@ class HostExecutor:
         critic_key = self.evo.critic_key(root_key)
         if workers is None:
             life = self.lives(
-                key, state.learngenes, on_step=on_step, critic_key=critic_key
+                key,
+                state.learngenes,
+                on_step=on_step,
+                critic_key=critic_key,
+                pools=pools,
             )
         else:
             life = workers(key, state.learngenes, on_step, critic_key)
