@@ -12,10 +12,13 @@ use, so ``import gtl_jax`` does not import the command line's config and flag ma
 import importlib
 
 # First: under `python -m gtl_jax.<command>` a Ctrl-C while the rest imports is one line too.
-from gtl_jax import stopping  # noqa: F401
+from gtl_jax import (
+    attention,
+    stopping,  # noqa: F401
+)
 from gtl_jax.checkpoint import load_learngene, save_learngene
 from gtl_jax.data import ClassPool, Episode, load_dataset, sample_batch, sample_episode
-from gtl_jax.descendants import Recipe, fine_tune, mean_confidence
+from gtl_jax.descendants import Recipe, fine_tune, fine_tuned, mean_confidence
 from gtl_jax.evolution import (
     Evolution,
     EvolutionConfig,
@@ -42,6 +45,7 @@ from gtl_jax.pretrain import PretrainConfig, pretrain
 __version__ = "0.1.0"
 
 __all__ = [
+    "attention",
     "MODELS",
     "ClassPool",
     "DescendantEvaluator",
@@ -61,6 +65,7 @@ __all__ = [
     "descendant_recipe",
     "extract_learngene",
     "fine_tune",
+    "fine_tuned",
     "host_metrics",
     "init_network",
     "insert_learngene",

@@ -15,7 +15,7 @@ job: ``gtl_jax.executors.DescendantEvaluator``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -208,6 +208,29 @@ class DescendantResult:
     losses: jax.Array
 
 
+def _start(
+    model: nn.Module,
+    recipe: Recipe,
+    key: jax.Array,
+    episode: Episode,
+    learngene: Learngene | None,
+    *,
+    n_way: int,
+    zero_cross: bool,
+) -> tuple[TrainState, Callable]:
+    """A new descendant and its fine-tuning step on the support set (a ``lax.scan`` body)."""
+    tx = make_optimizer(recipe.optimizer, recipe.learning_rate)
+    state = new_descendant(
+        model, key, episode, learngene, recipe, n_way=n_way, zero_cross=zero_cross
+    )
+    step = frozen_bn_step if recipe.batch_norm == "frozen" else train_step
+
+    def body(state, _):
+        return step(model, tx, state, episode.support_x, episode.support_y)
+
+    return state, body
+
+
 def fine_tune(
     model: nn.Module,
     recipe: Recipe,
@@ -234,16 +257,10 @@ def fine_tune(
       A ``DescendantResult`` of one descendant: instinct f32[], curve f32[T], final f32[],
       losses f32[S].
     """
-    tx = make_optimizer(recipe.optimizer, recipe.learning_rate)
-    state = new_descendant(
-        model, key, episode, learngene, recipe, n_way=n_way, zero_cross=zero_cross
+    state, body = _start(
+        model, recipe, key, episode, learngene, n_way=n_way, zero_cross=zero_cross
     )
     instinct = instinct_accuracy(model, state, episode, n_way=n_way)
-    step = frozen_bn_step if recipe.batch_norm == "frozen" else train_step
-
-    def body(state, _):
-        return step(model, tx, state, episode.support_x, episode.support_y)
-
     points = recipe.curve_steps if curve else (recipe.steps,)
     accuracies, losses, done = [], [], 0
     for point in points:
@@ -274,15 +291,9 @@ def fine_tuned(
 ) -> TrainState:
     """The network ``fine_tune`` scores: the descendant after its ``recipe.steps`` steps
     (the same key, episode and learngene give the same network). Pure, vmappable."""
-    tx = make_optimizer(recipe.optimizer, recipe.learning_rate)
-    state = new_descendant(
-        model, key, episode, learngene, recipe, n_way=n_way, zero_cross=zero_cross
+    state, body = _start(
+        model, recipe, key, episode, learngene, n_way=n_way, zero_cross=zero_cross
     )
-    step = frozen_bn_step if recipe.batch_norm == "frozen" else train_step
-
-    def body(state, _):
-        return step(model, tx, state, episode.support_x, episode.support_y)
-
     state, _ = jax.lax.scan(body, state, None, length=recipe.steps)
     return state
 

@@ -647,16 +647,15 @@ def read_cache(
         return None
 
 
-def write_cache(path: pathlib.Path, pools: dict[str, ClassPool]) -> None:
-    """Writes the cache atomically; failing to write only costs a warning."""
-    arrays = {}
-    for split, pool in pools.items():
-        arrays[f"{split}_images"] = np.asarray(pool.images)
-        arrays[f"{split}_class_names"] = np.asarray(pool.class_names, dtype=str)
+def write_npz_atomic(
+    path: pathlib.Path, arrays: dict[str, np.ndarray], what: str
+) -> None:
+    """Writes ``arrays`` to the ``.npz`` file ``path`` atomically; failing to write only
+    costs a warning naming ``what`` (a cache is rebuilt when missing)."""
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file + os.replace: a concurrent reader sees no cache or a whole one.
+        # Temp file + os.replace: a concurrent reader sees no file or a whole one.
         with tempfile.NamedTemporaryFile(
             dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False
         ) as f:
@@ -666,9 +665,18 @@ def write_cache(path: pathlib.Path, pools: dict[str, ClassPool]) -> None:
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
     except OSError as e:
-        warnings.warn(f"could not write the dataset cache {path}: {e}", stacklevel=3)
+        warnings.warn(f"could not write {what} {path}: {e}", stacklevel=3)
         if tmp_name is not None:
             pathlib.Path(tmp_name).unlink(missing_ok=True)
+
+
+def write_cache(path: pathlib.Path, pools: dict[str, ClassPool]) -> None:
+    """Writes the cache atomically; failing to write only costs a warning."""
+    arrays = {}
+    for split, pool in pools.items():
+        arrays[f"{split}_images"] = np.asarray(pool.images)
+        arrays[f"{split}_class_names"] = np.asarray(pool.class_names, dtype=str)
+    write_npz_atomic(path, arrays, "the dataset cache")
 
 
 def cached_pools(

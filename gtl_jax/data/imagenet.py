@@ -65,7 +65,6 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Sequence
 
@@ -80,6 +79,7 @@ from gtl_jax.data.files import (
     candidate_dirs,
     check_image_size,
     default_cache_dir,
+    write_npz_atomic,
 )
 from gtl_jax.data.pool import ClassPool, DataError
 from gtl_jax.data.stream import PoolStream
@@ -444,20 +444,7 @@ def _read_index(path: pathlib.Path) -> dict[str, np.ndarray] | None:
 
 
 def _write_index(path: pathlib.Path, labels: dict[str, np.ndarray]) -> None:
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False
-        ) as f:
-            tmp_name = f.name
-            np.savez(f, **labels)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except OSError as e:
-        warnings.warn(f"could not write the imagenet index {path}: {e}", stacklevel=3)
-        if tmp_name is not None:
-            pathlib.Path(tmp_name).unlink(missing_ok=True)
+    write_npz_atomic(path, labels, "the imagenet index")
 
 
 def index_path(
