@@ -453,7 +453,9 @@ def attention_figure(
         label = row
         if shares and row in shares:
             inside, area = shares[row]
-            label = f"{row}\n{100 * inside:.0f}% on foreground\n(area {100 * area:.0f}%)"
+            label = (
+                f"{row}\n{100 * inside:.0f}% on foreground\n(area {100 * area:.0f}%)"
+            )
         for i in range(n):
             ax = axes[r, i]
             ax.set_xticks([])

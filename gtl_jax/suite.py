@@ -184,7 +184,8 @@ def pretrained_network(
         "final_loss": float(losses[-100:].mean()) if losses.size else None,
     }
     variables = {"params": state.params}
-    if state.batch_stats:  # none in a ViT: the model's own variables, restorable as such
+    # A ViT has no BatchNorm: its saved variables are then the model's own, as restored.
+    if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     checkpoint.save_network(path, variables, meta)
     return variables, meta
