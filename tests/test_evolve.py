@@ -210,14 +210,14 @@ def test_a_vit_evolves_and_its_learngene_is_inherited(tmp_path, capsys):
             "--workdir",
             str(inherited),
             # pretrain-circuit: a ViT's pre-trained baselines need no conv layers.
-            "--config.suite.methods=learngene,scratch,pretrain-circuit",
+            "--config.suite.methods=learngene,pretrain-circuit",
             "--config.suite.heads=random",
         ]
     )
     assert code == 0
     assert (inherited / "attention.png").stat().st_size > 0
     focus = json.loads((inherited / "results.json").read_text())["attention"]
-    assert set(focus) == {"learngene", "scratch", "pretrain-circuit"}
+    assert set(focus) == {"learngene", "pretrain-circuit"}
     for f in focus.values():
         assert 0 < f["foreground_share"] <= 1 and 0 < f["foreground_area"] <= 1
         assert f["images"] == 3 * 5 * 15  # inherit_episodes x (5-way x 15 queries)
