@@ -24,8 +24,9 @@ classes and ``data.images_per_class`` = 100 train images of each (decoded in a b
 thread while the previous generation trains: never the whole dataset in memory); critics use
 20 train images of each critic class, drawn once per seed; the final table 20 of the
 official validation images of each held-out class. Lifetime tasks are 50-way, with crop and
-flip augmentation; the loop is the paper configs' (``_paper.py``: 12 hosts, 20 generations,
-200 lifetime steps, 4 critics of 50 steps, 600 test episodes).
+flip augmentation, trained with Adam at 1e-3 (as the omniglot config's vit variant: ViTs hardly
+learn in a lifetime with the CNNs' SGD); the loop is the paper configs' (``_paper.py``: 12
+hosts, 20 generations, 200 lifetime steps, 4 critics of 50 steps, 600 test episodes).
 
 Expected time per generation: an estimate from FLOP counts, not measured (no GPU or TPU here).
 ViT-Small at 224x224 is 9.27 GFLOP per image forward and 28.3 GFLOP per image forward and

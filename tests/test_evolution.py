@@ -8,7 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gtl_jax.evolution import mutate, reproduce, sanitize_fitness, tournament_select
+from gtl_jax.evolution import (
+    EvolutionConfig,
+    mutate,
+    reproduce,
+    sanitize_fitness,
+    tournament_select,
+)
 
 
 def _learngene(key, pop=None):
@@ -68,6 +74,13 @@ def test_tournament_same_key_same_result_and_divisibility():
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="divisible"):
         tournament_select(jax.random.key(3), fitness, tournament_size=2)
+
+
+def test_lifetime_optimizer_is_checked_and_adam_keeps_the_sgd_default():
+    assert EvolutionConfig().life_optimizer == "sgd"  # the CNNs' published numbers
+    assert EvolutionConfig(life_optimizer="adam").life_optimizer == "adam"
+    with pytest.raises(ValueError, match="^life_optimizer='rmsprop': must be one of"):
+        EvolutionConfig(life_optimizer="rmsprop")
 
 
 def test_mutate_sigma_zero_or_rate_zero_is_identity():
