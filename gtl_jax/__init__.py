@@ -20,6 +20,7 @@ from gtl_jax.checkpoint import load_learngene, save_learngene
 from gtl_jax.data import ClassPool, Episode, load_dataset, sample_batch, sample_episode
 from gtl_jax.descendants import Recipe, fine_tune, fine_tuned, mean_confidence
 from gtl_jax.evolution import (
+    Evaluation,
     Evolution,
     EvolutionConfig,
     EvolutionState,
@@ -41,6 +42,7 @@ from gtl_jax.learngene import (
 from gtl_jax.models import MODELS, build_model
 from gtl_jax.population import TrainState, init_network, train_step
 from gtl_jax.pretrain import PretrainConfig, pretrain
+from gtl_jax.sharding import Placement
 
 __version__ = "0.1.0"
 
@@ -50,11 +52,13 @@ __all__ = [
     "ClassPool",
     "DescendantEvaluator",
     "Episode",
+    "Evaluation",
     "Evolution",
     "EvolutionConfig",
     "EvolutionState",
     "HostExecutor",
     "LearngeneSpec",
+    "Placement",
     "Pools",
     "PretrainConfig",
     "Recipe",

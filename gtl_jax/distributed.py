@@ -1,7 +1,7 @@
 """Several processes: joining them, launching them on one machine, moving results between them.
 
 JAX's multi-process runtime (``jax.distributed``) makes the devices of every process one global
-device list; ``gtl_jax.population`` shards the population over all of them, so each process
+device list; ``gtl_jax.sharding`` shards the population over all of them, so each process
 trains the members on its own devices. Two uses:
 
 - Several hosts (``--config.execution.distributed=true``): each host runs the command itself; the cluster tells

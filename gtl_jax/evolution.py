@@ -1,31 +1,36 @@
-"""The evolutionary loop of GTL: hosts, lifetime learning, extraction, critic
-fitness, tournament selection, mutation with elitism, lineage.
+"""The evolutionary loop of GTL: hosts, lifetime learning, extraction, critic fitness,
+tournament selection, mutation with elitism, lineage.
 
-Everything here is pure. The operators (``tournament_select``, ``mutate``, ``reproduce``)
-are jittable functions of one key and arrays. ``Evolution`` is built once from the models, the
-learngene spec, the config and the image pools; its ``step(root_key, state) -> (state,
-metrics)`` is one whole generation, which can be jitted, scanned over generations (``run``)
-and vmapped over seeds (``evolve``). The key of generation g is ``fold_in(root_key, g)``, so a
-resumed run replays the same stream.
+Everything here is pure, and a generation is split where evosax splits a strategy:
 
-How a generation runs on a machine is not decided here: ``step`` vmaps every member (the
-GPU/TPU form), and ``gtl_jax.executors.HostExecutor`` drives the same per-member functions
-from the host (the faster form on CPU). This module never imports the executors.
+- ``Evolution.ask``: what the members are asked to do this generation (their keys and
+  lifetime tasks, the critics' episodes).
+- ``Evolution.evaluate``: steps 1-4, per member: a host inherits the learngene, learns in
+  life, passes on its trained circuit, critics fine-tune on it (``evaluate_member``). This is
+  the part an execution strategy decides: vmapped here, padded and sharded over devices by
+  ``gtl_jax.sharding.Placement``, looped or farmed out to worker processes by
+  ``gtl_jax.executors.HostExecutor``.
+- ``Evolution.tell``: steps 5-6 and everything a generation reports, written once: the
+  lineage score, selection, the elite, mutation, the next state and the metrics. Every
+  strategy calls this same function.
+
+``step = tell(evaluate)`` is one whole generation, ``(root_key, state) -> (state,
+metrics)``: jit it, scan it over generations (``run``), vmap it over seeds (``evolve``). The
+key of generation g is ``fold_in(root_key, g)``, so a resumed run replays the same stream.
+The operators (``tournament_select``, ``mutate``, ``reproduce``) are ``gtl_jax.operators``'.
+This module never asks how many devices exist and never imports the executors.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from flax import struct
 
-from gtl_jax.data.augment import AUGMENTATIONS, augment_fn
+from gtl_jax.data.augment import augment_fn
 from gtl_jax.data.pool import Episode, sample_batch, sample_classes, sample_episode
 from gtl_jax.descendants import Recipe, fine_tune
 from gtl_jax.learngene import (
@@ -34,327 +39,49 @@ from gtl_jax.learngene import (
     close_circuit,
     extract_learngene,
     insert_learngene,
-    parameter_keys,
 )
-from gtl_jax.population import (
-    OPTIMIZERS,
-    TrainState,
-    init_network,
-    make_optimizer,
-    population_mesh,
-    population_sharding,
-    replicate,
-    replicated_sharding,
-    train_step,
+from gtl_jax.operators import (
+    all_finite,
+    diversity,
+    fitness_statistics,
+    mutate,
+    pairs,
+    reproduce,
+    sanitize_fitness,
+    tournament_select,
+)
+from gtl_jax.population import TrainState, init_network, make_optimizer, train_step
+from gtl_jax.state import (
+    CRITIC_STREAM,
+    SELECTIONS,
+    Evaluation,
+    EvolutionConfig,
+    EvolutionState,
+    Pools,
+    Tasks,
+    generation_keys,
+    host_metrics,
 )
 
-# --------------------------------------------------------------------------- operators
-
-
-def sanitize_fitness(fitness: jax.Array) -> jax.Array:
-    """NaN or infinite fitness becomes ``-inf``: the worst possible, never selected over a number."""
-    return jnp.where(jnp.isfinite(fitness), fitness, -jnp.inf)
-
-
-def tournament_select(
-    key: jax.Array, fitness: jax.Array, *, tournament_size: int
-) -> jax.Array:
-    """Shuffles the population into groups of ``tournament_size``; the fittest of each wins.
-
-    Args:
-      key: PRNG key.
-      fitness: f32[P], higher is better; NaN/inf count as the worst.
-      tournament_size: k; P must be divisible by k.
-
-    Returns:
-      i32[P // k], the index of each group's winner. Ties go to the first in the shuffled group;
-      a group whose fitness values are all non-finite sends the population's best.
-    """
-    size = fitness.shape[0]
-    if size % tournament_size:
-        raise ValueError(
-            f"population size {size} is not divisible by tournament_size {tournament_size}"
-        )
-    safe = sanitize_fitness(fitness)
-    groups = jax.random.permutation(key, size).reshape(-1, tournament_size)
-    scores = safe[groups]
-    winners = groups[jnp.arange(groups.shape[0]), jnp.argmax(scores, axis=1)]
-    # A group with no finite fitness sends the population's best instead: a NaN or infinite
-    # individual never wins while any individual is finite.
-    winners = jnp.where(jnp.isfinite(scores.max(axis=1)), winners, jnp.argmax(safe))
-    return winners.astype(jnp.int32)
-
-
-def mutate(
-    key: jax.Array, learngene: Learngene, *, sigma: float, rate: float
-) -> Learngene:
-    """Gaussian mutation of one learngene, scaled to each tensor's standard deviation.
-
-    Each parameter tensor (kernel, BN scale and bias, a ViT's embeddings and LayerNorm
-    parameters; never the running statistics) is perturbed with probability ``rate`` by
-    ``sigma * std(tensor) * N(0, 1)``. ``sigma = 0`` is the identity.
-    """
-    # All tensors share one flat normal draw: one RNG call compiles in a fraction of a second,
-    # where one call per tensor under vmap took over 20 s of XLA CPU compile time.
-    slots = [
-        (name, k) for name in sorted(learngene) for k in parameter_keys(learngene[name])
-    ]
-    tensors = [learngene[name][k] for name, k in slots]
-    sizes = np.array([t.size for t in tensors])
-    apply_key, noise_key = jax.random.split(key)
-    apply = jax.random.bernoulli(apply_key, rate, (len(slots),))
-    scale = sigma * jnp.stack([jnp.std(t) for t in tensors]) * apply
-    flat = jnp.concatenate([t.ravel() for t in tensors])
-    noise = jax.random.normal(noise_key, flat.shape, flat.dtype)
-    flat = flat + jnp.repeat(scale, sizes, total_repeat_length=int(sizes.sum())) * noise
-    out = {name: dict(gene) for name, gene in learngene.items()}
-    for (name, k), t, piece in zip(
-        slots, tensors, jnp.split(flat, np.cumsum(sizes)[:-1])
-    ):
-        out[name][k] = piece.reshape(t.shape)
-    return out
-
-
-def reproduce(
-    key: jax.Array,
-    learngenes: Learngene,
-    fitness: jax.Array,
-    *,
-    tournament_size: int,
-    sigma: float,
-    rate: float,
-    selection: str = "tournament",
-) -> tuple[Learngene, jax.Array]:
-    """The next generation: the best learngene unchanged, then mutated copies of the winners.
-
-    Args:
-      learngenes: a stacked learngene, leading axis P.
-      fitness: f32[P], what selection ranks (fitness, or a lineage score).
-      selection: "tournament", or "none": every parent drawn uniformly at random (the
-        control that isolates what selection adds; ``fitness`` is ignored).
-
-    Returns:
-      ``(next_learngenes, parents: i32[P])``; slot 0 holds the elite, slot i > 0 a mutated copy
-      of winner ``i - 1 mod (P // k)``.
-    """
-    select_key, mutate_key = jax.random.split(key)
-    size = fitness.shape[0]
-    if selection == "none":
-        # The no-selection control: the same reproduction and mutation, parents drawn
-        # uniformly at random (slot 0 an unmutated copy, as the elite's would be).
-        parents = jax.random.randint(select_key, (size,), 0, size, jnp.int32)
-    else:
-        elite = jnp.argmax(sanitize_fitness(fitness)).astype(jnp.int32)
-        winners = tournament_select(
-            select_key, fitness, tournament_size=tournament_size
-        )
-        parents = jnp.concatenate(
-            [elite[None], winners[jnp.arange(size - 1) % winners.shape[0]]]
-        )
-    children = jax.tree.map(lambda x: x[parents], learngenes)
-    mutated = jax.vmap(functools.partial(mutate, sigma=sigma, rate=rate))(
-        jax.random.split(mutate_key, size), children
-    )
-    is_elite = jnp.arange(size) == 0
-    next_learngenes = jax.tree.map(
-        lambda m, c: jnp.where(is_elite.reshape((-1,) + (1,) * (m.ndim - 1)), c, m),
-        mutated,
-        children,
-    )
-    return next_learngenes, parents
-
-
-def pairs(keys, episodes, genes, members: int, per_member: int):
-    """Every (member, episode) pair, member-major: the keys and episodes tiled ``members``
-    times, the stacked genes each repeated ``per_member`` times. Pure."""
-    tile = lambda x: jnp.tile(x, (members,) + (1,) * (x.ndim - 1))  # noqa: E731
-    repeat = lambda x: jnp.repeat(x, per_member, axis=0)  # noqa: E731
-    return tile(keys), jax.tree.map(tile, episodes), jax.tree.map(repeat, genes)
-
-
-def all_finite(learngenes: Learngene) -> jax.Array:
-    """bool[P]: whether every value of each individual's learngene is finite."""
-    return jnp.stack(
-        [
-            jnp.isfinite(x).reshape(x.shape[0], -1).all(1)
-            for x in jax.tree.leaves(learngenes)
-        ]
-    ).all(0)
-
-
-def diversity(learngenes: Learngene) -> jax.Array:
-    """Mean over layers of the across-population std of the kernel, relative to its std."""
-    values = [
-        jnp.mean(jnp.std(gene["kernel"], axis=0)) / (jnp.std(gene["kernel"]) + 1e-12)
-        for gene in learngenes.values()
-        if "kernel" in gene
-    ]
-    return jnp.mean(jnp.stack(values))
-
-
-def generation_keys(key: jax.Array) -> jax.Array:
-    """A generation's keys: hosts, tasks, lifetime steps, critics, reproduction."""
-    return jax.random.split(key, 5)
-
-
-# --------------------------------------------------------------------------- state
-
-
-@struct.dataclass
-class EvolutionState:
-    """Everything a run needs to continue; every array of ``learngenes`` has a leading P.
-
-    Attributes:
-      generation: i32[], the number of generations completed.
-      learngenes: the learngenes of the next hosts (stacked, leading P).
-      parents: i32[P], lineage: the index (in the previous generation) of each one's parent.
-      best_learngene: the fittest trained learngene of the last completed generation.
-      best_fitness: f32[], its fitness.
-      scores: f32[P], the lineage score each next host inherits from its parent
-        (``selection="score"``; zeros otherwise).
-      trained: the trained learngenes of the last completed generation (stacked, leading
-        P), from which the final learngene is chosen (``choose_final``).
-      fitness: f32[P], their fitness (NaN for diverged ones).
-    """
-
-    generation: jax.Array
-    learngenes: Learngene
-    parents: jax.Array
-    best_learngene: Learngene
-    best_fitness: jax.Array
-    scores: jax.Array
-    trained: Learngene
-    fitness: jax.Array
-
-
-@struct.dataclass
-class Pools:
-    """The images a generation samples from: an argument of the pure functions, so that a
-    jitted generation takes the pools as inputs instead of embedding them as constants.
-
-    Attributes:
-      train: u8[C_train, M, H, W, Ch], the meta-train classes (lifetime tasks).
-      val: u8[C_val, M, H, W, Ch], the meta-validation classes (critic episodes).
-    """
-
-    train: jax.Array
-    val: jax.Array
-
-
-def host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A generation's array metrics (``Evolution.step``) as the JSON-ready values a run logs:
-    Python numbers and lists."""
-    m = jax.device_get(metrics)
-    out = {}
-    for k, v in m.items():
-        v = np.asarray(v)
-        if v.ndim:
-            out[k] = v.tolist()
-        elif v.dtype.kind in "iub":
-            out[k] = int(v)
-        else:
-            out[k] = float(v)
-    return out
-
-
-# What tournaments rank: raw fitness; the lineage score (ECO's learngene score: fitness plus
-# the parent's score decayed by score_decay); or nothing (parents drawn at random: a control).
-SELECTIONS = ("tournament", "score", "none")
-# The stream of the fixed critic episodes (fixed_critics), folded into the root key.
-CRITIC_STREAM = 2**31 - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class EvolutionConfig:
-    """The sizes and knobs of the loop; the defaults are the default config's
-    (``configs/omniglot.py`` builds its ``evolution`` section from them).
-
-    Attributes (beyond the sizes):
-      generations: G, the number of generations a run evolves.
-      life_optimizer: "sgd" (with ``life_momentum``) or "adam" (ViTs learn little in a
-        lifetime with SGD), at ``life_lr`` with ``life_weight_decay`` as L2.
-      critic_steps: fine-tuning steps of each critic (the critics otherwise follow the
-        descendants' recipe).
-      life_closed: keep the weights from non-gene inputs into gene outputs at zero during
-        lifetime learning, so the circuit a host trains is the closed sub-network it passes
-        on (otherwise extraction cuts weights the circuit relied on in life).
-      fixed_critics: every generation's critics fine-tune on the same meta-validation
-        episodes and keys (drawn from the root key), so fitness is comparable across
-        generations; otherwise each generation draws new ones.
-      selection: "tournament" (on fitness), "score" (on the lineage score) or "none".
-      score_decay: the weight of the parent's score in a child's lineage score.
-      final_candidates: the fittest members of the last generation re-scored before the
-        final learngene is chosen (``HostExecutor.choose_final``).
-      rescore_episodes: the meta-validation episodes they are re-scored on (0: the fittest
-        is chosen).
-
-    Raises:
-      ValueError: a field is impossible; the message starts with ``field=value:``.
-    """
-
-    pop_size: int = 9
-    tournament_size: int = 3
-    generations: int = 8
-    life_way: int = 50
-    life_steps: int = 100
-    life_batch: int = 32
-    life_optimizer: str = "sgd"
-    life_lr: float = 0.05
-    life_momentum: float = 0.9
-    life_weight_decay: float = 5e-4
-    num_critics: int = 4
-    critic_way: int = 5
-    critic_shot: int = 1
-    critic_query: int = 15
-    critic_steps: int = 20
-    mutation_sigma: float = 0.1
-    mutation_rate: float = 0.5
-    zero_cross: bool = True
-    augment: str = "none"
-    life_closed: bool = True
-    fixed_critics: bool = True
-    selection: str = "tournament"
-    score_decay: float = 0.6
-    final_candidates: int = 3
-    rescore_episodes: int = 100
-
-    def __post_init__(self):
-        def need(ok: bool, field: str, why: str) -> None:
-            if not ok:
-                raise ValueError(f"{field}={getattr(self, field)!r}: {why}")
-
-        for field in (
-            "pop_size",
-            "tournament_size",
-            "generations",
-            "life_way",
-            "life_batch",
-            "num_critics",
-            "critic_way",
-            "critic_shot",
-            "critic_query",
-            "final_candidates",
-        ):
-            need(int(getattr(self, field)) >= 1, field, "must be >= 1")
-        for field in ("life_steps", "critic_steps", "rescore_episodes"):
-            need(int(getattr(self, field)) >= 0, field, "must be >= 0")
-        need(
-            self.pop_size % self.tournament_size == 0,
-            "pop_size",
-            f"must be divisible by tournament_size={self.tournament_size}",
-        )
-        need(self.mutation_sigma >= 0, "mutation_sigma", "must be >= 0")
-        need(0 <= self.mutation_rate <= 1, "mutation_rate", "must be in [0, 1]")
-        need(
-            self.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}"
-        )
-        need(
-            self.life_optimizer in OPTIMIZERS,
-            "life_optimizer",
-            f"must be one of {OPTIMIZERS}",
-        )
-        need(self.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}")
-        need(0 <= self.score_decay <= 1, "score_decay", "must be in [0, 1]")
+__all__ = [  # the operators and the state's types, importable from here too
+    "Evaluation",
+    "Evolution",
+    "EvolutionConfig",
+    "EvolutionState",
+    "Pools",
+    "SELECTIONS",
+    "Tasks",
+    "all_finite",
+    "diversity",
+    "fitness_statistics",
+    "generation_keys",
+    "host_metrics",
+    "mutate",
+    "pairs",
+    "reproduce",
+    "sanitize_fitness",
+    "tournament_select",
+]
 
 
 class Evolution:
@@ -398,11 +125,12 @@ class Evolution:
         self.config, self.spec = config, spec
         self.life_model, self.critic_model = life_model, critic_model
         self.critic_recipe = critic_recipe
-        # Several devices: the population is sharded over them (``place``) and the pools,
-        # which every member samples from, are replicated onto each device once.
-        self.mesh = population_mesh()
-        train_images, val_images = replicate((train_images, val_images), self.mesh)
-        self.train_images, self.val_images = train_images, val_images
+        # Where the pools live is the runtime's choice (``gtl_jax.sharding``); here they
+        # are arrays the pure functions take as arguments (``pools``).
+        self.train_images, self.val_images = (
+            jnp.asarray(train_images),
+            jnp.asarray(val_images),
+        )
         self.image_shape = tuple(train_images.shape[2:])
         c = config
         tx = make_optimizer(
@@ -468,7 +196,7 @@ class Evolution:
 
         self._random_genes = jax.jit(jax.vmap(random_gene_fn))
 
-    # ----------------------------------------------------------------- the pure generation
+    # ----------------------------------------------------------------- pools and state
 
     @property
     def pools(self) -> Pools:
@@ -476,50 +204,46 @@ class Evolution:
         return Pools(self.train_images, self.val_images)
 
     def put_pools(self, train: Any = None, val: Any = None) -> Pools:
-        """Pools for the pure functions, placed as the evolution's own are (replicated on
-        every device of the mesh; each process fills its own devices from its copy, so every
-        process must pass the same images): ``train`` and ``val`` (host or device arrays;
+        """Pools for the pure functions: ``train`` and ``val`` (host or device arrays;
         None: the evolution's own). A dataset streamed generation by generation hands each
-        generation's pools to ``step`` (or ``HostExecutor.generation``) this way.
+        generation's pools to ``step`` this way (``HostExecutor.put_pools`` also places
+        them on the devices).
 
         Raises:
           ValueError: a pool's shape or dtype differs from the evolution's own (the jitted
             generation would compile again for every new shape).
         """
-        placed = []
+        checked = []
         for name, new, own in (
             ("train", train, self.train_images),
             ("val", val, self.val_images),
         ):
-            if new is None:
-                placed.append(own)
-                continue
-            if tuple(new.shape) != tuple(own.shape) or new.dtype != own.dtype:
+            if new is not None and (
+                tuple(new.shape) != tuple(own.shape) or new.dtype != own.dtype
+            ):
                 raise ValueError(
                     f"the {name} pool is {new.dtype}{list(new.shape)}; the evolution's "
                     f"is {own.dtype}{list(own.shape)}"
                 )
-            placed.append(
-                jax.device_put(new) if self.mesh is None else replicate(new, self.mesh)
-            )
-        return Pools(*placed)
+            checked.append(own if new is None else jnp.asarray(new))
+        return Pools(*checked)
 
     def init(self, key: jax.Array) -> EvolutionState:
         """Generation 0: the circuits of P randomly initialised networks. Pure."""
         size = self.config.pop_size
         learngenes = self._random_genes(jax.random.split(key, size))
-        best = jax.tree.map(lambda x: x[0], learngenes)
-        state = EvolutionState(
+        return EvolutionState(
             generation=jnp.int32(0),
             learngenes=learngenes,
             parents=jnp.arange(size, dtype=jnp.int32),
-            best_learngene=best,
+            best_learngene=jax.tree.map(lambda x: x[0], learngenes),
             best_fitness=jnp.float32(-jnp.inf),
             scores=jnp.zeros((size,), jnp.float32),
             trained=learngenes,
             fitness=jnp.full((size,), jnp.nan, jnp.float32),
         )
-        return self.place(state)
+
+    # ----------------------------------------------------------------- ask
 
     def sample_tasks(self, keys: jax.Array, train_images: jax.Array) -> jax.Array:
         """One lifetime task per key: i32[len(keys), life_way] meta-train classes. Pure."""
@@ -550,83 +274,134 @@ class Evolution:
         )
         return episodes, jax.random.split(init_key, n)
 
-    def step(
-        self, root_key: jax.Array, state: EvolutionState, pools: Pools | None = None
-    ) -> tuple[EvolutionState, dict[str, jax.Array]]:
-        """One generation as one pure function: ``(key, state) -> (state, metrics)``.
+    def critic_key(self, root_key: jax.Array) -> jax.Array | None:
+        """The key of every generation's critics with ``fixed_critics``; else None (each
+        generation draws its own)."""
+        if not self.config.fixed_critics:
+            return None
+        return jax.random.fold_in(root_key, CRITIC_STREAM)
 
-        Hosts inherit, learn in life (``lax.scan`` over the lifetime steps), pass on their
-        trained circuits, critics fine-tune on them (vmapped), tournaments select, the elite
-        is kept, the winners' copies mutate. Every member is vmapped: the form for GPU/TPU,
-        where one program of the whole population beats a loop of small ones; on CPU a host
-        executor (``gtl_jax.executors``) runs the same per-member functions faster.
-
-        ``jax.jit`` it, ``lax.scan`` it over generations (``run``), ``jax.vmap`` it over
-        seeds (``evolve``). The key of generation g is ``fold_in(root_key, g)``, as in the
-        host executors, which compute the same numbers up to float rounding.
-
-        Args:
-          root_key: the run's root key.
-          state: the state after g generations.
-          pools: the image pools; None: the evolution's own, which a jit then embeds as
-            constants (pass ``evo.pools`` as an argument for large pools).
-
-        Returns:
-          The next state and the generation's metrics, arrays (``host_metrics`` turns them
-          into the values a run logs): fitness f32[P] (NaN: diverged), its max, mean, min
-          and 95% half-width over the finite ones, lineage scores, parents, the elite's
-          index, divergences, lifetime losses, the critics' mean instinct, diversity.
-        """
+    def ask(
+        self, root_key: jax.Array, generation: jax.Array, pools: Pools | None = None
+    ) -> Tasks:
+        """What the members of generation ``generation`` are asked to do: their keys and
+        lifetime tasks, and the critics' episodes. Pure; the keys come from
+        ``fold_in(root_key, generation)``, so any strategy computes the same members."""
         pools = self.pools if pools is None else pools
         c = self.config
         size = c.pop_size
-        key = jax.random.fold_in(root_key, state.generation)
-        host_key, task_key, life_key, generation_critic_key, next_key = generation_keys(
-            key
-        )
+        key = jax.random.fold_in(root_key, generation)
+        host_key, task_key, life_key, generation_critic_key, _ = generation_keys(key)
         critic_key = self.critic_key(root_key)
         if critic_key is None:
             critic_key = generation_critic_key
-
-        # 1. Hosts: every learngene into a fresh network (its own key).
-        hosts = jax.vmap(self.host_fn)(
-            jax.random.split(host_key, size), state.learngenes
-        )
-        # 2. Lifetime learning: each its own life_way-way task of meta-train classes.
-        classes = self.sample_tasks(jax.random.split(task_key, size), pools.train)
-
-        def life_step(hosts, step):
-            keys = jax.random.split(jax.random.fold_in(life_key, step), size)
-            return jax.vmap(self.life_step_fn, in_axes=(0, 0, 0, None))(
-                keys, hosts, classes, pools.train
-            )
-
-        hosts, life_losses = jax.lax.scan(life_step, hosts, jnp.arange(c.life_steps))
-        if c.life_steps == 0:
-            life_losses = jnp.zeros((1, size), jnp.float32)
-        # 3. Extraction: what was learned in life is inherited.
-        trained = jax.vmap(self.extract_fn)(hosts)
-        diverged = ~jnp.all(jnp.isfinite(life_losses), axis=0) | ~all_finite(trained)
-        # 4. Fitness by critics: the same critic episodes and keys for every member.
+        # Step s of member m draws from split(fold_in(life_key, s), P)[m].
+        life_keys = jax.vmap(
+            lambda s: jax.random.split(jax.random.fold_in(life_key, s), size),
+            out_axes=1,
+        )(jnp.arange(c.life_steps))
         episodes, critic_keys = self.critic_episodes(critic_key, pools.val)
-        result = jax.vmap(self.critic_fn)(
-            *pairs(critic_keys, episodes, trained, size, c.num_critics)
-        )
-        fitness = result.final.reshape(size, c.num_critics).mean(axis=1)
-        # 5-6. Tournaments, elitism, mutation, lineage.
-        return self._advance(
-            next_key, state, trained, life_losses, diverged, fitness, result.instinct
+        return Tasks(
+            host_keys=jax.random.split(host_key, size),
+            classes=self.sample_tasks(jax.random.split(task_key, size), pools.train),
+            life_keys=life_keys,
+            episodes=episodes,
+            critic_keys=critic_keys,
         )
 
-    def _advance(self, key, state, trained, life_losses, diverged, fitness, instinct):
-        """Steps 5-6 of the pure generation and its metrics."""
+    # ----------------------------------------------------------------- evaluate
+
+    def evaluate_member(
+        self,
+        host_key: jax.Array,
+        classes: jax.Array,
+        life_keys: jax.Array,
+        learngene: Learngene,
+        episodes: Episode,
+        critic_keys: jax.Array,
+        train_images: jax.Array,
+    ) -> Evaluation:
+        """Steps 1-4 for one member (unbatched fields): the learngene into a fresh host,
+        ``life_steps`` of lifetime learning on its task (``lax.scan``), the trained circuit
+        extracted, and fine-tuned by each critic on the shared episodes. Pure."""
+        hosts = self.host_fn(host_key, learngene)
+
+        def life_step(hosts, key):
+            return self.life_step_fn(key, hosts, classes, train_images)
+
+        hosts, losses = jax.lax.scan(life_step, hosts, life_keys)
+        if self.config.life_steps == 0:
+            losses = jnp.zeros((1,), jnp.float32)
+        trained = self.extract_fn(hosts)
+        diverged = (
+            ~jnp.all(jnp.isfinite(losses))
+            | ~all_finite(jax.tree.map(lambda x: x[None], trained))[0]
+        )
+        critics = jax.vmap(self.critic_fn, in_axes=(0, 0, None))(
+            critic_keys, episodes, trained
+        )
+        return Evaluation(
+            trained=trained,
+            life_losses=losses,
+            diverged=diverged,
+            fitness=critics.final.mean(),
+            instinct=critics.instinct,
+        )
+
+    def evaluate(
+        self,
+        root_key: jax.Array,
+        state: EvolutionState,
+        pools: Pools | None = None,
+        *,
+        map_members=jax.vmap,
+    ) -> Evaluation:
+        """Steps 1-4 of generation ``state.generation`` for every member. Pure.
+
+        Args:
+          map_members: how the members are computed, called as ``map_members(fn,
+            in_axes)``: ``jax.vmap`` (one program of the whole population), or
+            ``gtl_jax.sharding.Placement.map_members`` (padded and split over devices).
+        """
+        pools = self.pools if pools is None else pools
+        tasks = self.ask(root_key, state.generation, pools)
+        evaluate = map_members(self.evaluate_member, (0, 0, 0, 0, None, None, None))
+        return evaluate(
+            tasks.host_keys,
+            tasks.classes,
+            tasks.life_keys,
+            state.learngenes,
+            tasks.episodes,
+            tasks.critic_keys,
+            pools.train,
+        )
+
+    # ----------------------------------------------------------------- tell
+
+    def tell(
+        self, root_key: jax.Array, state: EvolutionState, evaluation: Evaluation
+    ) -> tuple[EvolutionState, dict[str, jax.Array]]:
+        """Steps 5-6 of generation ``state.generation``, from its members' evaluation: the
+        lineage score, tournaments (or the control's random parents), the elite kept, the
+        winners' copies mutated; the next state and the generation's metrics. Pure; every
+        execution strategy calls this one function.
+
+        Returns:
+          The next state and the metrics, arrays (``host_metrics`` turns them into the values
+          a run logs): fitness f32[P] (NaN: diverged), its max, mean, min and 95% half-width
+          over the finite ones, lineage scores, parents, the elite's index, divergences,
+          lifetime losses, the critics' mean instinct, diversity.
+        """
         c = self.config
-        fitness = jnp.where(diverged, jnp.nan, fitness)
+        key = jax.random.fold_in(root_key, state.generation)
+        next_key = generation_keys(key)[4]
+        trained, diverged = evaluation.trained, evaluation.diverged
+        fitness = jnp.where(diverged, jnp.nan, evaluation.fitness)
         # ECO's learngene score: the lineage's fitness, decayed (NaN: ranked last).
         scores = fitness + c.score_decay * state.scores
         ranked = scores if c.selection == "score" else fitness
         next_learngenes, parents = reproduce(
-            key,
+            next_key,
             trained,
             ranked,
             tournament_size=c.tournament_size,
@@ -645,32 +420,41 @@ class Evolution:
             trained=trained,
             fitness=fitness,
         )
-        finite = jnp.isfinite(fitness)
-        count = finite.sum()
-        mean = jnp.where(finite, fitness, 0.0).sum() / count
-        std = jnp.sqrt(jnp.where(finite, (fitness - mean) ** 2, 0.0).sum() / count)
-        none = jnp.float32(jnp.nan)
         metrics = {
             "generation": state.generation + 1,
-            "fitness_max": jnp.where(
-                count > 0, jnp.where(finite, fitness, -jnp.inf).max(), none
-            ),
-            "fitness_mean": mean,
-            "fitness_min": jnp.where(
-                count > 0, jnp.where(finite, fitness, jnp.inf).min(), none
-            ),
-            "fitness_ci": 1.96 * std / jnp.sqrt(count),
+            **fitness_statistics(fitness),
             "fitness": fitness,
             "scores": scores,
             "diverged": diverged.sum(),
-            "life_loss_first": jnp.nanmean(life_losses[0]),
-            "life_loss_last": jnp.nanmean(life_losses[-1]),
-            "critic_instinct_mean": instinct.mean(),
+            "life_loss_first": jnp.nanmean(evaluation.life_losses[:, 0]),
+            "life_loss_last": jnp.nanmean(evaluation.life_losses[:, -1]),
+            "critic_instinct_mean": evaluation.instinct.mean(),
             "parents": parents,
             "best_index": best,
             "diversity": diversity(next_learngenes),
         }
-        return self.place(new_state), metrics
+        return new_state, metrics
+
+    # ----------------------------------------------------------------- whole generations
+
+    def step(
+        self, root_key: jax.Array, state: EvolutionState, pools: Pools | None = None
+    ) -> tuple[EvolutionState, dict[str, jax.Array]]:
+        """One generation as one pure function: ``tell(evaluate)``, every member vmapped
+        (the form for GPU/TPU, where one program of the whole population beats a loop of
+        small ones).
+
+        ``jax.jit`` it, ``lax.scan`` it over generations (``run``), ``jax.vmap`` it over
+        seeds (``evolve``).
+
+        Args:
+          root_key: the run's root key.
+          state: the state after g generations.
+          pools: the image pools; None: the evolution's own, which a jit then embeds as
+            constants (pass ``evo.pools`` as an argument).
+        """
+        evaluation = self.evaluate(root_key, state, pools)
+        return self.tell(root_key, state, evaluation)
 
     def run(
         self,
@@ -703,41 +487,65 @@ class Evolution:
         generations = self.config.generations if generations is None else generations
         return self.run(root_key, self.init(init_key), pools, generations=generations)
 
-    def state_shardings(self, state: Any) -> Any:
-        """Where each leaf of an ``EvolutionState`` (or its ``eval_shape``) belongs: the
-        population (``learngenes``, ``parents``, ...) sharded over the mesh when P is divisible
-        by the devices, the rest replicated;
-        on one device, the default device. Restores place a checkpoint written on any number
-        of devices by these."""
-        if self.mesh is None:
-            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            return jax.tree.map(lambda _: device, state)
-        rep = replicated_sharding(self.mesh)
-        # A population not divisible by the devices is replicated (executors pad it).
-        divisible = self.config.pop_size % self.mesh.size == 0
-        pop = population_sharding(self.mesh) if divisible else rep
-        return state.replace(
-            generation=rep,
-            learngenes=jax.tree.map(lambda _: pop, state.learngenes),
-            parents=pop,
-            best_learngene=jax.tree.map(lambda _: rep, state.best_learngene),
-            best_fitness=rep,
-            scores=pop,
-            trained=jax.tree.map(lambda _: pop, state.trained),
-            fitness=pop,
+    # ----------------------------------------------------------------- the final choice
+
+    def choose_final(
+        self,
+        key: jax.Array,
+        state: EvolutionState,
+        pools: Pools | None = None,
+        *,
+        candidates: int,
+        episodes: int,
+        critics_fn: Any = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """The member of the last generation whose trained learngene the run passes on.
+
+        With selection, the ``candidates`` fittest are re-scored by critics on ``episodes``
+        fixed meta-validation episodes (the same for each; drawn from ``key``) and the best
+        re-scored one is chosen: a generation's fitness, a few critic episodes, ranks
+        near-equal learngenes by chance. With ``selection="none"`` a member drawn at random
+        (the control chooses as it reproduces).
+
+        Args:
+          state: a state with P members whose arrays every process can read (one device,
+            or ``Placement.logical``).
+          critics_fn: computes the critics of (key, episode, learngene) triples, each with
+            a leading axis; None: ``critic_fn`` vmapped (an executor passes its own).
+
+        Returns ``(index, info)``: info holds the candidates and their re-scored fitness.
+        """
+        pools = self.pools if pools is None else pools
+        size = self.config.pop_size
+        choose_key, episode_key, init_key = jax.random.split(key, 3)
+        if self.config.selection == "none":
+            index = int(jax.random.randint(choose_key, (), 0, size))
+            return index, {"chosen": index, "rule": "random member"}
+        fitness = np.asarray(jax.device_get(sanitize_fitness(state.fitness)))
+        order = [int(i) for i in np.argsort(-fitness, kind="stable")[:candidates]]
+        if episodes < 1 or len(order) == 1:
+            return order[0], {"chosen": order[0], "rule": "fittest"}
+        n = len(order)
+        critics_fn = critics_fn or jax.jit(jax.vmap(self.critic_fn))
+        sampled = jax.jit(self.sample_critic_episodes)(
+            jax.random.split(episode_key, episodes), pools.val
         )
+        genes = _rows(state.trained, np.array(order))
+        keys = jax.random.split(init_key, episodes)
+        result = critics_fn(*_pairs(keys, sampled, genes, n, episodes))
+        rescored = np.asarray(jax.device_get(result.final)).reshape(n, episodes)
+        rescored = rescored.mean(axis=1)
+        index = order[int(np.argmax(rescored))]
+        return index, {
+            "chosen": index,
+            "rule": f"best of the {n} fittest re-scored on {episodes} episodes",
+            "candidates": order,
+            "rescored": [float(f) for f in rescored],
+        }
 
-    def place(self, state: EvolutionState) -> EvolutionState:
-        """``state`` with every leaf where ``state_shardings`` puts it (one jit, so that
-        with several processes host values become global arrays Orbax can save)."""
-        if self.mesh is None:
-            return state
-        shardings = self.state_shardings(state)
-        return jax.jit(lambda s: s, out_shardings=shardings)(state)
 
-    def critic_key(self, root_key: jax.Array) -> jax.Array | None:
-        """The key of every generation's critics with ``fixed_critics``; else None (each
-        generation draws its own)."""
-        if not self.config.fixed_critics:
-            return None
-        return jax.random.fold_in(root_key, CRITIC_STREAM)
+# Host code moves multi-device arrays only through jitted functions: an eager op on a
+# replicated population (one small program per op) was seen to deadlock XLA CPU's
+# collectives on several devices.
+_rows = jax.jit(lambda tree, rows: jax.tree.map(lambda x: x[rows], tree))
+_pairs = jax.jit(pairs, static_argnums=(3, 4))

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gtl_jax import checkpoint, distributed, experiment, plots, stopping, tensorboard
-from gtl_jax.evolution import Evolution, EvolutionState
+from gtl_jax.evolution import EvolutionState
 from gtl_jax.executors import HostExecutor
 from gtl_jax.experiment import (
     COMMAND_ERRORS,
@@ -85,9 +85,10 @@ def check_run(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict
     return pools, config_json
 
 
-def restore(evo: Evolution, workdir: pathlib.Path, init_key: jax.Array):
-    """The checkpoint manager and the restored ``(state, ...)``, or ``(None, None)`` if the
-    workdir has no checkpoints yet (nothing is written)."""
+def restore(executor: HostExecutor, workdir: pathlib.Path, init_key: jax.Array):
+    """The checkpoint manager and the restored ``(state, ...)``, the state placed on this
+    run's devices, or ``(None, None)`` if the workdir has no checkpoints yet (nothing is
+    written). A checkpoint holds the P real members, so it restores on any device count."""
     # Process 0's view: the others may look after it has created the directory.
     # One manager per run: each one opened starts removing a killed save's temporary
     # directory in a background thread, and two of them race to delete the same one.
@@ -95,10 +96,12 @@ def restore(evo: Evolution, workdir: pathlib.Path, init_key: jax.Array):
         return None, None
     manager = checkpoint.state_manager(workdir)
     try:
-        template = jax.eval_shape(evo.init, init_key)
+        template = jax.eval_shape(executor.evo.init, init_key)
         restored = checkpoint.restore_state(
-            manager, template, evo.state_shardings(template)
+            manager, template, executor.placement.logical_shardings(template)
         )
+        if restored is not None:
+            restored = (executor.place(restored[0]), *restored[1:])
     except BaseException:  # a damaged checkpoint, a Ctrl-C: Orbax's work ends first
         checkpoint.close_manager(manager)
         raise
@@ -170,7 +173,7 @@ def evolve_generations(
             pools = None
             if stream is not None:
                 fresh = stream.get(int(state.generation))
-                pools = executor.evo.put_pools(
+                pools = executor.put_pools(
                     **{split: p.images for split, p in fresh.items()}
                 )
                 del fresh  # host memory: the pools being prepared, and these on device
@@ -197,7 +200,7 @@ def evolve_generations(
             checkpoint.save_state(
                 manager,
                 int(state.generation),
-                state,
+                executor.logical(state),  # the P real members, on any device count
                 {"generation": int(state.generation)},
             )
     return state
@@ -216,6 +219,7 @@ def write_learngene(
     """Chooses the final learngene (``HostExecutor.choose_final``) and writes it as a
     learngene file with its metadata (by process 0); returns its parameter share."""
     evo = executor.evo
+    state = executor.logical(state)  # the P real members
     image_shape = pools["train"].image_shape
     shapes = jax.eval_shape(
         lambda k: evo.critic_model.init(k, jnp.zeros((1, *image_shape)), train=False),
@@ -229,7 +233,9 @@ def write_learngene(
         candidates=int(ec.final_candidates),
         episodes=int(ec.rescore_episodes),
     )
-    final_fitness = choice.get("rescored", [float(state.fitness[final])])
+    final_fitness = choice.get(
+        "rescored", [float(distributed.to_host(state.fitness)[final])]
+    )
     if "candidates" in choice:
         final_fitness = final_fitness[choice["candidates"].index(final)]
     done = int(state.generation)
@@ -399,9 +405,8 @@ def run(
     quiet = quiet or not writer
     pools, config_json = check_run(c, workdir)
     executor = make_executor(c, pools)
-    evo = executor.evo
     init_key, root_key = jax.random.split(jax.random.key(c.seed))
-    manager, restored = restore(evo, workdir, init_key)
+    manager, restored = restore(executor, workdir, init_key)
 
     # The checks are done: from here on the workdir is written.
     workdir.mkdir(parents=True, exist_ok=True)
@@ -413,7 +418,7 @@ def run(
     metrics_path = workdir / "metrics.jsonl"
     history = []
     if restored is None:
-        state = evo.init(init_key)
+        state = executor.init(init_key)
     else:
         state = restored[0]
         done = int(state.generation)

@@ -393,7 +393,8 @@ def validate_config(
     ConfigError naming the first impossible field.
 
     ``pools``: the loaded splits (only those are checked: callers require the splits they
-    use). Any device count runs: the executors pad a population the devices do not divide.
+    use). Any device count runs: ``gtl_jax.sharding`` pads a population the devices do not
+    divide.
     """
     x = experiment_of(c)
     ev, ex = x.evolution, x.evaluation

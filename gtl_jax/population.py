@@ -1,13 +1,10 @@
-"""Populations of networks: stacked state, init, the train step, the population's mesh.
+"""Populations of networks: stacked state, init, the train step, the optimisers.
 
 Per-network functions (``init_network``, ``train_step``) are written for one individual; a
 population is the same pytree with a leading axis P, computed by ``jax.vmap`` (the pure
 generation, ``gtl_jax.evolution.Evolution.step``) or by an executor that runs one member at a
 time (``gtl_jax.executors.population_map``, the CPU form).
-
-With several devices the population axis is sharded over a 1-D mesh with axis ``"pop"``
-(``population_mesh``; all devices of all processes); what every member reads (the image
-pools) is replicated (``replicate``).
+Where a population lives on devices is ``gtl_jax.sharding``'s.
 """
 
 from __future__ import annotations
@@ -17,15 +14,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import linen as nn
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gtl_jax.data.pool import to_float
-
-POP_AXIS = "pop"
 
 
 @struct.dataclass
@@ -35,39 +28,6 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
-
-
-def population_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
-    """The 1-D ``"pop"`` mesh over ``devices`` (default: all devices); None for one device."""
-    devices = jax.devices() if devices is None else list(devices)
-    if len(devices) < 2:
-        return None
-    return Mesh(np.asarray(devices), (POP_AXIS,))
-
-
-def population_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading axis P split over the mesh's devices."""
-    return NamedSharding(mesh, PartitionSpec(POP_AXIS))
-
-
-def replicated_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def replicate(x: Any, mesh: Mesh | None) -> Any:
-    """``x`` (host or device arrays, equal on every process) on every device of ``mesh``.
-
-    Multi-process safe: each process fills only its own devices, from its own copy.
-    """
-    if mesh is None:
-        return x
-    sharding = replicated_sharding(mesh)
-
-    def put(a):
-        a = np.asarray(a)
-        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
-
-    return jax.tree.map(put, x)
 
 
 def init_network(

@@ -148,9 +148,11 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
     assert _cycles(graph) == [["pkg.a", "pkg.b"]]
 
 
-def test_the_core_never_imports_the_executors():
-    # The pure core (evolution, descendants, population, learngene, models, data) does not
-    # depend on how it is executed: gtl_jax.executors is passed in by the caller.
+def test_the_core_never_imports_the_runtime():
+    # The pure core (evolution, its state and operators, descendants, population,
+    # learngene, models, data) does not depend on how or where it is executed: the
+    # runtime (executors, placement on devices, processes, checkpoints, stopping) is
+    # passed in by the caller.
     modules = _package_modules()
     graph = {name: _imported(name, path, modules) for name, path in modules.items()}
 
@@ -162,10 +164,14 @@ def test_the_core_never_imports_the_executors():
                 todo.append(w)
         return seen
 
-    core = ["gtl_jax.evolution", "gtl_jax.descendants", "gtl_jax.population"]
+    core = ["gtl_jax.evolution", "gtl_jax.state", "gtl_jax.operators"]
+    core += ["gtl_jax.descendants", "gtl_jax.population"]
     core += [m for m in modules if m.startswith(("gtl_jax.models", "gtl_jax.data"))]
     core.append("gtl_jax.learngene")
     assert "gtl_jax.evolution" in reachable("gtl_jax.executors.host")  # the check sees
+    runtime = ("gtl_jax.executors", "gtl_jax.sharding", "gtl_jax.distributed")
+    runtime += ("gtl_jax.checkpoint", "gtl_jax.stopping")
+    assert "gtl_jax.sharding" in reachable("gtl_jax.executors.host")
     for module in core:
-        executors = {m for m in reachable(module) if m.startswith("gtl_jax.executors")}
-        assert not executors, (module, executors)
+        imported = {m for m in reachable(module) if m.startswith(runtime)}
+        assert not imported, (module, imported)

@@ -2,7 +2,8 @@
 across device counts (8 -> 1 -> 4), they end like an uninterrupted run.
 
 Every run is a subprocess of ``python -m gtl_jax.evolve`` on a tiny config whose population
-(8) every tested device count divides; the CPU device count is fixed when JAX starts
+(9) no tested device or process count divides: 8 and 4 devices hold it padded to 16 and 12,
+2 processes to 10, and a checkpoint holds its 9 real members; the CPU device count is fixed when JAX starts
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Subprocesses inherit
 ``GTL_JAX_CACHE_DIR``, so restarts load their compilations from the persistent cache.
 """
@@ -28,8 +29,8 @@ GENERATIONS = 3
 TINY = [
     "--config=configs/omniglot.py:smoke",
     "--quiet",
-    "--config.evolution.pop_size=8",
-    "--config.evolution.tournament_size=4",
+    "--config.evolution.pop_size=9",
+    "--config.evolution.tournament_size=3",
     "--config.evolution.life_steps=1",
     "--config.evolution.life_batch=8",
     "--config.evolution.critic_steps=1",

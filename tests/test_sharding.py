@@ -38,14 +38,14 @@ def run_on(devices: int, args: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "strategy,pop_size,tournament_size",
-    [("loop", 8, 4), ("loop", 9, 3), ("vmap", 9, 3)],
+    [("loop", 8, 4), ("loop", 9, 3), ("vmap", 9, 3), ("vmap", 12, 3)],
 )
 def test_sharded_evolution_over_8_devices_matches_one_device(
     strategy, pop_size, tournament_size, tmp_path
 ):
     # Two generations, by the host loop (the CPU default) or by the pure jitted generation
-    # (vmap). The script asserts the layout: 8 members split over the 8 devices, 1 each; 9
-    # members (the default config's population) padded to 16 in the loop and replicated.
+    # (vmap). The script asserts the layout of the state: 8 members split over the 8
+    # devices, 1 each; 9 (the default config's population) and 12 padded to 16, 2 each.
     flags = ["--strategy", strategy, "--pop_size", str(pop_size)]
     flags += ["--tournament_size", str(tournament_size)]
     results = {}

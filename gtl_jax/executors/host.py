@@ -1,119 +1,84 @@
-"""The host executor: a generation driven from Python, one compiled member step at a time.
+"""The host executor: a generation's evaluation driven from Python, one compiled member step
+at a time; its selection is the core's ``Evolution.tell``.
 
 The core's pure generation (``Evolution.step``) vmaps every member into one program: the
 form for GPU/TPU. On XLA CPU a vmapped conv becomes a grouped conv, slower than the same
 convs one member at a time, and a program's per-step dispatch is cheap, so on CPU the
-population runs faster as a host loop: ``HostExecutor`` calls the same per-member pure
-functions of the ``Evolution`` (``host_fn``, ``life_step_fn``, ``extract_fn``, critics by
-``fine_tune``) through ``population_map`` (one compiled member function, looped over the
-members; or vmapped), and splits a population between worker processes
-(``gtl_jax.executors.workers.LifeWorkers``). It computes the pure generation's numbers up to
-float rounding (tests/executors/test_host.py).
+members are evaluated faster by a host loop: ``HostExecutor.evaluate`` calls the same
+per-member pure functions of the ``Evolution`` (``host_fn``, ``life_step_fn``,
+``extract_fn``, critics by ``fine_tune``) on the members and tasks of the core's ``ask``,
+through ``population_map`` (one compiled member function, looped over the members; or
+vmapped), and can split a population between worker processes
+(``gtl_jax.executors.workers.LifeWorkers``). What follows the evaluation (score, selection,
+mutation, next state, metrics, final choice) is the core's own ``tell`` and
+``choose_final``: every strategy calls the same jitted function. Where the population lives
+(devices, padding) is ``gtl_jax.sharding.Placement``'s.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import struct
 
 from gtl_jax.distributed import to_host
 from gtl_jax.evolution import (
+    Evaluation,
     Evolution,
     EvolutionState,
     Pools,
     all_finite,
-    diversity,
-    generation_keys,
     host_metrics,
     pairs,
-    reproduce,
-    sanitize_fitness,
 )
 from gtl_jax.executors.descendants import DescendantEvaluator
 from gtl_jax.executors.population_map import population_map, resolve_strategy
 from gtl_jax.learngene import Learngene
-from gtl_jax.population import population_sharding, replicated_sharding
-
-
-@struct.dataclass
-class Lives:
-    """Steps 1-4 of a generation for a block of n members (``HostExecutor.lives``).
-
-    Attributes:
-      trained: the learngenes extracted after lifetime learning (stacked, leading n).
-      life_losses: f32[life_steps, n] (host), the lifetime losses.
-      diverged: bool[n] (host), a non-finite loss or learngene.
-      fitness: f32[n] (host), mean critic query accuracy (diverged ones included).
-      instinct: f32[n * num_critics] (host), the critics' instincts.
-    """
-
-    trained: Learngene
-    life_losses: np.ndarray
-    diverged: np.ndarray
-    fitness: np.ndarray
-    instinct: np.ndarray
-
-
-def _replicated_then_sharded(fn: Callable, mesh: Any) -> Callable:
-    """``fn`` run on replicated inputs (each device computes it whole, with the program of one
-    device, so its numbers are one device's; a partitioned ``mutate`` rounded differently),
-    its outputs then split over the ``"pop"`` axis (left replicated when the population does
-    not divide the devices). For the small, cheap reproduction step."""
-    # Resharding by identity jits, not device_put: with several processes each process
-    # holds only its own devices, and jit moves the data between them.
-    to_replicated = jax.jit(lambda tree: tree, out_shardings=replicated_sharding(mesh))
-    to_population = jax.jit(lambda tree: tree, out_shardings=population_sharding(mesh))
-
-    def placed(*args):
-        out = fn(*to_replicated(args))
-        if jax.tree.leaves(out)[0].shape[0] % mesh.size:
-            return out
-        return to_population(out)
-
-    return placed
-
+from gtl_jax.sharding import Placement
 
 # Host code runs no eager op on arrays that live on several devices: with several XLA CPU
 # devices an eager op on a replicated population (one small program per op) was seen to
 # deadlock in a collective; data movement goes through these jitted functions instead.
-
-
 _pairs = jax.jit(pairs, static_argnums=(3, 4))
-_stack = jax.jit(lambda xs: jnp.stack(xs))
-_member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree))
-
-
-def _mean_per_member(values: jax.Array, per_member: int) -> np.ndarray:
-    """f32[n * per_member] -> the mean of each member's (host)."""
-    values = jnp.asarray(to_host(values))
-    return to_host(values.reshape(-1, per_member).mean(axis=1))
+_stack = jax.jit(lambda xs: jnp.stack(xs, axis=1))  # S x f32[n] -> f32[n, S]
+_block = jax.jit(
+    lambda tree, lo, hi: jax.tree.map(lambda x: x[lo:hi], tree), static_argnums=(1, 2)
+)
+_column = jax.jit(lambda keys, step: keys[:, step])
+_diverged = jax.jit(
+    lambda losses, trained: (
+        ~jnp.all(jnp.isfinite(losses), axis=1) | ~all_finite(trained)
+    )
+)
 
 
 class HostExecutor:
     """Runs the generations of an ``Evolution`` from the host, by an execution strategy.
 
     Args:
-      evo: the evolution (its per-member functions, config, pools, mesh).
+      evo: the evolution (its per-member functions, ``ask``, ``tell``, config, pools).
       strategy: ``"loop"`` (one compiled member function per phase, looped over members:
-        the CPU form), ``"vmap"`` or ``"auto"`` (loop on CPU, vmap on GPU/TPU); see
+        the CPU form), ``"vmap"`` (the core's pure generation, padded and sharded over the
+        devices, one program) or ``"auto"`` (loop on CPU, vmap on GPU/TPU); see
         ``gtl_jax.executors.population_map``.
+      mesh: the devices' ``"pop"`` mesh; ``"auto"``: all devices (``gtl_jax.sharding``).
 
-    Its ``generation(root_key, state)`` returns the state the pure ``Evolution.step`` would
-    (up to float rounding) and the metrics as logged values.
+    The state it takes and returns is placed (``init``, ``place``): padded to a multiple
+    of the devices and split over them; ``logical`` gives its P real members, which
+    checkpoints and learngene files hold.
     """
 
-    def __init__(self, evo: Evolution, strategy: str = "auto"):
+    def __init__(self, evo: Evolution, strategy: str = "auto", mesh: Any = "auto"):
         self.evo = evo
         self.strategy = resolve_strategy(strategy)
-        # The vmap strategy is the pure generation itself, jitted.
-        self.pure_step = jax.jit(evo.step)
+        self.placement = placement = Placement(evo.config.pop_size, mesh)
+        self.pools = placement.replicate(evo.pools)
         c = evo.config
+        self.pure_step = placement.jit_generation(evo)
+        self.tell = placement.jit_tell(evo)
+        self.ask = jax.jit(evo.ask)
         self.hosts = population_map(evo.host_fn, (0, 0), strategy=strategy)
         self.life_step = population_map(
             evo.life_step_fn, (0, 0, 0, None), strategy=strategy, carry=1
@@ -127,29 +92,158 @@ class HostExecutor:
             zero_cross=c.zero_cross,
             shared_learngene=False,
         )
-        # The core's samplers, jitted: the same keys give the same tasks and episodes.
-        self.sample_tasks = jax.jit(evo.sample_tasks)
-        self.sample_critic_episodes = jax.jit(evo.sample_critic_episodes)
-        self.critic_episodes = jax.jit(evo.critic_episodes)
-        self.reproduce = jax.jit(
-            functools.partial(
-                reproduce,
-                tournament_size=c.tournament_size,
-                sigma=c.mutation_sigma,
-                rate=c.mutation_rate,
-                selection=c.selection,
-            )
+
+    # ----------------------------------------------------------------- placement
+
+    def init(self, key: jax.Array) -> EvolutionState:
+        """The core's generation 0, placed."""
+        return self.placement.place(self.evo.init(key))
+
+    def place(self, state: EvolutionState) -> EvolutionState:
+        """A state of P members (a restored checkpoint) padded and split over the devices."""
+        return self.placement.place(state)
+
+    def logical(self, state: EvolutionState) -> EvolutionState:
+        """A placed state's P real members (what checkpoints and learngene files hold)."""
+        return self.placement.logical(state)
+
+    def put_pools(self, train: Any = None, val: Any = None) -> Pools:
+        """A generation's own pools (a dataset streamed generation by generation), checked
+        by ``Evolution.put_pools`` and replicated on every device as the evolution's are
+        (each process fills its own devices from its copy: every process passes the same
+        images)."""
+        self.evo.put_pools(train, val)  # the shape and dtype checks
+        return Pools(
+            self.pools.train if train is None else self.placement.replicate(train),
+            self.pools.val if val is None else self.placement.replicate(val),
         )
-        if evo.mesh is not None:
-            self.reproduce = _replicated_then_sharded(self.reproduce, evo.mesh)
-        self.diversity = jax.jit(diversity)
-        # One program (not op by op: with several devices an eager op on a replicated
-        # population is a program of its own on every device).
-        self.diverged = jax.jit(
-            lambda losses, trained: (
-                ~jnp.all(jnp.isfinite(losses), axis=0) | ~all_finite(trained)
+
+    # ----------------------------------------------------------------- evaluate
+
+    def evaluate(
+        self,
+        root_key: jax.Array,
+        generation: int,
+        learngenes: Learngene,
+        lo: int = 0,
+        hi: int | None = None,
+        on_step: Callable[[float], Any] | None = None,
+        pools: Pools | None = None,
+    ) -> Evaluation:
+        """Steps 1-4 of generation ``generation`` for the members ``[lo, hi)``.
+
+        The members' keys, tasks and critic episodes are the core's ``ask`` for the whole
+        population, so a block computes what the whole population would for its members:
+        ``generation`` can split the population between worker processes.
+
+        Args:
+          root_key: the run's root key.
+          learngenes: the learngenes of members ``[lo, hi)`` (stacked).
+          lo, hi: the block of members (default: all of them).
+          on_step: called with the number of lifetime or critic steps (of the block) just
+            completed.
+          pools: the images to sample from (``put_pools``); None: the evolution's own.
+
+        Returns:
+          The block's ``Evaluation``; its per-member scalars are host arrays (gathered when
+          processes share the work).
+        """
+        pools = self.pools if pools is None else pools
+        c = self.evo.config
+        hi = c.pop_size if hi is None else hi
+        n = hi - lo
+        tasks = self.ask(root_key, jnp.int32(generation), pools)
+        if (lo, hi) != (0, c.pop_size):
+            tasks = tasks.replace(
+                **{
+                    name: _block(getattr(tasks, name), lo, hi)
+                    for name in ("host_keys", "classes", "life_keys")
+                }
             )
+        # 1. Hosts: every learngene into a fresh network (its own key).
+        hosts = self.hosts(tasks.host_keys, learngenes)
+        # 2. Lifetime learning: each member its own life_way-way task of meta-train classes.
+        life_losses = []
+        for step in range(c.life_steps):
+            keys = _column(tasks.life_keys, jnp.int32(step))
+            hosts, loss = self.life_step(keys, hosts, tasks.classes, pools.train)
+            life_losses.append(loss)
+            if on_step is not None:
+                on_step(1.0)
+        life_losses = _stack(life_losses) if life_losses else jnp.zeros((n, 1))
+        # 3. Extraction: what was learned in life is inherited.
+        trained = self.extract(hosts)
+        diverged = _diverged(life_losses, trained)
+        # 4. Fitness by critics: the same critic tasks and keys for every member.
+        result = self.critics(
+            *_pairs(tasks.critic_keys, tasks.episodes, trained, n, c.num_critics),
+            on_step=on_step,
         )
+        final, instinct, diverged, life_losses = to_host(
+            (result.final, result.instinct, diverged, life_losses)
+        )
+        return Evaluation(
+            trained=trained,
+            life_losses=life_losses,
+            diverged=diverged,
+            fitness=final.reshape(n, c.num_critics).mean(axis=1),
+            instinct=instinct.reshape(n, c.num_critics),
+        )
+
+    # ----------------------------------------------------------------- a generation
+
+    def generation(
+        self,
+        root_key: jax.Array,
+        state: EvolutionState,
+        on_step: Callable[[float], Any] | None = None,
+        *,
+        workers: Callable[..., Evaluation] | None = None,
+        pools: Pools | None = None,
+    ) -> tuple[EvolutionState, dict[str, Any]]:
+        """Runs one generation: ``(key, state) -> (state, metrics)``, the state placed.
+
+        Args:
+          root_key: the run's root key; the generation's key is ``fold_in(root_key, g)``.
+          state: the state after ``g`` generations.
+          on_step: called with the number of lifetime or critic steps (of the whole
+            population) just completed, e.g. ``tqdm.update``.
+          workers: computes ``evaluate`` of the whole population elsewhere, as
+            ``workers(root_key, generation, learngenes, on_step)``
+            (``gtl_jax.executors.LifeWorkers``: blocks of members in worker processes);
+            None: in this process.
+          pools: this generation's images (``put_pools``: a dataset streamed generation by
+            generation); None: the evolution's own. Not with ``workers``, which sample from
+            their own.
+
+        Returns:
+          The next state and the metrics as logged values (``host_metrics``).
+        """
+        if pools is not None and workers is not None:
+            raise ValueError("pools are given to this process only, not to its workers")
+        pools = self.pools if pools is None else pools
+        if self.strategy == "vmap" and workers is None:
+            state, metrics = self.pure_step(root_key, state, pools)
+            if on_step is not None:
+                c = self.evo.config
+                on_step(float(c.life_steps + c.critic_steps))
+            return state, host_metrics(metrics)
+        g = int(state.generation)
+        learngenes = self.logical(state).learngenes
+        if workers is None:
+            evaluation = self.evaluate(
+                root_key, g, learngenes, on_step=on_step, pools=pools
+            )
+        else:
+            evaluation = workers(root_key, g, learngenes, on_step)
+        evaluation = evaluation.replace(
+            **{
+                name: self.placement.replicate(getattr(evaluation, name))
+                for name in ("life_losses", "diverged", "fitness", "instinct")
+            }
+        )
+        state, metrics = self.tell(root_key, state, evaluation)
+        return state, host_metrics(metrics)
 
     def choose_final(
         self,
@@ -159,200 +253,13 @@ class HostExecutor:
         candidates: int,
         episodes: int,
     ) -> tuple[int, dict[str, Any]]:
-        """The member of the last generation whose trained learngene the run passes on.
-
-        With selection, the ``candidates`` fittest are re-scored by critics on ``episodes``
-        fixed meta-validation episodes (the same for each; drawn from ``key``) and the best
-        re-scored one is chosen: a generation's fitness, a few critic episodes, ranks
-        near-equal learngenes by chance. With ``selection="none"`` a member drawn at random
-        (the control chooses as it reproduces).
-
-        Returns ``(index, info)``: info holds the candidates and their re-scored fitness.
-        """
-        size = self.evo.config.pop_size
-        choose_key, episode_key, init_key = jax.random.split(key, 3)
-        if self.evo.config.selection == "none":
-            index = int(jax.random.randint(choose_key, (), 0, size))
-            return index, {"chosen": index, "rule": "random member"}
-        fitness = np.asarray(sanitize_fitness(to_host(state.fitness)))
-        order = [int(i) for i in np.argsort(-fitness, kind="stable")[:candidates]]
-        if episodes < 1 or len(order) == 1:
-            return order[0], {"chosen": order[0], "rule": "fittest"}
-        n = len(order)
-        genes = jax.tree.map(
-            lambda x: jnp.asarray(to_host(x))[np.array(order)], state.trained
+        """The core's ``Evolution.choose_final`` on a placed state, its re-scoring critics
+        computed by this executor's strategy."""
+        return self.evo.choose_final(
+            key,
+            self.logical(state),
+            self.pools,
+            candidates=candidates,
+            episodes=episodes,
+            critics_fn=self.critics,
         )
-        sampled = self.sample_critic_episodes(
-            jax.random.split(episode_key, episodes), self.evo.val_images
-        )
-        keys = jax.random.split(init_key, episodes)
-        result = self.critics(*_pairs(keys, sampled, genes, n, episodes))
-        rescored = to_host(result.final).reshape(n, episodes).mean(axis=1)
-        index = order[int(np.argmax(rescored))]
-        return index, {
-            "chosen": index,
-            "rule": f"best of the {n} fittest re-scored on {episodes} episodes",
-            "candidates": order,
-            "rescored": [float(f) for f in rescored],
-        }
-
-    def lives(
-        self,
-        key: jax.Array,
-        learngenes: Learngene,
-        lo: int = 0,
-        hi: int | None = None,
-        on_step: Callable[[float], Any] | None = None,
-        critic_key: jax.Array | None = None,
-        pools: Pools | None = None,
-    ) -> Lives:
-        """Steps 1-4 of a generation for the members ``[lo, hi)`` of the population.
-
-        The keys, tasks and critic episodes are those of the whole population (drawn from
-        the generation's ``key``), so a block computes what the whole population would for
-        its members: ``generation`` can split the population between worker processes.
-
-        Args:
-          key: the generation's key, ``fold_in(root_key, g)``.
-          learngenes: the learngenes of members ``[lo, hi)`` (stacked).
-          lo, hi: the block of members (default: all of them).
-          on_step: called with the number of lifetime or critic steps (of the block) just
-            completed.
-          critic_key: the key of the critic episodes and critics (``fixed_critics``: the
-            same every generation); None: the generation's own.
-          pools: the images to sample from (``Evolution.put_pools``); None: the
-            evolution's own.
-        """
-        pools = self.evo.pools if pools is None else pools
-        train_images, val_images = pools.train, pools.val
-        c = self.evo.config
-        size = c.pop_size
-        hi = size if hi is None else hi
-        block = (lambda x: x) if (lo, hi) == (0, size) else (lambda x: x[lo:hi])
-        host_key, task_key, life_key, generation_critic_key, _ = generation_keys(key)
-        if critic_key is None:
-            critic_key = generation_critic_key
-        n = hi - lo
-
-        # 1. Hosts: every learngene into a fresh network (its own key).
-        hosts = self.hosts(block(jax.random.split(host_key, size)), learngenes)
-        # 2. Lifetime learning: each individual its own life_way-way task of meta-train classes.
-        classes = block(
-            self.sample_tasks(jax.random.split(task_key, size), train_images)
-        )
-        life_losses = []
-        for step in range(c.life_steps):
-            step_keys = block(
-                jax.random.split(jax.random.fold_in(life_key, step), size)
-            )
-            hosts, loss = self.life_step(step_keys, hosts, classes, train_images)
-            life_losses.append(loss)
-            if on_step is not None:
-                on_step(1.0)
-        life_losses = _stack(life_losses) if life_losses else jnp.zeros((1, n))
-        # 3. Extraction: what was learned in life is inherited.
-        trained = self.extract(hosts)
-        # A diverged individual (non-finite loss or learngene) gets NaN fitness: never selected.
-        diverged = self.diverged(life_losses, trained)
-        # 4. Fitness by critics: the same critic tasks and keys for every individual.
-        episodes, critic_keys = self.critic_episodes(critic_key, val_images)
-        result = self.critics(
-            *_pairs(critic_keys, episodes, trained, n, c.num_critics), on_step=on_step
-        )
-        # The per-individual scalars on the host (gathered when processes share the work).
-        diverged, life_losses, instinct = to_host(
-            (diverged, life_losses, result.instinct)
-        )
-        fitness = _mean_per_member(result.final, c.num_critics)
-        return Lives(trained, life_losses, diverged, fitness, instinct)
-
-    def generation(
-        self,
-        root_key: jax.Array,
-        state: EvolutionState,
-        on_step: Callable[[float], Any] | None = None,
-        *,
-        workers: Callable[..., Lives] | None = None,
-        pools: Pools | None = None,
-    ) -> tuple[EvolutionState, dict[str, Any]]:
-        """Runs one generation: ``(key, state) -> (state, metrics)``.
-
-        Args:
-          root_key: the run's root key; the generation's key is ``fold_in(root_key, g)``.
-          state: the state after ``g`` generations.
-          on_step: called with the number of lifetime or critic steps (of the whole
-            population) just completed, e.g. ``tqdm.update``.
-          workers: computes ``lives`` of the whole population elsewhere, as
-            ``workers(key, learngenes, on_step, critic_key)``
-            (``gtl_jax.executors.LifeWorkers``: blocks of members in worker processes);
-            None: in this process.
-          pools: this generation's images (``Evolution.put_pools``: a dataset streamed
-            generation by generation); None: the evolution's own. Not with ``workers``,
-            which sample from their own.
-        """
-        if pools is not None and workers is not None:
-            raise ValueError("pools are given to this process only, not to its workers")
-        if self.strategy == "vmap" and workers is None:
-            pools = self.evo.pools if pools is None else pools
-            state, metrics = self.pure_step(root_key, state, pools)
-            if on_step is not None:
-                config = self.evo.config
-                on_step(float(config.life_steps + config.critic_steps))
-            return state, host_metrics(metrics)
-        g = int(state.generation)
-        key = jax.random.fold_in(root_key, g)
-        next_key = generation_keys(key)[4]
-        critic_key = self.evo.critic_key(root_key)
-        if workers is None:
-            life = self.lives(
-                key,
-                state.learngenes,
-                on_step=on_step,
-                critic_key=critic_key,
-                pools=pools,
-            )
-        else:
-            life = workers(key, state.learngenes, on_step, critic_key)
-        trained, life_losses, diverged = life.trained, life.life_losses, life.diverged
-        fitness = np.where(diverged, np.float32(np.nan), life.fitness)
-        # ECO's learngene score: the lineage's fitness, decayed. A diverged one scores NaN,
-        # which selection ranks last.
-        scores = fitness + self.evo.config.score_decay * to_host(state.scores)
-        ranked = scores if self.evo.config.selection == "score" else fitness
-        # 5-6. Tournaments, elitism, mutation, lineage.
-        next_learngenes, parents = self.reproduce(
-            next_key, trained, jnp.asarray(ranked)
-        )
-        next_scores = np.nan_to_num(scores, nan=0.0)[to_host(parents)]
-        safe = sanitize_fitness(fitness)
-        best = int(jnp.argmax(safe))
-        new_state = EvolutionState(
-            generation=jnp.int32(g + 1),
-            learngenes=next_learngenes,
-            parents=parents,
-            best_learngene=_member(trained, best),
-            best_fitness=jnp.float32(fitness[best]),
-            scores=jnp.asarray(next_scores, jnp.float32),
-            trained=trained,
-            fitness=jnp.asarray(fitness, jnp.float32),
-        )
-        new_state = self.evo.place(new_state)
-        finite = np.isfinite(fitness)
-        stat = lambda f: float(f(fitness[finite])) if finite.any() else float("nan")  # noqa: E731
-        metrics = {
-            "generation": g + 1,
-            "fitness_max": stat(np.max),
-            "fitness_mean": stat(np.mean),
-            "fitness_min": stat(np.min),
-            "fitness_ci": stat(lambda f: 1.96 * np.std(f) / np.sqrt(f.size)),
-            "fitness": [float(f) for f in fitness],
-            "scores": [float(x) for x in scores],
-            "diverged": int(diverged.sum()),
-            "life_loss_first": float(jnp.nanmean(life_losses[0])),
-            "life_loss_last": float(jnp.nanmean(life_losses[-1])),
-            "critic_instinct_mean": float(life.instinct.mean()),
-            "parents": [int(p) for p in to_host(parents)],
-            "best_index": best,
-            "diversity": float(self.diversity(next_learngenes)),
-        }
-        return new_state, metrics

@@ -33,13 +33,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from gtl_jax.population import (
+from gtl_jax.population import population_size, stack
+from gtl_jax.sharding import (
     POP_AXIS,
+    first_rows,
+    pad_rows,
     population_mesh,
     population_sharding,
-    population_size,
     replicated_sharding,
-    stack,
 )
 
 STRATEGIES = ("auto", "vmap", "loop")
@@ -53,12 +54,6 @@ def resolve_strategy(strategy: str, backend: str | None = None) -> str:
         return strategy
     backend = backend or jax.default_backend()
     return "loop" if backend == "cpu" else "vmap"
-
-
-def _take(tree: Any, i: jax.Array) -> Any:
-    return jax.tree.map(
-        lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree
-    )
 
 
 def _take(tree: Any, i: jax.Array) -> Any:
@@ -114,7 +109,7 @@ def population_map(
         # P not divisible by the devices: padded with copies of the last member to the next
         # multiple, whose outputs are dropped. Each device still runs ceil(P / D) members,
         # the rounds an unpadded shard would take, so the padding costs no time.
-        padded = -size % mesh.size
+        padded = size + (-size % mesh.size)
         mapped_args = [a for a, axis in zip(args, in_axes) if axis == 0]
         grown = iter(_pad_rows(mapped_args, padded, mesh))
         args = [next(grown) if axis == 0 else a for a, axis in zip(args, in_axes)]
@@ -126,17 +121,17 @@ def population_map(
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _pad_rows(trees: Any, padded: int, mesh: Mesh) -> Any:
-    grown = jax.tree.map(
-        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded, axis=0)]), trees
+def _pad_rows(trees: Any, size: int, mesh: Mesh) -> Any:
+    return jax.lax.with_sharding_constraint(
+        pad_rows(trees, size), population_sharding(mesh)
     )
-    return jax.lax.with_sharding_constraint(grown, population_sharding(mesh))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _first_rows(tree: Any, size: int, mesh: Mesh) -> Any:
-    rows = jax.tree.map(lambda x: x[:size], tree)
-    return jax.lax.with_sharding_constraint(rows, replicated_sharding(mesh))
+    return jax.lax.with_sharding_constraint(
+        first_rows(tree, size), replicated_sharding(mesh)
+    )
 
 
 def _sharded_map(fn: Callable, in_axes: tuple, strategy: str, mesh: Mesh) -> Callable:

@@ -5,7 +5,7 @@ trains a member about as fast as one process on both cores
 (``benchmarks/cpu/results/default_size.md``), so two processes pinned one per core about
 double the rate. ``LifeWorkers`` is the ``workers`` of ``HostExecutor.generation``: each
 worker builds its own executor once (``make_executor(*args)``, a picklable module-level
-function, e.g. ``gtl_jax.experiment.worker_executor``) and computes ``HostExecutor.lives``
+function, e.g. ``gtl_jax.experiment.worker_executor``) and computes ``HostExecutor.evaluate``
 for a block of members. Every block draws the keys, tasks and critic episodes of the whole
 population, so a member's numbers do not depend on its block or on the number of workers
 (tested); they differ at float rounding from one process on both cores, which sums in
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gtl_jax import distributed
-from gtl_jax.executors.host import HostExecutor, Lives
+from gtl_jax.evolution import Evaluation
+from gtl_jax.executors.host import HostExecutor
 
 # One executor per worker process, built by the pool's initializer.
 _WORKER_EXECUTOR: HostExecutor | None = None
@@ -34,27 +35,24 @@ def _start(make_executor: Callable[..., HostExecutor], args: tuple) -> None:
 
 
 def _life_job(
-    key_data, learngenes, lo: int, hi: int, progress, critic_key_data
-) -> Lives:
+    root_key_data, generation: int, learngenes, lo: int, hi: int, progress
+) -> Evaluation:
     executor = _WORKER_EXECUTOR
     # Progress counts the steps of the whole population.
     share = (hi - lo) / executor.evo.config.pop_size
-    critic_key = None
-    if critic_key_data is not None:
-        critic_key = jax.random.wrap_key_data(critic_key_data)
-    life = executor.lives(
-        jax.random.wrap_key_data(key_data),
+    evaluation = executor.evaluate(
+        jax.random.wrap_key_data(root_key_data),
+        generation,
         jax.tree.map(jnp.asarray, learngenes),
         lo,
         hi,
         on_step=lambda n: progress.put(n * share),
-        critic_key=critic_key,
     )
-    return jax.device_get(life)
+    return jax.device_get(evaluation)
 
 
 class LifeWorkers:
-    """``HostExecutor.lives`` of a whole population, in blocks of members computed by
+    """``HostExecutor.evaluate`` of a whole population, in blocks of members computed by
     ``workers`` processes pinned one per core; a context manager.
 
     Args:
@@ -81,33 +79,25 @@ class LifeWorkers:
     def __exit__(self, *exc: Any) -> None:
         self._pool.__exit__(*exc)
 
-    def __call__(self, key, learngenes, on_step=None, critic_key=None) -> Lives:
+    def __call__(
+        self, root_key, generation: int, learngenes, on_step=None
+    ) -> Evaluation:
         bounds = distributed.block_bounds(self.size, self.workers)
         genes = distributed.to_host(learngenes)
-        key_data = np.asarray(jax.random.key_data(key))
-        critic_key_data = None
-        if critic_key is not None:
-            critic_key_data = np.asarray(jax.random.key_data(critic_key))
+        root_key_data = np.asarray(jax.random.key_data(root_key))
         futures = [
             self.pool.submit(
                 _life_job,
-                key_data,
+                root_key_data,
+                int(generation),
                 jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], genes),
                 int(lo),
                 int(hi),
                 self.progress,
-                critic_key_data,
             )
             for lo, hi in zip(bounds[:-1], bounds[1:])
         ]
         blocks = distributed.wait_all(futures, self.progress, on_step)
-        join = lambda *xs, axis=0: np.concatenate(xs, axis=axis)  # noqa: E731
-        return Lives(
-            jax.tree.map(
-                lambda *xs: jnp.asarray(join(*xs)), *[b.trained for b in blocks]
-            ),
-            join(*[b.life_losses for b in blocks], axis=1),
-            join(*[b.diverged for b in blocks]),
-            join(*[b.fitness for b in blocks]),
-            join(*[b.instinct for b in blocks]),
-        )
+        # Every field has a leading member axis: the blocks join along it.
+        joined = jax.tree.map(lambda *xs: np.concatenate(xs), *blocks)
+        return joined.replace(trained=jax.tree.map(jnp.asarray, joined.trained))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gtl_jax.descendants import Recipe
-from gtl_jax.evolution import Evolution, EvolutionConfig, all_finite
+from gtl_jax.evolution import Evolution, EvolutionConfig, all_finite, host_metrics
 from gtl_jax.executors import HostExecutor
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
@@ -46,7 +47,8 @@ def test_two_generations_compile_once(omniglot):
         "critic_instinct": evo.critics.member_instinct,
         "critic_step": evo.critics.member_step,
         "critic_accuracy": evo.critics.member_accuracy,
-        "reproduce": evo.reproduce,
+        "ask": evo.ask,
+        "tell": evo.tell,
     }
     for name, fn in compiled.items():
         assert fn._cache_size() == 1, name
@@ -56,23 +58,20 @@ def test_blocks_of_members_live_as_in_the_whole_population(omniglot):
     # What lets generation split the population between worker processes: a block draws the
     # whole population's keys and tasks, so its members' lives are bit-identical.
     evo = _tiny_executor(omniglot)
-    key = jax.random.fold_in(jax.random.key(1), 0)
+    key = jax.random.key(1)
     genes = evo.evo.init(jax.random.key(0)).learngenes
-    whole = jax.device_get(evo.lives(key, genes))
+    whole = jax.device_get(evo.evaluate(key, 0, genes))
     blocks = [
         jax.device_get(
-            evo.lives(
-                key, jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], genes), lo, hi
+            evo.evaluate(
+                key, 0, jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], genes), lo, hi
             )
         )
         for lo, hi in ((0, 2), (2, 3))
     ]
-    for field in ("fitness", "diverged", "instinct"):
+    for field in ("fitness", "diverged", "instinct", "life_losses"):
         joined = np.concatenate([getattr(b, field) for b in blocks])
         np.testing.assert_array_equal(getattr(whole, field), joined)
-    np.testing.assert_array_equal(
-        whole.life_losses, np.concatenate([b.life_losses for b in blocks], axis=1)
-    )
     for a, *parts in zip(
         *map(jax.tree.leaves, [whole.trained] + [b.trained for b in blocks])
     ):
@@ -135,6 +134,26 @@ def test_no_selection_control_chooses_its_final_learngene_at_random(omniglot):
         for s in range(20)
     }
     assert chosen == {0, 1, 2}
+
+
+@pytest.mark.parametrize("selection", ["tournament", "score", "none"])
+def test_the_host_generation_is_the_core_tell_of_its_evaluation(selection, omniglot):
+    # Selection, the next state and the metrics exist once, in Evolution.tell: a host
+    # generation is tell applied to the host loop's evaluation of the members.
+    evo = _tiny_executor(omniglot, selection=selection)
+    key = jax.random.key(2)
+    state = evo.init(key)
+    state, _ = evo.generation(key, state)  # generation 1: lineage scores exist
+    evaluation = evo.evaluate(key, 1, state.learngenes)
+    expected, expected_metrics = evo.evo.tell(key, state, jax.device_get(evaluation))
+    got, metrics = evo.generation(key, state)
+    expected_metrics = host_metrics(expected_metrics)
+    assert metrics.keys() == expected_metrics.keys()
+    for name in ("generation", "parents", "best_index", "diverged"):
+        assert metrics[name] == expected_metrics[name], name
+    # Jitted and eager: the same function, XLA may fuse (and round) differently.
+    chex.assert_trees_all_close(metrics, expected_metrics, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_a_head_that_does_not_match_the_tasks_is_refused(omniglot):

@@ -12,12 +12,12 @@ from gtl_jax.experiment import load_config, make_executor, start_life_workers
 def test_worker_processes_compute_the_lives_of_the_population(omniglot):
     c = load_config("omniglot:smoke")  # pop 3: blocks of 2 and 1 members
     evo = make_executor(c, omniglot)
-    key = jax.random.fold_in(jax.random.key(1), 0)
+    key = jax.random.key(1)
     genes = evo.evo.init(jax.random.key(0)).learngenes
     here_steps, there_steps = [], []
-    here = jax.device_get(evo.lives(key, genes, on_step=here_steps.append))
+    here = jax.device_get(evo.evaluate(key, 0, genes, on_step=here_steps.append))
     with start_life_workers(c, 2) as workers:
-        there = workers(key, genes, there_steps.append)
+        there = workers(key, 0, genes, there_steps.append)
     # A pinned worker computes on one core, this process on two: XLA may sum in another
     # order, so equal up to float rounding; a flipped query moves accuracy by 1/75.
     query = 1 / (c.evolution.critic_way * c.evolution.critic_query)
@@ -37,6 +37,6 @@ def test_worker_processes_compute_the_lives_of_the_population(omniglot):
     # Pinned workers compute on one core each: the numbers do not depend on how many there
     # are (one worker runs all 3 members; two run 2 and 1).
     with start_life_workers(c, 1) as worker:
-        alone = worker(key, genes)
+        alone = worker(key, 0, genes)
     for a, b in zip(jax.tree.leaves(there), jax.tree.leaves(alone)):
         np.testing.assert_array_equal(a, b)

@@ -28,20 +28,26 @@ from gtl_jax.population import init_network, make_optimizer, train_step
 
 
 def check_layout(tree, pop_size: int) -> None:
-    """Every leaf split over the 'pop' axis of all devices, pop_size / D members each; a
-    population not divisible by the devices replicated on every device."""
+    """Every leaf split over the 'pop' axis of all devices, ceil(pop_size / D) members on
+    each device (a population the devices do not divide is padded, never replicated)."""
     devices = jax.device_count()
     for leaf in jax.tree.leaves(tree):
         if devices == 1:
             assert len(leaf.sharding.device_set) == 1, leaf.sharding
             continue
-        if pop_size % devices:
-            assert leaf.sharding.is_fully_replicated, leaf.sharding
-            continue
         assert leaf.sharding.spec == PartitionSpec("pop"), leaf.sharding
         shards = leaf.addressable_shards
         assert len({s.device for s in shards}) == devices, leaf.sharding
-        assert all(s.data.shape[0] == pop_size // devices for s in shards)
+        assert all(s.data.shape[0] == -(-pop_size // devices) for s in shards)
+
+
+def check_map_layout(tree, pop_size: int) -> None:
+    """population_map's outputs: split over the devices when they divide pop_size;
+    otherwise the P rows it computed padded, gathered on every device."""
+    if jax.device_count() > 1 and pop_size % jax.device_count():
+        assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(tree))
+    else:
+        check_layout(tree, pop_size)
 
 
 def lifetime_steps(strategy: str, mesh, members: int) -> dict[str, np.ndarray]:
@@ -81,7 +87,7 @@ def lifetime_steps(strategy: str, mesh, members: int) -> dict[str, np.ndarray]:
         )
         losses.append(np.asarray(loss))
     if mesh is not None:
-        check_layout(state, members)
+        check_map_layout(state, members)
     params = jax.tree_util.tree_leaves_with_path(state.params)
     return {
         "losses": np.stack(losses),
@@ -134,15 +140,16 @@ def main() -> None:
     )
     executor = HostExecutor(evo, args.strategy)
     key = jax.random.key(0)
-    state = evo.init(key)
+    state = executor.init(key)
     check_layout(state.learngenes, args.pop_size)
     results = {}
     for g in range(args.generations):
         state, metrics = executor.generation(key, state)
-        check_layout(state.learngenes, args.pop_size)
+        for field in type(state).POPULATION_FIELDS:
+            check_layout(getattr(state, field), args.pop_size)
         results[f"fitness/{g}"] = np.asarray(metrics["fitness"])
         results[f"parents/{g}"] = np.asarray(metrics["parents"])
-        for name, gene in state.learngenes.items():
+        for name, gene in executor.logical(state).learngenes.items():
             for k, v in gene.items():
                 results[f"learngenes/{g}/{name}/{k}"] = np.asarray(v)
     np.savez(args.out, devices=jax.device_count(), **results)

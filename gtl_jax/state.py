@@ -1,0 +1,231 @@
+"""What an evolution is made of: its config (``EvolutionConfig``) and the pytrees a
+generation passes around (``EvolutionState``, ``Pools``, ``Tasks``, ``Evaluation``), with the
+key schedule of a generation and the conversion of its metrics into logged values.
+
+``gtl_jax.evolution`` computes with them; ``gtl_jax.sharding`` places them on devices;
+checkpoints hold ``EvolutionState``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from flax import struct
+
+from gtl_jax.data.augment import AUGMENTATIONS
+from gtl_jax.data.pool import Episode
+from gtl_jax.learngene import Learngene
+from gtl_jax.population import OPTIMIZERS
+
+
+def generation_keys(key: jax.Array) -> jax.Array:
+    """A generation's keys: hosts, tasks, lifetime steps, critics, reproduction."""
+    return jax.random.split(key, 5)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@struct.dataclass
+class EvolutionState:
+    """Everything a run needs to continue; every array of ``learngenes`` has a leading P.
+
+    Attributes:
+      generation: i32[], the number of generations completed.
+      learngenes: the learngenes of the next hosts (stacked, leading P).
+      parents: i32[P], lineage: the index (in the previous generation) of each one's parent.
+      best_learngene: the fittest trained learngene of the last completed generation.
+      best_fitness: f32[], its fitness.
+      scores: f32[P], the lineage score each next host inherits from its parent
+        (``selection="score"``; zeros otherwise).
+      trained: the trained learngenes of the last completed generation (stacked, leading
+        P), from which the final learngene is chosen (``choose_final``).
+      fitness: f32[P], their fitness (NaN for diverged ones).
+    """
+
+    generation: jax.Array
+    learngenes: Learngene
+    parents: jax.Array
+    best_learngene: Learngene
+    best_fitness: jax.Array
+    scores: jax.Array
+    trained: Learngene
+    fitness: jax.Array
+
+    # The fields with a leading population axis P (``gtl_jax.sharding`` splits them over
+    # devices; the others are replicated).
+    POPULATION_FIELDS = ("learngenes", "parents", "scores", "trained", "fitness")
+
+
+@struct.dataclass
+class Pools:
+    """The images a generation samples from: an argument of the pure functions, so that a
+    jitted generation takes the pools as inputs instead of embedding them as constants.
+
+    Attributes:
+      train: u8[C_train, M, H, W, Ch], the meta-train classes (lifetime tasks).
+      val: u8[C_val, M, H, W, Ch], the meta-validation classes (critic episodes).
+    """
+
+    train: jax.Array
+    val: jax.Array
+
+
+@struct.dataclass
+class Tasks:
+    """What a generation asks of its members (``Evolution.ask``): the per-member arrays have
+    a leading P; the critics' episodes and keys are the same for every member.
+
+    Attributes:
+      host_keys: key[P], each host network's initialisation.
+      classes: i32[P, W], each lifetime's ``life_way`` meta-train classes.
+      life_keys: key[P, S], each lifetime step's batch (and augmentation).
+      episodes: the critics' meta-validation episodes (leading axis C, ``num_critics``).
+      critic_keys: key[C], the critics' head initialisation and fine-tuning.
+    """
+
+    host_keys: jax.Array
+    classes: jax.Array
+    life_keys: jax.Array
+    episodes: Episode
+    critic_keys: jax.Array
+
+
+@struct.dataclass
+class Evaluation:
+    """Steps 1-4 of a generation for P members (``Evolution.evaluate``, or an executor's
+    loop over the same per-member functions): what ``Evolution.tell`` needs.
+
+    Attributes:
+      trained: the learngenes extracted after lifetime learning (stacked, leading P).
+      life_losses: f32[P, S], the lifetime losses (S >= 1: zeros for a run without
+        lifetime steps).
+      diverged: bool[P], a non-finite loss or learngene.
+      fitness: f32[P], mean critic query accuracy (diverged ones included).
+      instinct: f32[P, C], the critics' accuracy before fine-tuning.
+    """
+
+    trained: Learngene
+    life_losses: jax.Array
+    diverged: jax.Array
+    fitness: jax.Array
+    instinct: jax.Array
+
+
+def host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A generation's array metrics (``Evolution.step``) as the JSON-ready values a run logs:
+    Python numbers and lists."""
+    m = jax.device_get(metrics)
+    out = {}
+    for k, v in m.items():
+        v = np.asarray(v)
+        if v.ndim:
+            out[k] = v.tolist()
+        elif v.dtype.kind in "iub":
+            out[k] = int(v)
+        else:
+            out[k] = float(v)
+    return out
+
+
+# What tournaments rank: raw fitness; the lineage score (ECO's learngene score: fitness plus
+# the parent's score decayed by score_decay); or nothing (parents drawn at random: a control).
+SELECTIONS = ("tournament", "score", "none")
+# The stream of the fixed critic episodes (fixed_critics), folded into the root key.
+CRITIC_STREAM = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionConfig:
+    """The sizes and knobs of the loop; the defaults are the default config's
+    (``configs/omniglot.py`` builds its ``evolution`` section from them).
+
+    Attributes (beyond the sizes):
+      generations: G, the number of generations a run evolves.
+      life_optimizer: "sgd" (with ``life_momentum``) or "adam" (ViTs learn little in a
+        lifetime with SGD), at ``life_lr`` with ``life_weight_decay`` as L2.
+      critic_steps: fine-tuning steps of each critic (the critics otherwise follow the
+        descendants' recipe).
+      life_closed: keep the weights from non-gene inputs into gene outputs at zero during
+        lifetime learning, so the circuit a host trains is the closed sub-network it passes
+        on (otherwise extraction cuts weights the circuit relied on in life).
+      fixed_critics: every generation's critics fine-tune on the same meta-validation
+        episodes and keys (drawn from the root key), so fitness is comparable across
+        generations; otherwise each generation draws new ones.
+      selection: "tournament" (on fitness), "score" (on the lineage score) or "none".
+      score_decay: the weight of the parent's score in a child's lineage score.
+      final_candidates: the fittest members of the last generation re-scored before the
+        final learngene is chosen (``Evolution.choose_final``).
+      rescore_episodes: the meta-validation episodes they are re-scored on (0: the fittest
+        is chosen).
+
+    Raises:
+      ValueError: a field is impossible; the message starts with ``field=value:``.
+    """
+
+    pop_size: int = 9
+    tournament_size: int = 3
+    generations: int = 8
+    life_way: int = 50
+    life_steps: int = 100
+    life_batch: int = 32
+    life_optimizer: str = "sgd"
+    life_lr: float = 0.05
+    life_momentum: float = 0.9
+    life_weight_decay: float = 5e-4
+    num_critics: int = 4
+    critic_way: int = 5
+    critic_shot: int = 1
+    critic_query: int = 15
+    critic_steps: int = 20
+    mutation_sigma: float = 0.1
+    mutation_rate: float = 0.5
+    zero_cross: bool = True
+    augment: str = "none"
+    life_closed: bool = True
+    fixed_critics: bool = True
+    selection: str = "tournament"
+    score_decay: float = 0.6
+    final_candidates: int = 3
+    rescore_episodes: int = 100
+
+    def __post_init__(self):
+        def need(ok: bool, field: str, why: str) -> None:
+            if not ok:
+                raise ValueError(f"{field}={getattr(self, field)!r}: {why}")
+
+        for field in (
+            "pop_size",
+            "tournament_size",
+            "generations",
+            "life_way",
+            "life_batch",
+            "num_critics",
+            "critic_way",
+            "critic_shot",
+            "critic_query",
+            "final_candidates",
+        ):
+            need(int(getattr(self, field)) >= 1, field, "must be >= 1")
+        for field in ("life_steps", "critic_steps", "rescore_episodes"):
+            need(int(getattr(self, field)) >= 0, field, "must be >= 0")
+        need(
+            self.pop_size % self.tournament_size == 0,
+            "pop_size",
+            f"must be divisible by tournament_size={self.tournament_size}",
+        )
+        need(self.mutation_sigma >= 0, "mutation_sigma", "must be >= 0")
+        need(0 <= self.mutation_rate <= 1, "mutation_rate", "must be in [0, 1]")
+        need(
+            self.augment in AUGMENTATIONS, "augment", f"must be one of {AUGMENTATIONS}"
+        )
+        need(
+            self.life_optimizer in OPTIMIZERS,
+            "life_optimizer",
+            f"must be one of {OPTIMIZERS}",
+        )
+        need(self.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}")
+        need(0 <= self.score_decay <= 1, "score_decay", "must be in [0, 1]")
