@@ -1,5 +1,18 @@
 """Generations per second of the library's pure, jitted generation, on any backend.
 
+Figure: generations/s and images/s of one generation (``jax.jit(evo.step)``) and of S seeds
+evolving G generations in one program (``jax.jit(jax.vmap(evo.run))``), for P = 8-64 and
+S = 1, 2, 4, with compile seconds apart; the default config's networks (VGG11 x1/4, 28x28).
+Against: itself across P and S in one run (the pure vmapped generation is the form GPU/TPU
+run: ``strategy="auto"`` is ``vmap`` there).
+Bound: images/s does not fall as the population or the seeds grow (images/s at P=64 over
+P=8 >= 1.0, and at S=4 over S=1 >= 1.0, until the device's memory is full); read from the JSON
+lines, the script does not check it.
+Command: ``python benchmarks/generations.py`` (``--tiny``: a check of the script, about a
+minute on CPU).
+Last measured: never on a GPU or TPU (this project's machines are CPUs); ``--tiny`` on CPU
+only checks that it runs.
+
 The accelerator suite: it times ``gtl_jax.evolution.Evolution``'s pure functions, the form a
 GPU or TPU runs (every member vmapped, lifetimes in ``lax.scan``, critics vmapped), against the
 population size P and the number of seeds evolved at once, with the default config's networks.
@@ -38,7 +51,7 @@ download is needed) or the dataset itself (``--data config``). The
 networks are built with the models' ``forms`` (``--forms``, default ``auto``: ``xla`` on
 GPU/TPU, the CPU forms on CPU). No CPU XLA flag is set; on CPU the library's default
 execution is not this pure form but host loops of per-member functions in worker processes
-(``benchmarks/cpu/``, ``docs/cpu.md``).
+(``benchmarks/strategies.py``, ``docs/cpu.md``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,13 @@
 """FLOPs per image of a registry model, from XLA's cost analysis (configs/imagenet.py's estimate).
 
+Figure: GFLOP per image, forward and forward + backward, of a registry model (default
+ViT-Small at 224x224) as XLA counts them. Against: the numbers configs/imagenet.py's compute
+budget is built on (9.27 and 28.3 GFLOP per image; about 4.8 PFLOP per generation). Bound:
+equal to those to the printed digits; when the model changes them, the budget in
+configs/imagenet.py and the README is recomputed. Command: ``python benchmarks/model_flops.py``
+(seconds on a CPU). Last measured: 21.7M parameters, 9.27 and 28.27 GFLOP per image
+(2026-12-06, a 2-core x86-64 CPU, jax 0.10.2).
+
 The forward pass of one image, and the forward and backward pass (the gradient of the
 parameters) per image of a batch of 8, as XLA counts them in the compiled programs
 (``jax.jit(f).lower(...).compile().cost_analysis()``; a multiply-add counts 2). Compiled for

@@ -967,7 +967,7 @@ def parse_command_line(
 # XLA CPU's concurrency-optimised scheduler (on by default) orders a program so that independent
 # ops run side by side; on 2 cores that competes with the ops' own threads. With it off, a
 # VGG11 train step ran 1.35x faster at width 1/4 and 1.14x at width 1, outputs bit-identical
-# (benchmarks/cpu/results/cpu_explore.md). XLA aborts on a flag it does not know, so the flags are
+# (docs/cpu/forms_and_flags.md). XLA aborts on a flag it does not know, so the flags are
 # given only to the jaxlib versions they were checked on.
 CPU_XLA_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 CPU_XLA_FLAGS_JAXLIB = ((0, 10), (0, 11))  # [from, to) as (major, minor)
@@ -990,7 +990,7 @@ def configure_jax() -> None:
     """Process-wide JAX settings of the command line; call before JAX first uses a device.
 
     - Non-partitionable threefry: with the partitionable form (JAX's default) XLA CPU took
-      7.5 s to compile a VGG11 x1/8 init, against 2.6 s without (benchmarks/cpu/results/).
+      7.5 s to compile a VGG11 x1/8 init, against 2.6 s without (docs/cpu/default_size.md).
       Random streams are fixed by this setting, so runs stay reproducible.
     - A persistent compilation cache of every program, however quick to compile: a second run
       (or the tests) skips most compilation. Each worker process compiles the programs it

@@ -9,7 +9,7 @@ Its semantics is always ``jax.vmap``; how it runs is an execution strategy:
   loop, outputs stacked. On XLA CPU vmap turns every conv into a grouped conv, which runs
   slower than P separate convs: P=8 VGG11 x1/8, batch 32, loop 2373 images/s against vmap
   1117; members unrolled inside one jit 2259, but compiled in 20.9 s against 7.4 s
-  (``benchmarks/cpu/population_step.py``, ``docs/cpu.md``). So the loop is the CPU form.
+  (``docs/cpu/default_size.md``; ``benchmarks/strategies.py`` measures it). So the loop is the CPU form.
 - ``"auto"``: ``"vmap"`` on GPU/TPU, ``"loop"`` on CPU.
 
 Several devices: P is sharded over the ``"pop"`` mesh (``population_mesh``), each device
@@ -83,7 +83,7 @@ def population_map(
         updated as the first element of its output tuple. On one device it is donated (do not
         use the argument after the call), and the loop writes each member's update into it in
         place instead of stacking a new population after all members (measured even with
-        stacking or faster: ``benchmarks/cpu/results/cpu_explore.md``, "Using both cores").
+        stacking or faster: ``docs/cpu/forms_and_flags.md``, "Using both cores").
 
     Returns:
       A function of the same arguments with outputs stacked along a leading P. It is already

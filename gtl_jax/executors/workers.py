@@ -2,7 +2,7 @@
 
 On CPU XLA uses two cores poorly for small networks: at the default sizes one pinned process
 trains a member about as fast as one process on both cores
-(``benchmarks/cpu/results/default_size.md``), so two processes pinned one per core about
+(``docs/cpu/default_size.md``), so two processes pinned one per core about
 double the rate. ``LifeWorkers`` is the ``workers`` of ``HostExecutor.generation``: each
 worker builds its own executor once (``make_executor(*args)``, a picklable module-level
 function, e.g. ``gtl_jax.experiment.worker_executor``) and computes ``HostExecutor.evaluate``

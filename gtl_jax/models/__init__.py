@@ -50,7 +50,7 @@ def build_model(
     ``dtype`` is the computation dtype: ``jnp.bfloat16`` (``PRECISIONS["bfloat16"]``) is mixed
     precision for GPU/TPU (bfloat16 convs and activations, float32 parameters, BatchNorm
     statistics, head, logits and loss). On this CPU bfloat16 is no faster than float32
-    (benchmarks/cpu/results/cpu_explore.md).
+    (docs/cpu/forms_and_flags.md).
 
     ``forms`` is how the layers compute (``gtl_jax.models.layers``): ``"cpu"`` the forms fast
     on XLA CPU, ``"xla"`` lax.conv and nn.max_pool (what GPU/TPU run), ``"auto"`` the default

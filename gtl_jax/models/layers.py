@@ -28,7 +28,7 @@ Forms. Every layer here, and the models built from them, take ``forms``, one of 
   otherwise, decided when the model is traced.
 
 The last two CPU forms together made a VGG11 train step (32x32, batch 64) 1.16-1.28x faster at
-width 1/4 and 1.23-1.28x at width 1 in four runs (benchmarks/cpu/results/cpu_explore.md).
+width 1/4 and 1.23-1.28x at width 1 in four runs (docs/cpu/forms_and_flags.md).
 Values agree between the forms to float rounding, gradients too (the pool's differ only at
 ties, see ``max_pool_2x2``), so ``forms="xla"`` on a CPU computes, at float rounding, the
 network without the CPU forms (tests/test_models.py). Every form keeps the parameter layout of ``flax.linen.Conv``
@@ -62,11 +62,11 @@ def resolve_forms(forms: str) -> str:
 
 # In the CPU forms, 3x3 convs on maps of at most SMALL_MAP_PIXELS pixels (2x2 and 1x1), and on
 # maps of at most WIDE_MAP_PIXELS (3x3, 4x4) with at least WIDE_MAP_CHANNELS input channels, use
-# the shifted-matmul form. benchmarks/cpu/conv_small_maps.py (forward + both gradients, batch
-# 64, one core; benchmarks/cpu/results/conv_small_maps_b64.jsonl), against the library's form on larger
+# the shifted-matmul form. docs/cpu/small_maps.md (forward + both gradients, batch
+# 64, one core), against the library's form on larger
 # maps: 2x2 and 1x1 maps 2.8-93x faster at 64-512 channels; 3x3 and 4x4 maps 1.31-1.95x at 256
 # and 512 channels, 1.11-1.67x at 128, 0.87-1.31x at 64; 5x5 maps 0.83-1.17x; 8x8 maps
-# 0.67-1.03x. Whole VGG11 step (32x32, batch 64, one core; benchmarks/cpu/results/step_profile.md),
+# 0.67-1.03x. Whole VGG11 step (32x32, batch 64, one core; docs/cpu/step_profile.md),
 # against only 2x2 and 1x1 maps as shifted matmuls over the zero-padded window: 1.15x at width
 # 1 (rounds 1.11-1.34), 1.03x at width 1/4 (1.00-1.15). The default command's networks (width
 # 1/8, 28x28: 3x3 maps of at most 64 channels, a 1x1 map) compute the same numbers bit for bit.
@@ -94,7 +94,7 @@ def uses_shifted_matmuls(
 
 
 # In the CPU forms, larger maps use lax.conv with its kernel gradient computed as shifted
-# matmuls (conv_matmul_kernel_grad). benchmarks/cpu/cpu_explore.py, forward + backward of one
+# matmuls (conv_matmul_kernel_grad). docs/cpu/forms_and_flags.md, forward + backward of one
 # conv at batch 64: 1.2-1.9x faster than lax.conv on VGG11's 32x32, 16x16 and 8x8 layers,
 # about even on 4x4; in the whole VGG11 step it was worth 1.13x at width 1 and nothing
 # measurable at width 1/4. Its gradients differ from lax.conv's by float rounding.
@@ -250,7 +250,7 @@ class Conv(nn.Module):
 # In the CPU forms, 2x2 max-pooling is computed as a reshape and a max over the two window axes.
 # XLA CPU expands the gradient of nn.max_pool (lax.reduce_window, whose transpose is
 # select-and-scatter) into a scatter driven by four int32 index arrays of the input's size; the
-# reshaped max's gradient is an elementwise mask. benchmarks/cpu/cpu_explore.py, forward +
+# reshaped max's gradient is an elementwise mask. docs/cpu/forms_and_flags.md, forward +
 # backward of VGG11's pools at batch 64: 1.7-6x faster; in the whole step 1.14x at width 1/4,
 # within noise at 1. Gradients differ from nn.max_pool's only at ties (see max_pool_2x2).
 
