@@ -111,6 +111,18 @@ def holds_any(names: Iterable[str]) -> Callable[[pathlib.Path], pathlib.Path | N
 # --------------------------------------------------------------------------- split lists
 
 
+def read_names(path: pathlib.Path) -> list[str]:
+    """The names of a list file: one per line; ``#`` starts a comment; blank lines are
+    skipped. Nothing is checked (``read_class_list`` checks); a missing file is an OSError.
+    """
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            names.append(name)
+    return names
+
+
 def read_class_list(path: pathlib.Path) -> list[str]:
     """Class names of a split file: one per line; ``#`` starts a comment.
 
@@ -119,11 +131,7 @@ def read_class_list(path: pathlib.Path) -> list[str]:
     """
     if not path.is_file():
         raise DataError(f"split file {path} is missing (it ships with the package)")
-    names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name = line.split("#", 1)[0].strip()
-        if name:
-            names.append(name)
+    names = read_names(path)
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise DataError(f"split file {path} lists {repeated} more than once")

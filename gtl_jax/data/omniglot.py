@@ -38,12 +38,15 @@ from typing import NamedTuple
 import numpy as np
 
 from gtl_jax.data.files import (
+    SPLITS_DIR,
     area_resize_matrix,
     cache_path,
     cached_pools,
+    candidate_dirs,
     check_image_size,
     default_cache_dir,
     download,
+    read_names,
     verify_digest,
 )
 from gtl_jax.data.pool import ClassPool, DataError
@@ -75,12 +78,8 @@ NUM_EVALUATION_CLASSES = 659
 IMAGES_PER_CLASS = 20
 ORIGINAL_SIZE = 105
 
-_SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
-VAL_ALPHABETS_FILE = _SPLITS_DIR / "omniglot_val_alphabets.txt"
+VAL_ALPHABETS_FILE = SPLITS_DIR / "omniglot_val_alphabets.txt"
 
-# The parent of the ``gtl_jax`` package folder: the repository root in a checkout.
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-_SHARED_RELPATH = pathlib.Path("..", "shared", "data", "omniglot")
 # 1024 images of 105x105 in float32 are ~45 MB; the whole background set at once
 # would be ~850 MB.
 _RESIZE_CHUNK = 1024
@@ -116,11 +115,6 @@ def _form_of(path: pathlib.Path) -> str | None:
         if all((path / name).is_file() for name in names):
             return form
     return None
-
-
-def _both_forms(path: pathlib.Path) -> list[pathlib.Path]:
-    """The folder itself, then its ``omniglot/`` subfolder."""
-    return [path, path / "omniglot"]
 
 
 def default_download_dir() -> pathlib.Path:
@@ -159,18 +153,20 @@ def find_omniglot_source(
     Raises:
       DataError: if no folder is found; the message lists every path looked at.
     """
+    # The folders (and each one's omniglot/) that every loader searches.
+    candidates = candidate_dirs(NAME, data_dir)
     if data_dir is not None:
-        base = pathlib.Path(data_dir).expanduser()
-        for candidate in _both_forms(base):
+        for candidate in candidates:
             form = _form_of(candidate)
             if form is not None:
                 return form, candidate.resolve()
         # An explicit path that is wrong is a user error worth reporting, not a
         # reason to silently use some other copy of the data.
+        base, subfolder = candidates
         why = (
             "it does not exist"
             if not base.is_dir()
-            else f"neither it nor {str(base / 'omniglot')!r} holds {BACKGROUND_ZIP} "
+            else f"neither it nor {str(subfolder)!r} holds {BACKGROUND_ZIP} "
             f"and {EVALUATION_ZIP}, or {BACKGROUND_FILE} and {EVALUATION_FILE}"
         )
         raise DataError(
@@ -178,13 +174,8 @@ def find_omniglot_source(
             f"{_HOW_TO_PROVIDE}"
         )
 
-    candidates: list[pathlib.Path] = []
-    env_dir = os.environ.get("GTL_DATA_DIR")
-    if env_dir:
-        candidates += _both_forms(pathlib.Path(env_dir).expanduser())
-    candidates += [pathlib.Path.cwd() / _SHARED_RELPATH, _REPO_ROOT / _SHARED_RELPATH]
     candidates.append(default_download_dir())
-
+    # Resolved for the message too: it names each folder once, as the OS sees it.
     looked_at: list[pathlib.Path] = []
     for candidate in candidates:
         candidate = candidate.resolve()
@@ -195,6 +186,7 @@ def find_omniglot_source(
         if form is not None:
             return form, candidate
     paths = "\n".join(f"  {p}" for p in looked_at)
+    env_dir = os.environ.get("GTL_DATA_DIR")
     env_note = f"GTL_DATA_DIR={env_dir!r}" if env_dir else "GTL_DATA_DIR is not set"
     raise DataError(
         f"Omniglot data not found ({env_note}). Looked at:\n{paths}\n{_HOW_TO_PROVIDE}"
@@ -467,13 +459,7 @@ def read_val_alphabets(path: pathlib.Path | None = None) -> list[str]:
 
     One alphabet name per line; ``#`` starts a comment.
     """
-    path = VAL_ALPHABETS_FILE if path is None else path
-    names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name = line.split("#", 1)[0].strip()
-        if name:
-            names.append(name)
-    return names
+    return read_names(VAL_ALPHABETS_FILE if path is None else path)
 
 
 def read_alphabets(data_dir: pathlib.Path) -> dict[str, list[str]]:
