@@ -71,13 +71,13 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from gtl_jax.data.arrays import check_image_size
 from gtl_jax.data.files import (
     CACHE_VERSION,
     cache_key,
     cache_path,
     cached_pools,
     candidate_dirs,
-    check_image_size,
     default_cache_dir,
     write_npz_atomic,
 )

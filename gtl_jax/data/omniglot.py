@@ -33,13 +33,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gtl_jax.data.arrays import area_resize_matrix, check_image_size
 from gtl_jax.data.files import (
     SPLITS_DIR,
-    area_resize_matrix,
     cache_path,
     cached_pools,
     candidate_dirs,
-    check_image_size,
     default_cache_dir,
     download,
     read_names,
