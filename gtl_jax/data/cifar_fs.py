@@ -29,22 +29,22 @@ import tarfile
 
 import numpy as np
 
-from gtl_jax.data.files import (
+from gtl_jax.data.arrays import (
     build_pools,
+    check_image_array,
+    check_image_size,
+    group_by_class,
+)
+from gtl_jax.data.files import (
     cache_key,
     cache_path,
     cached_pools,
-    check_image_array,
-    check_image_size,
     find_first_source,
-    group_by_class,
     holds_any,
-    load_pickle,
-    load_split_pickle,
     read_split_lists,
-    require_keys,
     verify_digest,
 )
+from gtl_jax.data.pickles import load_pickle, load_split_pickle, require_keys
 from gtl_jax.data.pool import ClassPool, DataError
 
 NAME = "cifar_fs"

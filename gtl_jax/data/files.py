@@ -1,21 +1,24 @@
-"""What the class-pool loaders share: finding data, split lists, safe pickles, checksums,
-verified downloads, the cache.
+"""Where the loaders' source files are, and how they are split, fetched, verified and cached.
 
-A shell module (I/O, no jit). Each dataset loader (``cifar_fs.py``, ``mini_imagenet.py``,
-``npz.py``) reads its source files into ``{split: ClassPool}`` through these helpers, so every
-loader checks and names files in its errors the same way; all of them, ``omniglot.py`` included,
-cache through ``cached_pools``: uint8 pools in one ``.npz`` per (dataset, image size, sources,
-split lists) in ``$GTL_CACHE_DIR`` or ``~/.cache/gtl_jax``.
+This module owns what every class-pool loader does with files: finding a dataset's folder
+(``candidate_dirs``, ``find_first_source``), the shipped split lists, checksums, verified
+downloads and the cache (uint8 pools in one ``.npz`` per (dataset, image size, sources,
+split lists) in ``$GTL_CACHE_DIR`` or ``~/.cache/gtl_jax``, written atomically). Every
+loader (``cifar_fs.py``, ``mini_imagenet.py``, ``npz.py``, ``omniglot.py``,
+``imagenet.py``) goes through it, so each checks and names files in its errors the same
+way. A shell module (I/O, no jit).
+
+Reading pickles safely lives in ``pickles.py`` and the array steps that build pools
+(checks, grouping, resizing) in ``arrays.py``; their names stay importable from here,
+where loaders written before the split import them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import os
 import pathlib
-import pickle
 import tempfile
 import time
 import urllib.error
@@ -26,6 +29,17 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+# Re-exported (``name as name``): the names files.py held before pickles.py and arrays.py.
+from gtl_jax.data.arrays import area_resize_matrix as area_resize_matrix
+from gtl_jax.data.arrays import build_pools as build_pools
+from gtl_jax.data.arrays import check_image_array as check_image_array
+from gtl_jax.data.arrays import check_image_size as check_image_size
+from gtl_jax.data.arrays import check_same_count as check_same_count
+from gtl_jax.data.arrays import group_by_class as group_by_class
+from gtl_jax.data.arrays import resize_images as resize_images
+from gtl_jax.data.pickles import load_pickle as load_pickle
+from gtl_jax.data.pickles import load_split_pickle as load_split_pickle
+from gtl_jax.data.pickles import require_keys as require_keys
 from gtl_jax.data.pool import ClassPool, DataError
 
 SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
@@ -34,7 +48,6 @@ SPLITS = ("train", "val", "test")
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Bumped whenever a loader's output or the cache layout changes.
 CACHE_VERSION = "v1"
-_RESIZE_CHUNK = 512
 
 
 # --------------------------------------------------------------------------- finding data
@@ -111,6 +124,18 @@ def holds_any(names: Iterable[str]) -> Callable[[pathlib.Path], pathlib.Path | N
 # --------------------------------------------------------------------------- split lists
 
 
+def read_names(path: pathlib.Path) -> list[str]:
+    """The names of a list file: one per line; ``#`` starts a comment; blank lines are
+    skipped. Nothing is checked (``read_class_list`` checks); a missing file is an OSError.
+    """
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            names.append(name)
+    return names
+
+
 def read_class_list(path: pathlib.Path) -> list[str]:
     """Class names of a split file: one per line; ``#`` starts a comment.
 
@@ -119,11 +144,7 @@ def read_class_list(path: pathlib.Path) -> list[str]:
     """
     if not path.is_file():
         raise DataError(f"split file {path} is missing (it ships with the package)")
-    names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name = line.split("#", 1)[0].strip()
-        if name:
-            names.append(name)
+    names = read_names(path)
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise DataError(f"split file {path} lists {repeated} more than once")
@@ -173,108 +194,6 @@ def split_lists_digest(prefix: str, splits_dir: pathlib.Path | None = None) -> b
         for s in SPLITS
         if (splits_dir / f"{prefix}_{s}.txt").is_file()
     )
-
-
-# --------------------------------------------------------------------------- pickles
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Builds only numpy arrays and plain containers: a data file cannot run code."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("collections", "OrderedDict"),
-        ("collections", "defaultdict"),
-        ("builtins", "list"),
-        ("__builtin__", "list"),
-        # Bytes pickled by Python 3 at protocol 2 (e.g. re-saved caches).
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: a dataset pickle holds only arrays, "
-            "lists and dicts"
-        )
-
-
-def load_pickle(
-    path: pathlib.Path | None, *, data: bytes | None = None, what: str = ""
-):
-    """Unpickles a dataset file (Python 2 pickles too: ``encoding="latin1"``).
-
-    Dict keys that are ``bytes`` (Python 2 ``str``) become ``str``, so ``b'data'`` and
-    ``'data'`` read alike.
-
-    Args:
-      path: the file (named in errors).
-      data: the file's bytes, if already read (e.g. from an archive member).
-      what: a description of the expected content, for the error message.
-
-    Raises:
-      DataError: naming the file if it is missing, truncated or not a data pickle.
-    """
-    name = str(path)
-    try:
-        if data is None:
-            # Streamed from the file: a pickle of the real data is about a gigabyte.
-            with open(path, "rb") as f:
-                obj = _ArrayUnpickler(f, encoding="latin1").load()
-        else:
-            obj = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except FileNotFoundError:
-        raise DataError(f"{name} is missing; expected {what}") from None
-    except Exception as e:  # EOFError (truncated), UnpicklingError, ...
-        raise DataError(
-            f"{name} cannot be read as a pickle ({type(e).__name__}: {e}); the file is "
-            f"truncated or not the expected format. Expected {what}."
-        ) from e
-    if isinstance(obj, dict):
-        obj = {
-            k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()
-        }
-    return obj
-
-
-def load_split_pickle(
-    path: pathlib.Path, keys: Sequence[str], *, what: str, files: str
-) -> dict:
-    """The dict of one split's pickle, holding ``keys``.
-
-    Args:
-      path: the file.
-      keys: the keys it must hold.
-      what: a description of the expected content, for errors.
-      files: which set of three per-split files it belongs to, e.g. ``"MetaOptNet"``.
-
-    Raises:
-      DataError: naming the file if it is missing, unreadable or lacks a key.
-    """
-    if not path.is_file():
-        raise DataError(
-            f"{path} is missing (the {files} files come as three); expected {what}"
-        )
-    obj = load_pickle(path, what=what)
-    require_keys(obj, keys, name=str(path), what=what)
-    return obj
-
-
-def require_keys(obj, keys: Sequence[str], *, name: str, what: str) -> None:
-    """Raises DataError unless ``obj`` is a dict holding every key."""
-    if not isinstance(obj, dict):
-        raise DataError(f"{name} holds a {type(obj).__name__}; expected {what}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise DataError(
-            f"{name} has no key(s) {missing} (found {sorted(map(str, obj))}); expected {what}"
-        )
 
 
 # --------------------------------------------------------------------------- checksums
@@ -422,148 +341,6 @@ def download(
     raise DataError(_one_line(f"{error} {how_to_fix}"))
 
 
-# --------------------------------------------------------------------------- pools
-
-
-def check_image_array(
-    images, *, name: str, ndim: int = 4, shape: tuple = ()
-) -> np.ndarray:
-    """Checks an image array read from ``name``: uint8, ``ndim`` axes, trailing ``shape``."""
-    if not isinstance(images, np.ndarray):
-        raise DataError(
-            f"{name}: images are a {type(images).__name__}; expected a uint8 array"
-        )
-    array = images
-    tail_ok = not shape or tuple(array.shape[-len(shape) :]) == tuple(shape)
-    if array.dtype != np.uint8 or array.ndim != ndim or not tail_ok:
-        want = f"(N, {', '.join(map(str, shape))})" if shape else f"{ndim} axes"
-        raise DataError(
-            f"{name}: images have dtype {array.dtype} and shape {array.shape}; "
-            f"expected uint8 of shape {want}"
-        )
-    return array
-
-
-def group_by_class(
-    images: np.ndarray,
-    labels: Sequence,
-    class_names: Sequence[str],
-    *,
-    name: str,
-    what: str,
-) -> np.ndarray:
-    """Stacks labelled images into a pool, in the order of ``class_names``.
-
-    Args:
-      images: u8[N, H, W, Ch].
-      labels: N class names (one per image).
-      class_names: the C classes the file must hold, exactly.
-      name: the source file(s), for errors.
-      what: which split list ``class_names`` come from, for errors.
-
-    Returns:
-      u8[C, M, H, W, Ch]; within a class, images keep their file order.
-
-    Raises:
-      DataError: if the file's classes are not exactly ``class_names`` or the classes do
-        not all have the same number of images.
-    """
-    labels = np.asarray(labels)
-    if labels.shape != (images.shape[0],):
-        raise DataError(
-            f"{name}: {labels.shape[0] if labels.ndim else 0} labels for "
-            f"{images.shape[0]} images; expected one label per image"
-        )
-    found = set(labels.tolist())
-    expected = set(class_names)
-    if found != expected:
-        raise DataError(
-            f"{name} holds {len(found)} classes, expected the {len(expected)} classes of "
-            f"{what}; missing {sorted(expected - found)[:5]}, unexpected "
-            f"{sorted(map(str, found - expected))[:5]}"
-        )
-    rows = [np.flatnonzero(labels == c) for c in class_names]
-    counts = {len(r) for r in rows}
-    if len(counts) != 1:
-        raise DataError(
-            f"{name}: classes have different numbers of images ({sorted(counts)}); "
-            "a class pool needs the same number for every class"
-        )
-    return images[np.stack(rows)]
-
-
-def check_same_count(pools: dict[str, ClassPool], *, name: str) -> None:
-    """Every split of a dataset must have the same images per class (600 in the real files)."""
-    counts = {s: p.images_per_class for s, p in pools.items()}
-    if len(set(counts.values())) != 1:
-        raise DataError(f"{name}: images per class differ between splits: {counts}")
-
-
-def build_pools(
-    read_fn: Callable[[str], np.ndarray],
-    lists: dict[str, list[str]],
-    image_size: int,
-    *,
-    name: str,
-) -> dict[str, ClassPool]:
-    """One resized ``ClassPool`` per split, named by the split lists.
-
-    Args:
-      read_fn: ``read_fn(split)`` returns the split's images, u8[C, M, H, W, Ch] in the
-        order of ``lists[split]``; splits are read one at a time.
-      lists: ``{split: [class name, ...]}``.
-      image_size: S.
-      name: the source, for errors.
-
-    Returns:
-      ``{split: ClassPool}`` with images u8[C, M, S, S, Ch].
-
-    Raises:
-      DataError: if the splits have different numbers of images per class.
-    """
-    pools = {
-        split: ClassPool(
-            images=resize_images(read_fn(split), image_size), class_names=tuple(names)
-        )
-        for split, names in lists.items()
-    }
-    check_same_count(pools, name=name)
-    return pools
-
-
-def area_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """The row-stochastic matrix of exact area averaging along one axis.
-
-    Output pixel ``i`` covers ``[i, i + 1) * in_size / out_size`` of the input
-    axis; its row holds the overlap of that interval with each input pixel,
-    divided by the interval length.
-
-    Returns:
-      f32[out_size, in_size] whose rows sum to 1.
-    """
-    scale = in_size / out_size
-    lo = np.arange(out_size, dtype=np.float64)[:, None] * scale
-    pixel = np.arange(in_size, dtype=np.float64)[None, :]
-    overlap = np.minimum(lo + scale, pixel + 1) - np.maximum(lo, pixel)
-    return (np.clip(overlap, 0.0, None) / scale).astype(np.float32)
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Area-resizes ``u8[..., H, W, Ch]`` square images to ``u8[..., S, S, Ch]``."""
-    h, w = images.shape[-3:-1]
-    if h == size and w == size:
-        return images
-    rows = area_resize_matrix(h, size)
-    cols = area_resize_matrix(w, size)
-    flat = images.reshape(-1, h, w, images.shape[-1])
-    out = np.empty((flat.shape[0], size, size, flat.shape[-1]), np.uint8)
-    for start in range(0, flat.shape[0], _RESIZE_CHUNK):
-        x = flat[start : start + _RESIZE_CHUNK].astype(np.float32)
-        y = np.einsum("ih,nhwc,jw->nijc", rows, x, cols, optimize=True)
-        out[start : start + _RESIZE_CHUNK] = np.clip(np.rint(y), 0, 255)
-    return out.reshape(*images.shape[:-3], size, size, images.shape[-1])
-
-
 # --------------------------------------------------------------------------- cache
 
 
@@ -696,9 +473,3 @@ def cached_pools(
     pools = build_fn()
     write_cache(path, pools)
     return pools
-
-
-def check_image_size(image_size) -> int:
-    if not isinstance(image_size, int | np.integer) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    return int(image_size)

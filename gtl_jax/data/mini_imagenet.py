@@ -25,19 +25,21 @@ import pathlib
 
 import numpy as np
 
-from gtl_jax.data.files import (
+from gtl_jax.data.arrays import (
     build_pools,
+    check_image_array,
+    check_image_size,
+    group_by_class,
+)
+from gtl_jax.data.files import (
     cache_key,
     cache_path,
     cached_pools,
-    check_image_array,
-    check_image_size,
     find_first_source,
-    group_by_class,
     holds_any,
-    load_split_pickle,
     read_split_lists,
 )
+from gtl_jax.data.pickles import load_split_pickle
 from gtl_jax.data.pool import ClassPool, DataError
 
 NAME = "mini_imagenet"

@@ -34,13 +34,12 @@ import zipfile
 
 import numpy as np
 
+from gtl_jax.data.arrays import check_image_size, resize_images
 from gtl_jax.data.files import (
     SPLITS,
     cache_key,
     cache_path,
     cached_pools,
-    check_image_size,
-    resize_images,
 )
 from gtl_jax.data.pool import ClassPool, DataError
 

@@ -11,7 +11,7 @@ Source forms (both give the same pools, pixel for pixel):
   (see ``../shared/data/omniglot/README.md``), SHA-256 verified;
 - official: the release's ``images_background.zip`` and ``images_evaluation.zip``
   (``<top>/<Alphabet>/characterNN/<id>_<drawer>.png``, 1-bit 105x105 PNGs read from
-  the zip in memory), MD5 verified. When no folder holds either form, these two are
+  the zip in memory by ``omniglot_zip.py``), MD5 verified. When no folder holds either form, these two are
   downloaded from ``OFFICIAL_URL`` (or ``$GTL_OMNIGLOT_URL``) into ``download_dir``.
 
 Splits (alphabet-disjoint, 20 images per class):
@@ -27,24 +27,28 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import pathlib
-import re
-import zipfile
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 
+from gtl_jax.data.arrays import area_resize_matrix, check_image_size
 from gtl_jax.data.files import (
-    area_resize_matrix,
+    SPLITS_DIR,
     cache_path,
     cached_pools,
-    check_image_size,
+    candidate_dirs,
     default_cache_dir,
     download,
+    read_names,
     verify_digest,
+)
+from gtl_jax.data.omniglot_zip import (
+    IMAGES_PER_CLASS,
+    ORIGINAL_SIZE,
+    read_official_alphabets,
+    read_official_zip,
 )
 from gtl_jax.data.pool import ClassPool, DataError
 
@@ -72,15 +76,9 @@ OFFICIAL_MD5 = {
 }
 NUM_BACKGROUND_CLASSES = 964
 NUM_EVALUATION_CLASSES = 659
-IMAGES_PER_CLASS = 20
-ORIGINAL_SIZE = 105
 
-_SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
-VAL_ALPHABETS_FILE = _SPLITS_DIR / "omniglot_val_alphabets.txt"
+VAL_ALPHABETS_FILE = SPLITS_DIR / "omniglot_val_alphabets.txt"
 
-# The parent of the ``gtl_jax`` package folder: the repository root in a checkout.
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-_SHARED_RELPATH = pathlib.Path("..", "shared", "data", "omniglot")
 # 1024 images of 105x105 in float32 are ~45 MB; the whole background set at once
 # would be ~850 MB.
 _RESIZE_CHUNK = 1024
@@ -116,11 +114,6 @@ def _form_of(path: pathlib.Path) -> str | None:
         if all((path / name).is_file() for name in names):
             return form
     return None
-
-
-def _both_forms(path: pathlib.Path) -> list[pathlib.Path]:
-    """The folder itself, then its ``omniglot/`` subfolder."""
-    return [path, path / "omniglot"]
 
 
 def default_download_dir() -> pathlib.Path:
@@ -159,18 +152,20 @@ def find_omniglot_source(
     Raises:
       DataError: if no folder is found; the message lists every path looked at.
     """
+    # The folders (and each one's omniglot/) that every loader searches.
+    candidates = candidate_dirs(NAME, data_dir)
     if data_dir is not None:
-        base = pathlib.Path(data_dir).expanduser()
-        for candidate in _both_forms(base):
+        for candidate in candidates:
             form = _form_of(candidate)
             if form is not None:
                 return form, candidate.resolve()
         # An explicit path that is wrong is a user error worth reporting, not a
         # reason to silently use some other copy of the data.
+        base, subfolder = candidates
         why = (
             "it does not exist"
             if not base.is_dir()
-            else f"neither it nor {str(base / 'omniglot')!r} holds {BACKGROUND_ZIP} "
+            else f"neither it nor {str(subfolder)!r} holds {BACKGROUND_ZIP} "
             f"and {EVALUATION_ZIP}, or {BACKGROUND_FILE} and {EVALUATION_FILE}"
         )
         raise DataError(
@@ -178,13 +173,8 @@ def find_omniglot_source(
             f"{_HOW_TO_PROVIDE}"
         )
 
-    candidates: list[pathlib.Path] = []
-    env_dir = os.environ.get("GTL_DATA_DIR")
-    if env_dir:
-        candidates += _both_forms(pathlib.Path(env_dir).expanduser())
-    candidates += [pathlib.Path.cwd() / _SHARED_RELPATH, _REPO_ROOT / _SHARED_RELPATH]
     candidates.append(default_download_dir())
-
+    # Resolved for the message too: it names each folder once, as the OS sees it.
     looked_at: list[pathlib.Path] = []
     for candidate in candidates:
         candidate = candidate.resolve()
@@ -195,6 +185,7 @@ def find_omniglot_source(
         if form is not None:
             return form, candidate
     paths = "\n".join(f"  {p}" for p in looked_at)
+    env_dir = os.environ.get("GTL_DATA_DIR")
     env_note = f"GTL_DATA_DIR={env_dir!r}" if env_dir else "GTL_DATA_DIR is not set"
     raise DataError(
         f"Omniglot data not found ({env_note}). Looked at:\n{paths}\n{_HOW_TO_PROVIDE}"
@@ -299,146 +290,6 @@ def _load_images(path: pathlib.Path, num_classes: int) -> np.ndarray:
     return images
 
 
-# A PNG of the official zips: <top>/<Alphabet>/characterNN/<id>_<drawer>.png.
-_MEMBER = re.compile(
-    r"(?P<top>[^/]+)/(?P<alphabet>[^/]+)/(?P<character>character\d+)/"
-    r"(?P<id>\d+)_(?P<drawer>\d+)\.png"
-)
-_LAYOUT = "<top>/<Alphabet>/characterNN/<id>_<drawer>.png"
-
-
-class OfficialSet(NamedTuple):
-    """One official zip as arrays, classes in character-id order.
-
-    Attributes:
-      images: bool[C, 20, 105, 105], ``True`` for white paper (as the arrays form);
-        axis 1 is the drawer, 01..20.
-      alphabets: the alphabet of each class (its folder name).
-      character_ids: int64[C], the ``<id>`` of each class's file names (1-based over
-        both zips: row c of the arrays form is id c + 1 or c + 965).
-    """
-
-    images: np.ndarray
-    alphabets: list[str]
-    character_ids: np.ndarray
-
-
-def _is_archiver_litter(member: str) -> bool:
-    """macOS archivers' extras (``__MACOSX/``, ``.DS_Store``, ``._*``): not data."""
-    return member.startswith("__MACOSX/") or member.rsplit("/", 1)[-1].startswith(".")
-
-
-def _index_official_zip(
-    archive: zipfile.ZipFile, name: str
-) -> list[tuple[int, str, list[zipfile.ZipInfo]]]:
-    """``[(character id, alphabet, [member of drawer 1..20])]`` sorted by id.
-
-    Raises:
-      DataError: naming ``name`` and the member, on any departure from the layout.
-    """
-    characters: dict[int, tuple[str, str, dict[int, zipfile.ZipInfo]]] = {}
-    tops = set()
-    for info in archive.infolist():
-        if info.is_dir() or _is_archiver_litter(info.filename):
-            continue
-        match = _MEMBER.fullmatch(info.filename)
-        if match is None:
-            raise DataError(
-                f"{name}: member {info.filename!r} is not {_LAYOUT}; not the official "
-                "Omniglot layout."
-            )
-        tops.add(match["top"])
-        char_id, drawer = int(match["id"]), int(match["drawer"])
-        place = (match["alphabet"], match["character"])
-        alphabet, character, drawers = characters.setdefault(char_id, (*place, {}))
-        if (alphabet, character) != place or drawer in drawers:
-            raise DataError(
-                f"{name}: member {info.filename!r} repeats character id {char_id} "
-                f"(drawer {drawer}) of {alphabet}/{character}."
-            )
-        drawers[drawer] = info
-    if len(tops) > 1:
-        raise DataError(f"{name}: several top folders {sorted(tops)}; expected one.")
-    if not characters:
-        raise DataError(f"{name}: no PNG in {_LAYOUT}; not an Omniglot zip.")
-    index = []
-    counts: dict[str, int] = {}
-    for char_id in sorted(characters):
-        alphabet, character, drawers = characters[char_id]
-        if sorted(drawers) != list(range(1, IMAGES_PER_CLASS + 1)):
-            raise DataError(
-                f"{name}: {alphabet}/{character} has drawers {sorted(drawers)}; "
-                f"expected 1..{IMAGES_PER_CLASS}."
-            )
-        # Ids run through each alphabet's characters in order; the class names of the
-        # arrays form (class_names) count them the same way.
-        counts[alphabet] = counts.get(alphabet, 0) + 1
-        if character != f"character{counts[alphabet]:02d}":
-            raise DataError(
-                f"{name}: character id {char_id} is {alphabet}/{character}; expected "
-                f"{alphabet}/character{counts[alphabet]:02d} (ids in character order)."
-            )
-        index.append((char_id, alphabet, [drawers[d] for d in sorted(drawers)]))
-    return index
-
-
-def _open_zip(path: pathlib.Path) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot be read as a zip file ({e}).") from e
-
-
-def read_official_alphabets(path: pathlib.Path) -> list[str]:
-    """The alphabet of each class of an official zip, in character-id order (no PNG
-    is decoded)."""
-    with _open_zip(path) as archive:
-        return [alphabet for _, alphabet, _ in _index_official_zip(archive, str(path))]
-
-
-def read_official_zip(path: pathlib.Path) -> OfficialSet:
-    """Reads an official Omniglot zip (in memory, no extraction).
-
-    Classes are ordered by character id, images within a class by drawer: the order
-    of the arrays form, whose pixels these are.
-
-    Raises:
-      DataError: naming the file (and member) if it is not a zip, departs from the
-        layout, or holds a damaged PNG or one that is not 1-bit 105x105.
-    """
-    # Pillow (also a matplotlib dependency): imported by this reader only.
-    from PIL import Image
-
-    name = str(path)
-    with _open_zip(path) as archive:
-        index = _index_official_zip(archive, name)
-        shape = (ORIGINAL_SIZE, ORIGINAL_SIZE)
-        images = np.empty((len(index), IMAGES_PER_CLASS, *shape), dtype=bool)
-        for row, (_, _, members) in enumerate(index):
-            for drawer, info in enumerate(members):
-                try:
-                    with Image.open(io.BytesIO(archive.read(info))) as image:
-                        mode, size = image.mode, image.size
-                        pixels = np.asarray(image) if mode == "1" else None
-                except Exception as e:  # BadZipFile (CRC), PIL's errors, zlib errors
-                    raise DataError(
-                        f"{name}: member {info.filename!r} cannot be read as a PNG "
-                        f"({type(e).__name__}: {e})."
-                    ) from e
-                if pixels is None or size != shape:
-                    raise DataError(
-                        f"{name}: member {info.filename!r} is a {size[0]}x{size[1]} "
-                        f"image of mode {mode!r}; expected 1-bit ('1') "
-                        f"{ORIGINAL_SIZE}x{ORIGINAL_SIZE}."
-                    )
-                images[row, drawer] = pixels
-    return OfficialSet(
-        images=images,
-        alphabets=[alphabet for _, alphabet, _ in index],
-        character_ids=np.array([char_id for char_id, _, _ in index], dtype=np.int64),
-    )
-
-
 def ink_to_uint8(images: np.ndarray, image_size: int) -> np.ndarray:
     """Inverts, area-resizes and quantises raw Omniglot images.
 
@@ -467,13 +318,7 @@ def read_val_alphabets(path: pathlib.Path | None = None) -> list[str]:
 
     One alphabet name per line; ``#`` starts a comment.
     """
-    path = VAL_ALPHABETS_FILE if path is None else path
-    names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name = line.split("#", 1)[0].strip()
-        if name:
-            names.append(name)
-    return names
+    return read_names(VAL_ALPHABETS_FILE if path is None else path)
 
 
 def read_alphabets(data_dir: pathlib.Path) -> dict[str, list[str]]:

@@ -180,7 +180,7 @@ def test_missing_data_lists_looked_at_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GTL_DATA_DIR", str(tmp_path / "env_dir"))
     monkeypatch.setenv("GTL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(omniglot, "_REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(files, "_REPO_ROOT", tmp_path / "repo")
     with pytest.raises(DataError) as info:
         find_omniglot_dir()
     message = str(info.value)

@@ -384,7 +384,7 @@ def test_download_verifies_and_reads_the_pools(
     digests(background, evaluation_zip)
     val_split("Tagalog")
     monkeypatch.chdir(tmp_path)  # no ../shared from here
-    monkeypatch.setattr(omniglot, "_REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(files, "_REPO_ROOT", tmp_path / "repo")
     monkeypatch.delenv("GTL_DATA_DIR", raising=False)
     monkeypatch.setenv("GTL_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DataError, match="not found"):
@@ -571,7 +571,7 @@ def fresh_machine(tmp_path, monkeypatch):
     for folder in (home, data):
         folder.mkdir()
     monkeypatch.chdir(home)
-    monkeypatch.setattr(omniglot, "_REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(files, "_REPO_ROOT", tmp_path / "repo")
     monkeypatch.setenv("GTL_DATA_DIR", str(data))
     monkeypatch.setenv("GTL_CACHE_DIR", str(tmp_path / "cache"))
     return types.SimpleNamespace(data=data, workdir=tmp_path / "run")
