@@ -51,26 +51,26 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed, evolve, experiment, plots, stopping
-from gtl_jax.executors import DescendantEvaluator
-from gtl_jax.experiment import (
-    COMMAND_ERRORS,
-    PROGRESS_FORMAT,
-    QUIET,
-    STUDY_METHODS,
-    TRANSFER_DATASETS,
-    Flag,
+from gtl_jax import checkpoint, cli, distributed, evolve, plots, stopping
+from gtl_jax.build import (
     configure_jax,
     descendant_recipe,
     eval_shots,
     fixed_episodes,
-    flatten,
-    int_list,
     load_pools,
     model_of,
-    validate_config,
-    write_atomic,
 )
+from gtl_jax.cli import PROGRESS_FORMAT, QUIET, Flag
+from gtl_jax.config import (
+    STUDY_METHODS,
+    TRANSFER_DATASETS,
+    config_label,
+    flatten,
+    int_list,
+    smoke_note,
+    validate_config,
+)
+from gtl_jax.executors import DescendantEvaluator
 from gtl_jax.learngene import (
     Learngene,
     LearngeneSpec,
@@ -86,6 +86,7 @@ from gtl_jax.suite import (
     resolve_workers,
     split_names,
 )
+from gtl_jax.workdir import write_atomic
 
 SEEDED = frozenset(STUDY_METHODS[:6])  # one transfer per seed
 # The evolution arms: method -> (folder, selection; None: the config's own).
@@ -710,30 +711,25 @@ STUDY_FLAGS = (
 )
 
 
-@stopping.command
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cl = experiment.parse_command_line(
-            sys.argv[1:] if argv is None else argv,
-            prog="python -m gtl_jax.study",
-            description="Several evolutions (seeds), their no-selection controls and the "
-            "pre-training baselines, evaluated on the same fixed episodes: every method as "
-            "mean and 95% CI over seeds.",
-            own=STUDY_FLAGS,
-        )
-        c = cl.config
-        validate_config(c)
-        label = experiment.config_label(cl.spec)
-        workdir = pathlib.Path(cl.flags["workdir"] or f"runs/study_{label}")
-        stopping.describe(lambda: stop_message(workdir, int(c.evolution.generations)))
-        configure_jax()
-        summary = run(c, workdir, quiet=cl.flags["quiet"])
-    except COMMAND_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+@cli.command
+def main(argv: list[str]) -> int:
+    cl = cli.parse_command_line(
+        argv,
+        prog="python -m gtl_jax.study",
+        description="Several evolutions (seeds), their no-selection controls and the "
+        "pre-training baselines, evaluated on the same fixed episodes: every method as "
+        "mean and 95% CI over seeds.",
+        own=STUDY_FLAGS,
+    )
+    c = cl.config
+    validate_config(c)
+    workdir = pathlib.Path(cl.flags["workdir"] or f"runs/study_{config_label(cl.spec)}")
+    stopping.describe(lambda: stop_message(workdir, int(c.evolution.generations)))
+    configure_jax()
+    summary = run(c, workdir, quiet=cl.flags["quiet"])
     print()
     print(summary["table"])
-    print(experiment.smoke_note(cl.spec), end="")
+    print(smoke_note(cl.spec), end="")
     print(
         f"\nwall time {summary['total_seconds']:.0f} s (evolutions "
         f"{summary['evolution_seconds']:.0f} s, descendants "

@@ -11,11 +11,11 @@ import pytest
 
 from gtl_jax import inherit
 from gtl_jax.checkpoint import load_learngene
+from gtl_jax.cli import FIELD_HELP
 from gtl_jax.evolution import EvolutionConfig
 from gtl_jax.evolve import main
 from gtl_jax.experiment import (
     CPU_XLA_FLAGS,
-    FIELD_HELP,
     cpu_xla_flags,
     flatten,
     load_config,
