@@ -1,6 +1,7 @@
-"""The command line the three commands share: ``--config`` and its overrides (absl flags with
-``ml_collections.config_flags``), each command's own flags, ``--help``, and the one error
-handler (``command``): an impossible config, data or file is one line and exit status 2.
+"""The command line the three commands share: the config files (``load_config``), the
+``--config`` flag and its overrides (absl flags with ``ml_collections.config_flags``), each
+command's own flags, ``--help``, and the one error handler (``command``): an impossible
+config, data or file is one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib.util
 import os
+import pathlib
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -18,13 +21,10 @@ import ml_collections
 
 from gtl_jax import checkpoint, stopping
 from gtl_jax.config import (
-    DEFAULT_CONFIG,
     SECTIONS,
     ConfigError,
+    Experiment,
     flatten,
-    known_configs,
-    load_config,
-    resolve_config,
 )
 from gtl_jax.data import DataError
 
@@ -44,111 +44,84 @@ COMMAND_ERRORS = (
 )
 
 
-# One line per field: what `--help` prints for the flag of the same name.
-FIELD_HELP = {
-    "seed": "seed of the evolution",
-    "data.dataset": "dataset name: omniglot, cifar_fs, mini_imagenet, imagenet or npz",
-    "data.data_dir": "dataset folder; default: $GTL_DATA_DIR or ../shared/data/<dataset>",
-    "data.image_size": "images are resized to image_size x image_size",
-    "data.classes": "imagenet: train,val,test class counts of the class split "
-    "(evolution, critics, downstream tasks)",
-    "data.classes_per_generation": "imagenet: evolution classes in a generation's "
-    "lifetime pool, drawn anew every generation",
-    "data.images_per_class": "imagenet: images per class in a generation's lifetime pool",
-    "data.eval_images_per_class": "imagenet: images per class of the critics' and the "
-    "downstream pools (fixed for the run)",
-    "model.name": "architecture: vgg11, vgg13, vgg16, resnet12, or a ViT: vit_fs (for "
-    "28-84 pixel images), vit_tiny, vit_small",
-    "model.width": "width multiplier of every conv layer",
-    "model.precision": "computation dtype: float32, or bfloat16 (mixed precision for "
-    "GPU/TPU: bfloat16 convs, float32 parameters, BatchNorm statistics and loss; no faster "
-    "on CPU)",
-    "model.ratio": "learngene ratio r: each conv layer's gene owns round(r * C) output "
-    "channels",
-    "model.patch": "ViTs: the side of a patch in pixels (0: the model's own)",
-    "model.closed_norm": "ViTs: LayerNorms normalise the learngene's dims apart, so its "
-    "circuit is exactly closed (false: over all dims; the circuit then leaks)",
-    "model.forms": "how the layers compute: auto (cpu on the CPU backend, xla on GPU/TPU), "
-    "cpu (shifted-matmul convs on small maps, matmul kernel gradients, reshaped max-pool) "
-    "or xla (lax.conv and max_pool); the same numbers to float rounding",
-    "evolution.pop_size": "population size P (divisible by tournament_size)",
-    "evolution.tournament_size": "tournament group size k",
-    "evolution.generations": "number of generations G",
-    "evolution.life_way": "classes per lifetime task (N_life)",
-    "evolution.life_steps": "optimizer steps of lifetime learning (S_life)",
-    "evolution.life_batch": "lifetime batch size",
-    "evolution.life_optimizer": "lifetime optimizer: sgd (with momentum) or adam",
-    "evolution.life_lr": "lifetime learning rate",
-    "evolution.life_momentum": "lifetime SGD momentum (sgd only)",
-    "evolution.life_weight_decay": "lifetime weight decay",
-    "evolution.num_critics": "critic networks per individual (C)",
-    "evolution.critic_way": "ways of critic episodes (meta-validation classes)",
-    "evolution.critic_shot": "shots of critic episodes",
-    "evolution.critic_query": "queries per class of critic episodes",
-    "evolution.critic_steps": "fine-tuning steps of each critic (S_critic)",
-    "evolution.mutation_sigma": "mutation noise, relative to each tensor's std",
-    "evolution.mutation_rate": "probability that a tensor is mutated",
-    "evolution.zero_cross": "zero the weights from non-gene inputs into gene outputs at "
-    "insertion",
-    "evolution.augment": "lifetime augmentation, on device: none or crop_flip (pad S//8, "
-    "crop, flip)",
-    "evolution.life_closed": "keep the weights from non-gene into gene channels at zero "
-    "during lifetime learning (the circuit a host trains is the one it passes on)",
-    "evolution.fixed_critics": "critics fine-tune on the same meta-validation episodes "
-    "every generation (fitness comparable across generations)",
-    "evolution.selection": "what tournaments rank: tournament (fitness), score (ECO's "
-    "lineage score) or none (parents drawn at random: the no-selection control)",
-    "evolution.score_decay": "lineage score: fitness plus this times the parent's score",
-    "evolution.final_candidates": "the fittest members of the last generation re-scored "
-    "before the final learngene is chosen",
-    "evolution.rescore_episodes": "meta-validation episodes the final candidates are "
-    "re-scored on (0: the fittest is chosen)",
-    "descendants.head": "descendant head init: random, zero or prototype",
-    "descendants.optimizer": "descendant (and critic) optimizer: adam or sgd",
-    "descendants.learning_rate": "descendant (and critic) learning rate",
-    "descendants.steps": "descendant fine-tuning steps S_d",
-    "descendants.eval_every": "learning-curve resolution in steps",
-    "descendants.batch_norm": "descendant BatchNorm while fine-tuning: batch (support "
-    "statistics, running ones updated) or frozen (inherited running statistics)",
-    "evaluation.eval_episodes": "test episodes per shot setting (meta-test classes)",
-    "evaluation.eval_way": "ways of test episodes",
-    "evaluation.eval_shots": "comma-separated shot settings of test episodes, e.g. 1,5",
-    "evaluation.eval_query": "queries per class of test episodes",
-    "evaluation.eval_seed": "seed of the test episodes and descendant keys (same for "
-    "every method)",
-    "suite.pretrain_steps": "inherit: Adam steps of the pretrained baseline network",
-    "suite.pretrain_batch": "inherit: batch size of pre-training (all meta-train classes)",
-    "suite.pretrain_lr": "inherit: Adam learning rate of pre-training",
-    "suite.pretrain_weight_decay": "inherit: L2 weight decay of pre-training",
-    "suite.methods": "inherit: comma-separated methods (learngene, scratch, "
-    "pretrain-full, pretrain-circuit, heur-lg, proto-frozen)",
-    "suite.heads": "inherit: comma-separated descendant heads to compare (random, zero, "
-    "prototype)",
-    "suite.inherit_episodes": "inherit: test episodes per shot setting (at least 600 for "
-    "the tables)",
-    "suite.eval_split": "inherit: split the episodes come from: test (report) or val "
-    "(tuning)",
-    "suite.heur_layers": "inherit: Heur-LG transfers the last this many conv layers",
-    "suite.seeds": "study: comma-separated seeds, one evolution (and one control) each",
-    "suite.study_ways": "study: comma-separated ways of the evaluation settings",
-    "suite.study_episodes": "study: fixed episodes of a 5-way setting (N-way: 5/N as "
-    "many, the same number of queries)",
-    "suite.study_methods": "study: comma-separated methods (learngene, no-selection, "
-    "score-selection, untrained-circuit, pretrain-circuit-eq, pretrain-closed-eq, "
-    "scratch, pretrain-full)",
-    "suite.transfer_dataset": "study: another dataset the learngenes are evaluated on, "
-    "5-way (digits, or empty for none)",
-    "execution.strategy": "population execution: auto (vmap on GPU/TPU, loop on CPU), "
-    "vmap or loop",
-    "execution.workers": "worker processes, one pinned per core: the evolution's members "
-    "split between them (one process, one device, loop strategy) and descendant jobs "
-    "(final table, inherit) (0: one per CPU core on CPU, 1 on GPU/TPU)",
-    "execution.distributed": "call jax.distributed.initialize() to join the processes of "
-    "several hosts",
-    "execution.processes": "CPU: run as this many joined processes on this machine, one "
-    "per core, each pinned; the population is sharded over them (pop_size must be "
-    "divisible by it)",
-}
+# --------------------------------------------------------------------------- config files
+
+DEFAULT_CONFIG = "omniglot"
+
+
+def config_dir() -> pathlib.Path:
+    """The folder of the config files: the installed package ``gtl_jax.configs`` (the
+    repository's top-level ``configs/``, mapped there by pyproject.toml and setup.py), or
+    ``configs/`` next to this package's folder in a source tree that is not installed."""
+    spec = importlib.util.find_spec("gtl_jax.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return pathlib.Path(next(iter(spec.submodule_search_locations)))
+    return pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def known_configs() -> list[str]:
+    return sorted(p.stem for p in config_dir().glob("[a-z]*.py"))
+
+
+def resolve_config(spec: str) -> str:
+    """``NAME[:ARG]`` (a config of ``config_dir``) or ``PATH.py[:ARG]`` as
+    ``/absolute/PATH.py[:ARG]``.
+
+    A path that does not exist here but names a file of the installed configs
+    (``configs/omniglot.py`` run from another folder) is that file.
+    """
+    name, sep, arg = spec.partition(":")
+    if name.endswith(".py"):
+        path = pathlib.Path(name)
+        if not path.is_file():
+            installed = config_dir() / path.name
+            if path.parent.name != "configs" or not installed.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            path = installed
+    else:
+        known = known_configs()
+        if name not in known:  # also refuses the private helpers (_paper) and "a.b"
+            raise ConfigError(
+                f"unknown config {name!r}; known configs: {', '.join(known)} (or a "
+                "path to a .py)"
+            )
+        path = config_dir() / f"{name}.py"
+    return f"{path.resolve()}{sep}{arg}"
+
+
+def load_config(spec: str = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
+    """The config ``NAME[:ARG]`` or ``PATH.py[:ARG]`` (``get_config(ARG)`` of the file),
+    e.g. ``load_config("omniglot:smoke")`` or ``load_config("configs/cifar_fs.py")``."""
+    path, _, arg = resolve_config(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location(
+        f"gtl_jax_config_{pathlib.Path(path).stem}", path
+    )
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config {spec!r} defines no get_config(arg) function")
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def config_label(spec: str) -> str:
+    """A short name of a config spec (``configs/omniglot.py:smoke`` -> ``omniglot_smoke``),
+    for default workdirs."""
+    name, _, arg = spec.partition(":")
+    stem = pathlib.Path(name).stem if name.endswith(".py") else name
+    return f"{stem}_{arg}" if arg else stem
+
+
+def smoke_note(spec: str) -> str:
+    """A line saying a smoke variant's numbers check the pipeline ('' for other configs)."""
+    if spec.partition(":")[2] != "smoke":
+        return ""
+    return (
+        "\n(smoke config: toy sizes that check the whole pipeline runs; these numbers "
+        "measure nothing)\n"
+    )
 
 
 # --------------------------------------------------------------------------- command line
@@ -211,6 +184,16 @@ def _field_order(item: tuple[str, Any]) -> tuple:
     return (list(SECTIONS).index(section), index, item[0])
 
 
+def field_help() -> dict[str, str]:
+    """``{"section.field": help}``: each field's ``--help`` line, the ``help`` metadata
+    beside the field in its dataclass (``Experiment.seed`` for ``seed``)."""
+    found = {"seed": dataclasses.fields(Experiment)[0].metadata["help"]}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            found[f"{section}.{f.name}"] = f.metadata["help"]
+    return found
+
+
 def help_text(
     prog: str,
     description: str,
@@ -238,10 +221,11 @@ def help_text(
     for f in own:
         lines += [f"  --{f.name} (default: {f.default!r})", f"      {f.help}"]
     lines += ["", f"config fields (--config.SECTION.FIELD=VALUE; defaults of {spec}):"]
+    helps = field_help()
     for path, value in sorted(flatten(c.to_dict()).items(), key=_field_order):
         lines += [
             f"  --config.{path} (default: {value!r})",
-            f"      {FIELD_HELP.get(path, path)}",
+            f"      {helps.get(path, path)}",
         ]
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """A config as typed objects: its sections' dataclasses, ``Experiment``, and the config files.
 
 The commands read one nested ``ml_collections`` config (``configs/omniglot.py`` at the top of
-the repository, installed as the package ``gtl_jax.configs``; ``load_config``) whose sections
+the repository, installed as the package ``gtl_jax.configs``; ``gtl_jax.cli.load_config``) whose sections
 map onto dataclasses (``SECTIONS``): ``data``: ``DataConfig``; ``model``: ``ModelConfig``;
 ``evolution``: ``gtl_jax.evolution.EvolutionConfig``; ``descendants``:
 ``gtl_jax.descendants.Recipe``; ``evaluation``: ``EvaluationConfig``; ``suite``:
@@ -9,7 +9,7 @@ map onto dataclasses (``SECTIONS``): ``data``: ``DataConfig``; ``model``: ``Mode
 ``execution``: ``ExecutionConfig``; and ``seed``, the evolution's seed.
 
 Each section is built from ``dataclasses.asdict`` of its dataclass, so every default is
-written once, in the dataclass; each dataclass checks its own fields (``ValueError
+written once, in the dataclass, beside its ``--help`` line (``metadata={"help": ...}``); each dataclass checks its own fields (``ValueError
 "field=value: why"``) and ``experiment_of`` turns that into one ``ConfigError`` line naming
 ``section.field``. ``validate_config`` adds only the checks that need the data or two
 sections.
@@ -18,8 +18,6 @@ sections.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,23 +98,51 @@ def name_list(value: str, field: str, known: Sequence[str]) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The images: ``dataset`` (a key of ``gtl_jax.data.DATASETS``), its folder or file
-    (``data_dir``; empty: ``$GTL_DATA_DIR`` or the dataset's default place) and the side
-    ``image_size`` images are resized to.
+    """The images (``dataset``: a key of ``gtl_jax.data.DATASETS``). Only the datasets
+    streamed generation by generation (``gtl_jax.data.STREAMS``: imagenet) read the fields
+    ``classes`` to ``eval_images_per_class``, whose defaults are ImageNet-1K's
+    (``gtl_jax.data.imagenet``)."""
 
-    The datasets streamed generation by generation (``gtl_jax.data.STREAMS``: imagenet)
-    also read: ``classes`` (train,val,test class counts of the class split),
-    ``classes_per_generation`` and ``images_per_class`` (a generation's lifetime pool), and
-    ``eval_images_per_class`` (the critics' and the downstream pools); the others ignore
-    them. Their defaults are ImageNet-1K's (``gtl_jax.data.imagenet``)."""
-
-    dataset: str = "omniglot"
-    data_dir: str = ""
-    image_size: int = 28
-    classes: str = imagenet.CLASSES
-    classes_per_generation: int = imagenet.CLASSES_PER_GENERATION
-    images_per_class: int = imagenet.IMAGES_PER_CLASS
-    eval_images_per_class: int = imagenet.EVAL_IMAGES_PER_CLASS
+    dataset: str = dataclasses.field(
+        default="omniglot",
+        metadata={
+            "help": "dataset name: omniglot, cifar_fs, mini_imagenet, imagenet or npz"
+        },
+    )
+    data_dir: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "dataset folder; default: $GTL_DATA_DIR or ../shared/data/<dataset>"
+        },
+    )
+    image_size: int = dataclasses.field(
+        default=28, metadata={"help": "images are resized to image_size x image_size"}
+    )
+    classes: str = dataclasses.field(
+        default=imagenet.CLASSES,
+        metadata={
+            "help": "imagenet: train,val,test class counts of the class split (evolution, "
+            "critics, downstream tasks)"
+        },
+    )
+    classes_per_generation: int = dataclasses.field(
+        default=imagenet.CLASSES_PER_GENERATION,
+        metadata={
+            "help": "imagenet: evolution classes in a generation's lifetime pool, drawn anew "
+            "every generation"
+        },
+    )
+    images_per_class: int = dataclasses.field(
+        default=imagenet.IMAGES_PER_CLASS,
+        metadata={"help": "imagenet: images per class in a generation's lifetime pool"},
+    )
+    eval_images_per_class: int = dataclasses.field(
+        default=imagenet.EVAL_IMAGES_PER_CLASS,
+        metadata={
+            "help": "imagenet: images per class of the critics' and the downstream pools "
+            "(fixed for the run)"
+        },
+    )
 
     def __post_init__(self):
         _need(
@@ -148,21 +174,54 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The network: architecture ``name`` (a key of ``gtl_jax.models.MODELS``), ``width``
-    multiplier, computation ``precision``, the learngene ``ratio`` r (each conv layer's
-    gene owns round(r * C) output channels) and the layers' ``forms`` (``"cpu"``: the forms
-    measured faster on XLA CPU; ``"xla"``: plain ``lax.conv`` and ``max_pool``; ``"auto"``:
-    ``"cpu"`` on the CPU backend, ``"xla"`` on GPU/TPU); for ViTs the ``patch`` side (0:
-    the model's own) and ``closed_norm`` (the learngene's dims normalised apart, so its
-    circuit is exactly closed; ``gtl_jax.models.ViT.gene_dims``)."""
+    """The network (``name``: a key of ``gtl_jax.models.MODELS``) and the learngene's
+    ``ratio``; ``closed_norm``: ``gtl_jax.models.ViT.gene_dims``."""
 
-    name: str = "vgg11"
-    width: float = 0.25
-    precision: str = "float32"
-    ratio: float = 0.45
-    forms: str = "auto"
-    patch: int = 0
-    closed_norm: bool = True
+    name: str = dataclasses.field(
+        default="vgg11",
+        metadata={
+            "help": "architecture: vgg11, vgg13, vgg16, resnet12, or a ViT: vit_fs (for 28-84 "
+            "pixel images), vit_tiny, vit_small"
+        },
+    )
+    width: float = dataclasses.field(
+        default=0.25, metadata={"help": "width multiplier of every conv layer"}
+    )
+    precision: str = dataclasses.field(
+        default="float32",
+        metadata={
+            "help": "computation dtype: float32, or bfloat16 (mixed precision for GPU/TPU: "
+            "bfloat16 convs, float32 parameters, BatchNorm statistics and loss; no "
+            "faster on CPU)"
+        },
+    )
+    ratio: float = dataclasses.field(
+        default=0.45,
+        metadata={
+            "help": "learngene ratio r: each conv layer's gene owns round(r * C) output "
+            "channels"
+        },
+    )
+    forms: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "how the layers compute: auto (cpu on the CPU backend, xla on GPU/TPU), "
+            "cpu (shifted-matmul convs on small maps, matmul kernel gradients, "
+            "reshaped max-pool) or xla (lax.conv and max_pool); the same numbers to "
+            "float rounding"
+        },
+    )
+    patch: int = dataclasses.field(
+        default=0,
+        metadata={"help": "ViTs: the side of a patch in pixels (0: the model's own)"},
+    )
+    closed_norm: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "ViTs: LayerNorms normalise the learngene's dims apart, so its circuit is "
+            "exactly closed (false: over all dims; the circuit then leaks)"
+        },
+    )
 
     def __post_init__(self):
         _need(
@@ -191,16 +250,29 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    """The final table of ``python -m gtl_jax.evolve``: ``eval_episodes`` fixed test episodes
-    per shot setting (``eval_shots``, comma-separated), ``eval_way``-way with ``eval_query``
-    queries per class, drawn with ``eval_seed`` (as are the descendant keys); inherit and
+    """The fixed test episodes of ``python -m gtl_jax.evolve``'s final table; inherit and
     study use the same way, shots, queries and seed."""
 
-    eval_episodes: int = 200
-    eval_way: int = 5
-    eval_shots: str = "1,5"
-    eval_query: int = 15
-    eval_seed: int = 1234
+    eval_episodes: int = dataclasses.field(
+        default=200,
+        metadata={"help": "test episodes per shot setting (meta-test classes)"},
+    )
+    eval_way: int = dataclasses.field(
+        default=5, metadata={"help": "ways of test episodes"}
+    )
+    eval_shots: str = dataclasses.field(
+        default="1,5",
+        metadata={"help": "comma-separated shot settings of test episodes, e.g. 1,5"},
+    )
+    eval_query: int = dataclasses.field(
+        default=15, metadata={"help": "queries per class of test episodes"}
+    )
+    eval_seed: int = dataclasses.field(
+        default=1234,
+        metadata={
+            "help": "seed of the test episodes and descendant keys (same for every method)"
+        },
+    )
 
     def __post_init__(self):
         for field in ("eval_episodes", "eval_way", "eval_query"):
@@ -214,21 +286,71 @@ class EvaluationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SuiteConfig(PretrainConfig):
-    """The evidence suite: ``python -m gtl_jax.inherit``'s methods and heads on
-    ``inherit_episodes`` episodes of ``eval_split``, the pre-trained baselines
-    (``PretrainConfig``'s fields, and Heur-LG's last ``heur_layers`` conv layers), and
-    ``python -m gtl_jax.study``'s seeds, ways, episodes, methods and second dataset."""
+    """The evidence suite: ``python -m gtl_jax.inherit``'s fields, the pre-trained
+    baselines' (``PretrainConfig``'s) and ``python -m gtl_jax.study``'s."""
 
-    methods: str = ",".join(METHODS)
-    heads: str = "random,prototype"
-    inherit_episodes: int = 600
-    eval_split: str = "test"
-    heur_layers: int = 3
-    seeds: str = "0,1,2"
-    study_ways: str = "5,20"
-    study_episodes: int = 100
-    study_methods: str = ",".join(STUDY_METHODS)
-    transfer_dataset: str = "digits"
+    methods: str = dataclasses.field(
+        default=",".join(METHODS),
+        metadata={
+            "help": "inherit: comma-separated methods (learngene, scratch, pretrain-full, "
+            "pretrain-circuit, heur-lg, proto-frozen)"
+        },
+    )
+    heads: str = dataclasses.field(
+        default="random,prototype",
+        metadata={
+            "help": "inherit: comma-separated descendant heads to compare (random, zero, "
+            "prototype)"
+        },
+    )
+    inherit_episodes: int = dataclasses.field(
+        default=600,
+        metadata={
+            "help": "inherit: test episodes per shot setting (at least 600 for the tables)"
+        },
+    )
+    eval_split: str = dataclasses.field(
+        default="test",
+        metadata={
+            "help": "inherit: split the episodes come from: test (report) or val (tuning)"
+        },
+    )
+    heur_layers: int = dataclasses.field(
+        default=3,
+        metadata={"help": "inherit: Heur-LG transfers the last this many conv layers"},
+    )
+    seeds: str = dataclasses.field(
+        default="0,1,2",
+        metadata={
+            "help": "study: comma-separated seeds, one evolution (and one control) each"
+        },
+    )
+    study_ways: str = dataclasses.field(
+        default="5,20",
+        metadata={"help": "study: comma-separated ways of the evaluation settings"},
+    )
+    study_episodes: int = dataclasses.field(
+        default=100,
+        metadata={
+            "help": "study: fixed episodes of a 5-way setting (N-way: 5/N as many, the same "
+            "number of queries)"
+        },
+    )
+    study_methods: str = dataclasses.field(
+        default=",".join(STUDY_METHODS),
+        metadata={
+            "help": "study: comma-separated methods (learngene, no-selection, "
+            "score-selection, untrained-circuit, pretrain-circuit-eq, "
+            "pretrain-closed-eq, scratch, pretrain-full)"
+        },
+    )
+    transfer_dataset: str = dataclasses.field(
+        default="digits",
+        metadata={
+            "help": "study: another dataset the learngenes are evaluated on, 5-way (digits, "
+            "or empty for none)"
+        },
+    )
 
     def __post_init__(self):
         name_list(self.methods, "methods", METHODS)
@@ -273,15 +395,37 @@ class SuiteConfig(PretrainConfig):
 
 @dataclasses.dataclass(frozen=True)
 class ExecutionConfig:
-    """How the work is laid out (none of it changes the evolution's trajectory beyond float
-    rounding): the population ``strategy``, ``workers`` processes pinned one per core (0: one
-    per CPU core on CPU), ``distributed`` (join the processes of several hosts) and
-    ``processes`` (joined processes on this machine)."""
+    """How the work is laid out; none of it changes the evolution's trajectory beyond float
+    rounding."""
 
-    strategy: str = "auto"
-    workers: int = 0
-    distributed: bool = False
-    processes: int = 1
+    strategy: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "population execution: auto (vmap on GPU/TPU, loop on CPU), vmap or loop"
+        },
+    )
+    workers: int = dataclasses.field(
+        default=0,
+        metadata={
+            "help": "worker processes, one pinned per core: the evolution's members split "
+            "between them (one process, one device, loop strategy) and descendant "
+            "jobs (final table, inherit) (0: one per CPU core on CPU, 1 on GPU/TPU)"
+        },
+    )
+    distributed: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "call jax.distributed.initialize() to join the processes of several hosts"
+        },
+    )
+    processes: int = dataclasses.field(
+        default=1,
+        metadata={
+            "help": "CPU: run as this many joined processes on this machine, one per core, "
+            "each pinned; the population is sharded over them (pop_size must be "
+            "divisible by it)"
+        },
+    )
 
     def __post_init__(self):
         _need(
@@ -308,9 +452,10 @@ SECTIONS = {
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """A config as the library's dataclasses (``experiment_of``)."""
+    """A config as the library's dataclasses (``experiment_of``): what the commands'
+    functions receive."""
 
-    seed: int
+    seed: int = dataclasses.field(metadata={"help": "seed of the evolution"})
     data: DataConfig
     model: ModelConfig
     evolution: EvolutionConfig
@@ -401,83 +546,3 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         out |= flatten(value, f"{prefix}.{key}" if prefix else key)
     return out
-
-
-# --------------------------------------------------------------------------- config files
-
-DEFAULT_CONFIG = "omniglot"
-
-
-def config_dir() -> pathlib.Path:
-    """The folder of the config files: the installed package ``gtl_jax.configs`` (the
-    repository's top-level ``configs/``, mapped there by pyproject.toml and setup.py), or
-    ``configs/`` next to this package's folder in a source tree that is not installed."""
-    spec = importlib.util.find_spec("gtl_jax.configs")
-    if spec is not None and spec.submodule_search_locations:
-        return pathlib.Path(next(iter(spec.submodule_search_locations)))
-    return pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-def known_configs() -> list[str]:
-    return sorted(p.stem for p in config_dir().glob("[a-z]*.py"))
-
-
-def resolve_config(spec: str) -> str:
-    """``NAME[:ARG]`` (a config of ``config_dir``) or ``PATH.py[:ARG]`` as
-    ``/absolute/PATH.py[:ARG]``.
-
-    A path that does not exist here but names a file of the installed configs
-    (``configs/omniglot.py`` run from another folder) is that file.
-    """
-    name, sep, arg = spec.partition(":")
-    if name.endswith(".py"):
-        path = pathlib.Path(name)
-        if not path.is_file():
-            installed = config_dir() / path.name
-            if path.parent.name != "configs" or not installed.is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            path = installed
-    else:
-        known = known_configs()
-        if name not in known:  # also refuses the private helpers (_paper) and "a.b"
-            raise ConfigError(
-                f"unknown config {name!r}; known configs: {', '.join(known)} (or a "
-                "path to a .py)"
-            )
-        path = config_dir() / f"{name}.py"
-    return f"{path.resolve()}{sep}{arg}"
-
-
-def load_config(spec: str = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
-    """The config ``NAME[:ARG]`` or ``PATH.py[:ARG]`` (``get_config(ARG)`` of the file),
-    e.g. ``load_config("omniglot:smoke")`` or ``load_config("configs/cifar_fs.py")``."""
-    path, _, arg = resolve_config(spec).partition(":")
-    module_spec = importlib.util.spec_from_file_location(
-        f"gtl_jax_config_{pathlib.Path(path).stem}", path
-    )
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"config {spec!r} defines no get_config(arg) function")
-    try:
-        return module.get_config(arg or None)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def config_label(spec: str) -> str:
-    """A short name of a config spec (``configs/omniglot.py:smoke`` -> ``omniglot_smoke``),
-    for default workdirs."""
-    name, _, arg = spec.partition(":")
-    stem = pathlib.Path(name).stem if name.endswith(".py") else name
-    return f"{stem}_{arg}" if arg else stem
-
-
-def smoke_note(spec: str) -> str:
-    """A line saying a smoke variant's numbers check the pipeline ('' for other configs)."""
-    if spec.partition(":")[2] != "smoke":
-        return ""
-    return (
-        "\n(smoke config: toy sizes that check the whole pipeline runs; these numbers "
-        "measure nothing)\n"
-    )

@@ -43,7 +43,7 @@ from gtl_jax.build import (
     start_life_workers,
 )
 from gtl_jax.cli import PROGRESS_FORMAT, QUIET, Flag
-from gtl_jax.config import ConfigError, config_label, smoke_note, validate_config
+from gtl_jax.config import ConfigError, validate_config
 from gtl_jax.evolution import Evolution, EvolutionState
 from gtl_jax.executors import HostExecutor
 from gtl_jax.learngene import parameter_share
@@ -505,7 +505,7 @@ def main(argv: list[str]) -> int:
         own=EVOLVE_FLAGS,
     )
     c = cl.config
-    workdir = pathlib.Path(cl.flags["workdir"] or f"runs/{config_label(cl.spec)}")
+    workdir = pathlib.Path(cl.flags["workdir"] or f"runs/{cli.config_label(cl.spec)}")
     stopping.describe(lambda: stop_message(c, workdir))
     processes = int(c.execution.processes)
     if processes > 1 and not (
@@ -520,7 +520,7 @@ def main(argv: list[str]) -> int:
         return 0
     print()
     print(summary["table"])
-    print(smoke_note(cl.spec), end="")
+    print(cli.smoke_note(cl.spec), end="")
     print(
         f"\nwall time {summary['total_seconds']:.0f} s (evolution "
         f"{summary['evolution_seconds']:.0f} s); workdir {workdir}"

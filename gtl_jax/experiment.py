@@ -7,15 +7,16 @@ import load_config``):
 
 - ``gtl_jax.config``: the config as typed objects: the sections' dataclasses (each field's
   default and ``--help`` line beside it), ``Experiment`` (``experiment_of``,
-  ``validate_config``) and the config files (``load_config("omniglot:smoke")``).
+  ``validate_config``).
 - ``gtl_jax.build``: what a config builds: networks (``model_of``), recipes, class pools,
   fixed episodes, the evolution and its executor, the life worker processes; the JAX
   settings of the commands (``configure_jax``).
 - ``gtl_jax.workdir``: a workdir's files (written atomically, metrics read back) and the
   config changes a rerun in the same workdir may make.
-- ``gtl_jax.cli``: the command line (``parse_command_line``: absl flags with
-  ``ml_collections.config_flags``, ``--config=configs/omniglot.py:smoke
-  --config.seed=3``), ``--help``, and the one error handler of the commands (``command``).
+- ``gtl_jax.cli``: the config files (``load_config("omniglot:smoke")``), the command line
+  (``parse_command_line``: absl flags with ``ml_collections.config_flags``,
+  ``--config=configs/omniglot.py:smoke --config.seed=3``), ``--help``, and the one error
+  handler of the commands (``command``).
 """
 
 from gtl_jax.build import (
@@ -41,16 +42,23 @@ from gtl_jax.build import (
 )
 from gtl_jax.cli import (
     COMMAND_ERRORS,
+    DEFAULT_CONFIG,
     PROGRESS_FORMAT,
     QUIET,
     CommandLine,
     Flag,
     command,
+    config_dir,
+    config_label,
+    field_help,
     help_text,
+    known_configs,
+    load_config,
     parse_command_line,
+    resolve_config,
+    smoke_note,
 )
 from gtl_jax.config import (
-    DEFAULT_CONFIG,
     METHODS,
     SECTIONS,
     STUDY_METHODS,
@@ -62,16 +70,10 @@ from gtl_jax.config import (
     Experiment,
     ModelConfig,
     SuiteConfig,
-    config_dir,
-    config_label,
     experiment_of,
     flatten,
     int_list,
-    known_configs,
-    load_config,
     name_list,
-    resolve_config,
-    smoke_note,
     validate_config,
 )
 from gtl_jax.workdir import (
@@ -117,6 +119,7 @@ __all__ = [
     "descendant_recipe",
     "eval_shots",
     "experiment_of",
+    "field_help",
     "fixed_episodes",
     "flatten",
     "help_text",

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 from gtl_jax import checkpoint, cli, plots, stopping
 from gtl_jax.build import configure_jax, eval_shots
 from gtl_jax.cli import PROGRESS_FORMAT, QUIET, Flag
-from gtl_jax.config import smoke_note
 from gtl_jax.descendants import mean_confidence
 from gtl_jax.suite import (
     Suite,
@@ -335,7 +334,7 @@ def main(argv: list[str]) -> int:
     summary = run(c, learngene_path, workdir, quiet=cl.flags["quiet"])
     print()
     print(summary["table"])
-    print(smoke_note(cl.spec), end="")
+    print(cli.smoke_note(cl.spec), end="")
     print(f"\nwall time {summary['total_seconds']:.0f} s; workdir {workdir}")
     return 0
 

@@ -64,10 +64,8 @@ from gtl_jax.cli import PROGRESS_FORMAT, QUIET, Flag
 from gtl_jax.config import (
     STUDY_METHODS,
     TRANSFER_DATASETS,
-    config_label,
     flatten,
     int_list,
-    smoke_note,
     validate_config,
 )
 from gtl_jax.executors import DescendantEvaluator
@@ -723,13 +721,15 @@ def main(argv: list[str]) -> int:
     )
     c = cl.config
     validate_config(c)
-    workdir = pathlib.Path(cl.flags["workdir"] or f"runs/study_{config_label(cl.spec)}")
+    workdir = pathlib.Path(
+        cl.flags["workdir"] or f"runs/study_{cli.config_label(cl.spec)}"
+    )
     stopping.describe(lambda: stop_message(workdir, int(c.evolution.generations)))
     configure_jax()
     summary = run(c, workdir, quiet=cl.flags["quiet"])
     print()
     print(summary["table"])
-    print(smoke_note(cl.spec), end="")
+    print(cli.smoke_note(cl.spec), end="")
     print(
         f"\nwall time {summary['total_seconds']:.0f} s (evolutions "
         f"{summary['evolution_seconds']:.0f} s, descendants "

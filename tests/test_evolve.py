@@ -11,7 +11,7 @@ import pytest
 
 from gtl_jax import inherit
 from gtl_jax.checkpoint import load_learngene
-from gtl_jax.cli import FIELD_HELP
+from gtl_jax.cli import field_help
 from gtl_jax.evolution import EvolutionConfig
 from gtl_jax.evolve import main
 from gtl_jax.experiment import (
@@ -30,10 +30,11 @@ def test_help_lists_every_config_field_once_with_its_default_and_help(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     fields = flatten(load_config("omniglot").to_dict())
-    assert set(fields) == set(FIELD_HELP)  # one help line per section.field
+    helps = field_help()  # the help metadata beside each field of the dataclasses
+    assert set(fields) == set(helps) and all(helps.values())
     for path, value in fields.items():
         assert text.count(f"--config.{path} ") == 1, path
-        assert f"--config.{path} (default: {value!r})\n      {FIELD_HELP[path]}" in text
+        assert f"--config.{path} (default: {value!r})\n      {helps[path]}" in text
     for flag in ("--config=", "--workdir", "--quiet"):
         assert flag in text
     # The defaults shown are the chosen config's.
