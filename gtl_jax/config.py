@@ -492,12 +492,18 @@ def experiment_of(c: ml_collections.ConfigDict) -> Experiment:
 def validate_config(
     c: ml_collections.ConfigDict,
     pools: dict | None = None,
+    *,
+    evolution: bool = True,
+    eval_split: str = "test",
 ) -> Experiment:
     """``experiment_of(c)``, then the checks that need the data or two sections; raises
     ConfigError naming the first impossible field.
 
     ``pools``: the loaded splits (only those are checked: callers require the splits they
-    use). Any device count runs: the executors pad a population the devices do not divide.
+    use). ``evolution``: also the evolution's checks (lifetimes on the train split, critics
+    on val); ``python -m gtl_jax.inherit`` evolves nothing and skips them. ``eval_split``:
+    the split the test episodes come from. Any device count runs: the executors pad a
+    population the devices do not divide.
     """
     x = experiment_of(c)
     ev, ex = x.evolution, x.evaluation
@@ -506,13 +512,18 @@ def validate_config(
         if not ok:
             raise ConfigError(f"config field {field}={value!r}: {why}")
 
+    def per_class(split: str) -> float:
+        return pools[split].images_per_class if split in pools else np.inf
+
     if pools is None:
         return x
-    for split, field, way in (
-        ("train", "evolution.life_way", ev.life_way),
-        ("val", "evolution.critic_way", ev.critic_way),
-        ("test", "evaluation.eval_way", ex.eval_way),
-    ):
+    ways = [(eval_split, "evaluation.eval_way", ex.eval_way)]
+    if evolution:
+        ways += [
+            ("train", "evolution.life_way", ev.life_way),
+            ("val", "evolution.critic_way", ev.critic_way),
+        ]
+    for split, field, way in ways:
         if split in pools:
             n = pools[split].num_classes
             need(
@@ -521,20 +532,20 @@ def validate_config(
                 way,
                 f"more ways than the {n} classes of the {split} split",
             )
-    per_class = pools["test"].images_per_class if "test" in pools else np.inf
     need(
-        max(ex.shots) + ex.eval_query <= per_class,
+        max(ex.shots) + ex.eval_query <= per_class(eval_split),
         "evaluation.eval_query",
         ex.eval_query,
-        f"max(eval_shots) + eval_query must be <= {per_class} images per class",
+        f"max(eval_shots) + eval_query must be <= {per_class(eval_split)} images per "
+        "class",
     )
-    per_class = pools["val"].images_per_class if "val" in pools else np.inf
-    need(
-        ev.critic_shot + ev.critic_query <= per_class,
-        "evolution.critic_query",
-        ev.critic_query,
-        f"critic_shot + critic_query must be <= {per_class} images per class",
-    )
+    if evolution:
+        need(
+            ev.critic_shot + ev.critic_query <= per_class("val"),
+            "evolution.critic_query",
+            ev.critic_query,
+            f"critic_shot + critic_query must be <= {per_class('val')} images per class",
+        )
     return x
 
 

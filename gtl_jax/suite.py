@@ -244,7 +244,7 @@ class Suite:
             require_splits(
                 pools, ("train",), c, f"pre-training of {', '.join(pretrained)}"
             )
-        validate_config(c, pools)
+        validate_config(c, pools, evolution=False, eval_split=s.eval_split)
         eval_pool = pools[s.eval_split]
         image_shape = eval_pool.image_shape
         way = c.evaluation.eval_way
