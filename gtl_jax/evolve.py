@@ -184,7 +184,7 @@ def evolve_generations(
             # Workers report fractions of steps: snap to the whole generation's count.
             bar.n = int(state.generation) * steps_per_generation
             bar.refresh()
-            if not quiet:
+            if writer:  # also with --quiet, which drops only the progress bars
                 bar.write(generation_line(m, generations))
             history.append(m)
             # Metrics first: a kill between the two writes leaves a metrics line beyond the

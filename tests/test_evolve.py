@@ -125,6 +125,13 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert main(SMOKE + ["--workdir", str(full)]) == 0
     out = capsys.readouterr().out
     assert "| learngene |" in out and "| scratch |" in out
+    # --quiet drops the progress bars only: one log line per generation stays.
+    assert [
+        x.split(":")[0] for x in out.splitlines() if x.startswith("generation ")
+    ] == [
+        "generation 1/2",
+        "generation 2/2",
+    ]
     for name in (
         "results.md",
         "results.json",
