@@ -21,7 +21,7 @@ against 55.0); the study (3 seeds, 8 methods, 6 settings) takes about 35 minutes
 +23.1 ± 2.1 points over scratch at 5-way 1-shot and +21.1 ± 0.6 at 20-way 1-shot, over seeds.
 
 Every section is its dataclass's defaults (``dataclasses.asdict``): the values above are
-written once, in ``gtl_jax.experiment`` (DataConfig, ModelConfig, EvaluationConfig,
+written once, in ``gtl_jax.config`` (DataConfig, ModelConfig, EvaluationConfig,
 SuiteConfig, ExecutionConfig), ``gtl_jax.evolution.EvolutionConfig`` and
 ``gtl_jax.descendants.Recipe``; only the smoke variant sets values here.
 """
@@ -32,15 +32,15 @@ import dataclasses
 
 import ml_collections
 
-from gtl_jax.descendants import Recipe
-from gtl_jax.evolution import EvolutionConfig
-from gtl_jax.experiment import (
+from gtl_jax.config import (
     DataConfig,
     EvaluationConfig,
     ExecutionConfig,
     ModelConfig,
     SuiteConfig,
 )
+from gtl_jax.descendants import Recipe
+from gtl_jax.evolution import EvolutionConfig
 
 # smoke: the whole pipeline at toy sizes; vit: the default with a ViT (vit_fs) instead of
 # VGG11; vit_smoke: both.

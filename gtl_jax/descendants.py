@@ -61,12 +61,30 @@ class Recipe:
         inherited running statistics and leave them as they are.
     """
 
-    head: str = "random"
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    steps: int = 20
-    eval_every: int = 10
-    batch_norm: str = "frozen"
+    head: str = dataclasses.field(
+        default="random",
+        metadata={"help": "descendant head init: random, zero or prototype"},
+    )
+    optimizer: str = dataclasses.field(
+        default="adam",
+        metadata={"help": "descendant (and critic) optimizer: adam or sgd"},
+    )
+    learning_rate: float = dataclasses.field(
+        default=1e-3, metadata={"help": "descendant (and critic) learning rate"}
+    )
+    steps: int = dataclasses.field(
+        default=20, metadata={"help": "descendant fine-tuning steps S_d"}
+    )
+    eval_every: int = dataclasses.field(
+        default=10, metadata={"help": "learning-curve resolution in steps"}
+    )
+    batch_norm: str = dataclasses.field(
+        default="frozen",
+        metadata={
+            "help": "descendant BatchNorm while fine-tuning: batch (support statistics, "
+            "running ones updated) or frozen (inherited running statistics)"
+        },
+    )
 
     def __post_init__(self):
         def need(ok: bool, field: str, why: str) -> None:

@@ -30,32 +30,31 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed, experiment, plots, stopping, tensorboard
-from gtl_jax.evolution import EvolutionState
-from gtl_jax.executors import HostExecutor
-from gtl_jax.experiment import (
-    COMMAND_ERRORS,
-    FITNESS_KEYS,
-    PROGRESS_FORMAT,
-    QUIET,
-    ConfigError,
-    Flag,
-    add_curve,
-    config_changes,
+from gtl_jax import checkpoint, cli, distributed, plots, stopping, tensorboard
+from gtl_jax.build import (
     configure_jax,
     descendant_recipe,
     eval_shots,
     life_workers,
     load_pools,
     make_executor,
-    read_metrics,
+    pool_stream,
     require_splits,
     start_life_workers,
-    validate_config,
-    write_atomic,
 )
+from gtl_jax.cli import PROGRESS_FORMAT, QUIET, Flag
+from gtl_jax.config import ConfigError, validate_config
+from gtl_jax.evolution import EvolutionState
+from gtl_jax.executors import HostExecutor
 from gtl_jax.learngene import parameter_share
 from gtl_jax.suite import Suite, resolve_workers, run_jobs
+from gtl_jax.workdir import (
+    FITNESS_KEYS,
+    add_curve,
+    config_changes,
+    read_metrics,
+    write_atomic,
+)
 
 # The stream of the final choice's key (re-scoring episodes), folded into the root key.
 FINAL_STREAM = 2**31 - 2
@@ -132,7 +131,7 @@ def evolve_generations(
     """Runs the generations left (up to ``evolution.generations``): after each one its
     metrics line (``metrics.jsonl``, TensorBoard) and a checkpoint; closes ``manager``.
     Appends each generation's metrics to ``history``. A streamed dataset
-    (``experiment.pool_stream``: ImageNet-1K) hands generation g the pools drawn for
+    (``gtl_jax.build.pool_stream``: ImageNet-1K) hands generation g the pools drawn for
     ``(seed, g)``, prepared while generation g - 1 trained; other datasets' generations
     use the evolution's own pools, as before."""
     generations = int(c.evolution.generations)
@@ -165,7 +164,7 @@ def evolve_generations(
         # prepared in a background thread while this one trains; None: the evolution's own.
         stream = None
         if int(state.generation) < generations:
-            stream = experiment.pool_stream(c)
+            stream = pool_stream(c)
         if stream is not None:
             stack.enter_context(stream)
         while int(state.generation) < generations:
@@ -188,7 +187,7 @@ def evolve_generations(
             # Workers report fractions of steps: snap to the whole generation's count.
             bar.n = int(state.generation) * steps_per_generation
             bar.refresh()
-            if not quiet:
+            if writer:  # also with --quiet, which drops only the progress bars
                 bar.write(generation_line(m, generations))
             history.append(m)
             # Metrics first: a kill between the two writes leaves a metrics line beyond the
@@ -500,40 +499,33 @@ EVOLVE_FLAGS = (
 )
 
 
-@stopping.command
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        cl = experiment.parse_command_line(
-            argv,
-            prog="python -m gtl_jax.evolve",
-            description="Evolve a learngene (Genetic Transfer Learning) and compare "
-            "descendants that inherit it with scratch networks on held-out few-shot "
-            "episodes.",
-            own=EVOLVE_FLAGS,
-        )
-        c = cl.config
-        workdir = pathlib.Path(
-            cl.flags["workdir"] or f"runs/{experiment.config_label(cl.spec)}"
-        )
-        stopping.describe(lambda: stop_message(c, workdir))
-        processes = int(c.execution.processes)
-        if processes > 1 and not (
-            c.execution.distributed or os.environ.get(distributed.CHILD_ENV)
-        ):
-            # This process only starts the joined ones, after the checks that need no data.
-            validate_config(c)
-            return distributed.launch_local(processes, ["-m", "gtl_jax.evolve", *argv])
-        configure_jax()
-        summary = run(c, workdir, quiet=cl.flags["quiet"])
-    except COMMAND_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+@cli.command
+def main(argv: list[str]) -> int:
+    cl = cli.parse_command_line(
+        argv,
+        prog="python -m gtl_jax.evolve",
+        description="Evolve a learngene (Genetic Transfer Learning) and compare "
+        "descendants that inherit it with scratch networks on held-out few-shot "
+        "episodes.",
+        own=EVOLVE_FLAGS,
+    )
+    c = cl.config
+    workdir = pathlib.Path(cl.flags["workdir"] or f"runs/{cli.config_label(cl.spec)}")
+    stopping.describe(lambda: stop_message(c, workdir))
+    processes = int(c.execution.processes)
+    if processes > 1 and not (
+        c.execution.distributed or os.environ.get(distributed.CHILD_ENV)
+    ):
+        # This process only starts the joined ones, after the checks that need no data.
+        validate_config(c)
+        return distributed.launch_local(processes, ["-m", "gtl_jax.evolve", *argv])
+    configure_jax()
+    summary = run(c, workdir, quiet=cl.flags["quiet"])
     if jax.process_index() != 0:
         return 0
     print()
     print(summary["table"])
-    print(experiment.smoke_note(cl.spec), end="")
+    print(cli.smoke_note(cl.spec), end="")
     print(
         f"\nwall time {summary['total_seconds']:.0f} s (evolution "
         f"{summary['evolution_seconds']:.0f} s); workdir {workdir}"

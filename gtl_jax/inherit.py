@@ -28,24 +28,17 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, experiment, plots, stopping
+from gtl_jax import checkpoint, cli, plots, stopping
+from gtl_jax.build import configure_jax, eval_shots
+from gtl_jax.cli import PROGRESS_FORMAT, QUIET, Flag
 from gtl_jax.descendants import mean_confidence
-from gtl_jax.experiment import (
-    COMMAND_ERRORS,
-    FITNESS_KEYS,
-    PROGRESS_FORMAT,
-    QUIET,
-    Flag,
-    add_curve,
-    configure_jax,
-    eval_shots,
-)
 from gtl_jax.suite import (
     Suite,
     episode_fingerprint,
     resolve_workers,
     run_jobs,
 )
+from gtl_jax.workdir import FITNESS_KEYS, add_curve
 
 
 def run(
@@ -315,23 +308,19 @@ INHERIT_FLAGS = (
 )
 
 
-@stopping.command
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cl = experiment.parse_command_line(
-            sys.argv[1:] if argv is None else argv,
-            prog="python -m gtl_jax.inherit",
-            description="Inherit a learngene file into descendants and compare them, on "
-            "the same seeded few-shot episodes, with scratch, pretrain-full, "
-            "pretrain-circuit, Heur-LG and frozen-feature prototypes. The descendant's "
-            "model.name and model.width default to the learngene's ancestor's; "
-            "--config.model.name/--config.model.width give wider or deeper descendants.",
-            own=INHERIT_FLAGS,
-        )
-        meta = checkpoint.read_metadata(cl.flags["learngene"])
-    except (ValueError, FileNotFoundError) as e:  # ConfigError, LearngeneFileError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+@cli.command
+def main(argv: list[str]) -> int:
+    cl = cli.parse_command_line(
+        argv,
+        prog="python -m gtl_jax.inherit",
+        description="Inherit a learngene file into descendants and compare them, on "
+        "the same seeded few-shot episodes, with scratch, pretrain-full, "
+        "pretrain-circuit, Heur-LG and frozen-feature prototypes. The descendant's "
+        "model.name and model.width default to the learngene's ancestor's; "
+        "--config.model.name/--config.model.width give wider or deeper descendants.",
+        own=INHERIT_FLAGS,
+    )
+    meta = checkpoint.read_metadata(cl.flags["learngene"])
     c = cl.config
     # Unless given, the descendant is the ancestor's architecture.
     if "model.name" not in cl.overridden:
@@ -342,14 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = pathlib.Path(cl.flags["workdir"] or learngene_path.parent / "inherit")
     stopping.describe(lambda: stop_message(workdir))
     configure_jax()
-    try:
-        summary = run(c, learngene_path, workdir, quiet=cl.flags["quiet"])
-    except COMMAND_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = run(c, learngene_path, workdir, quiet=cl.flags["quiet"])
     print()
     print(summary["table"])
-    print(experiment.smoke_note(cl.spec), end="")
+    print(cli.smoke_note(cl.spec), end="")
     print(f"\nwall time {summary['total_seconds']:.0f} s; workdir {workdir}")
     return 0
 

@@ -33,10 +33,22 @@ class PretrainConfig:
       pretrain_weight_decay: L2 weight decay added to the gradient.
     """
 
-    pretrain_steps: int = 2000
-    pretrain_batch: int = 64
-    pretrain_lr: float = 1e-3
-    pretrain_weight_decay: float = 0.0
+    pretrain_steps: int = dataclasses.field(
+        default=2000,
+        metadata={"help": "inherit: Adam steps of the pretrained baseline network"},
+    )
+    pretrain_batch: int = dataclasses.field(
+        default=64,
+        metadata={
+            "help": "inherit: batch size of pre-training (all meta-train classes)"
+        },
+    )
+    pretrain_lr: float = dataclasses.field(
+        default=1e-3, metadata={"help": "inherit: Adam learning rate of pre-training"}
+    )
+    pretrain_weight_decay: float = dataclasses.field(
+        default=0.0, metadata={"help": "inherit: L2 weight decay of pre-training"}
+    )
 
 
 def pretrain(

@@ -166,31 +166,111 @@ class EvolutionConfig:
       ValueError: a field is impossible; the message starts with ``field=value:``.
     """
 
-    pop_size: int = 9
-    tournament_size: int = 3
-    generations: int = 8
-    life_way: int = 50
-    life_steps: int = 100
-    life_batch: int = 32
-    life_optimizer: str = "sgd"
-    life_lr: float = 0.05
-    life_momentum: float = 0.9
-    life_weight_decay: float = 5e-4
-    num_critics: int = 4
-    critic_way: int = 5
-    critic_shot: int = 1
-    critic_query: int = 15
-    critic_steps: int = 20
-    mutation_sigma: float = 0.1
-    mutation_rate: float = 0.5
-    zero_cross: bool = True
-    augment: str = "none"
-    life_closed: bool = True
-    fixed_critics: bool = True
-    selection: str = "tournament"
-    score_decay: float = 0.6
-    final_candidates: int = 3
-    rescore_episodes: int = 100
+    pop_size: int = dataclasses.field(
+        default=9, metadata={"help": "population size P (divisible by tournament_size)"}
+    )
+    tournament_size: int = dataclasses.field(
+        default=3, metadata={"help": "tournament group size k"}
+    )
+    generations: int = dataclasses.field(
+        default=8, metadata={"help": "number of generations G"}
+    )
+    life_way: int = dataclasses.field(
+        default=50, metadata={"help": "classes per lifetime task (N_life)"}
+    )
+    life_steps: int = dataclasses.field(
+        default=100, metadata={"help": "optimizer steps of lifetime learning (S_life)"}
+    )
+    life_batch: int = dataclasses.field(
+        default=32, metadata={"help": "lifetime batch size"}
+    )
+    life_optimizer: str = dataclasses.field(
+        default="sgd",
+        metadata={"help": "lifetime optimizer: sgd (with momentum) or adam"},
+    )
+    life_lr: float = dataclasses.field(
+        default=0.05, metadata={"help": "lifetime learning rate"}
+    )
+    life_momentum: float = dataclasses.field(
+        default=0.9, metadata={"help": "lifetime SGD momentum (sgd only)"}
+    )
+    life_weight_decay: float = dataclasses.field(
+        default=5e-4, metadata={"help": "lifetime weight decay"}
+    )
+    num_critics: int = dataclasses.field(
+        default=4, metadata={"help": "critic networks per individual (C)"}
+    )
+    critic_way: int = dataclasses.field(
+        default=5,
+        metadata={"help": "ways of critic episodes (meta-validation classes)"},
+    )
+    critic_shot: int = dataclasses.field(
+        default=1, metadata={"help": "shots of critic episodes"}
+    )
+    critic_query: int = dataclasses.field(
+        default=15, metadata={"help": "queries per class of critic episodes"}
+    )
+    critic_steps: int = dataclasses.field(
+        default=20, metadata={"help": "fine-tuning steps of each critic (S_critic)"}
+    )
+    mutation_sigma: float = dataclasses.field(
+        default=0.1, metadata={"help": "mutation noise, relative to each tensor's std"}
+    )
+    mutation_rate: float = dataclasses.field(
+        default=0.5, metadata={"help": "probability that a tensor is mutated"}
+    )
+    zero_cross: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "zero the weights from non-gene inputs into gene outputs at insertion"
+        },
+    )
+    augment: str = dataclasses.field(
+        default="none",
+        metadata={
+            "help": "lifetime augmentation, on device: none or crop_flip (pad S//8, crop, "
+            "flip)"
+        },
+    )
+    life_closed: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "keep the weights from non-gene into gene channels at zero during "
+            "lifetime learning (the circuit a host trains is the one it passes on)"
+        },
+    )
+    fixed_critics: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "critics fine-tune on the same meta-validation episodes every generation "
+            "(fitness comparable across generations)"
+        },
+    )
+    selection: str = dataclasses.field(
+        default="tournament",
+        metadata={
+            "help": "what tournaments rank: tournament (fitness), score (ECO's lineage score) "
+            "or none (parents drawn at random: the no-selection control)"
+        },
+    )
+    score_decay: float = dataclasses.field(
+        default=0.6,
+        metadata={"help": "lineage score: fitness plus this times the parent's score"},
+    )
+    final_candidates: int = dataclasses.field(
+        default=3,
+        metadata={
+            "help": "the fittest members of the last generation re-scored before the final "
+            "learngene is chosen"
+        },
+    )
+    rescore_episodes: int = dataclasses.field(
+        default=100,
+        metadata={
+            "help": "meta-validation episodes the final candidates are re-scored on (0: the "
+            "fittest is chosen)"
+        },
+    )
 
     def __post_init__(self):
         def need(ok: bool, field: str, why: str) -> None:

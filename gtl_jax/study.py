@@ -51,26 +51,24 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, distributed, evolve, experiment, plots, stopping
-from gtl_jax.executors import DescendantEvaluator
-from gtl_jax.experiment import (
-    COMMAND_ERRORS,
-    PROGRESS_FORMAT,
-    QUIET,
-    STUDY_METHODS,
-    TRANSFER_DATASETS,
-    Flag,
+from gtl_jax import checkpoint, cli, distributed, evolve, plots, stopping
+from gtl_jax.build import (
     configure_jax,
     descendant_recipe,
     eval_shots,
     fixed_episodes,
-    flatten,
-    int_list,
     load_pools,
     model_of,
-    validate_config,
-    write_atomic,
 )
+from gtl_jax.cli import PROGRESS_FORMAT, QUIET, Flag
+from gtl_jax.config import (
+    STUDY_METHODS,
+    TRANSFER_DATASETS,
+    flatten,
+    int_list,
+    validate_config,
+)
+from gtl_jax.executors import DescendantEvaluator
 from gtl_jax.learngene import (
     Learngene,
     LearngeneSpec,
@@ -80,12 +78,14 @@ from gtl_jax.learngene import (
     spec_from_json,
 )
 from gtl_jax.population import init_network, make_optimizer
+from gtl_jax.study_report import aggregate, results_table, summary_table
 from gtl_jax.suite import (
     episode_fingerprint,
     pretrained_network,
     resolve_workers,
     split_names,
 )
+from gtl_jax.workdir import write_atomic
 
 SEEDED = frozenset(STUDY_METHODS[:6])  # one transfer per seed
 # The evolution arms: method -> (folder, selection; None: the config's own).
@@ -94,24 +94,6 @@ ARMS = {
     "no-selection": ("no_selection", "none"),
     "score-selection": ("score", "score"),
 }
-
-# Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: 1.96 is close).
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
-def t95(n: int) -> float:
-    """The 95% two-sided t quantile for a mean of ``n`` values (``n - 1`` d.o.f.)."""
-    if n < 2:
-        return float("nan")
-    return T95[n - 2] if n - 2 < len(T95) else 1.96
-
-
-def seed_interval(values: Any) -> tuple[float, float]:
-    """Mean and 95% confidence half-width over seeds (Student's t; NaN for one seed)."""
-    v = np.asarray(values, np.float64)
-    if v.size < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(t95(v.size) * v.std(ddof=1) / math.sqrt(v.size))
 
 
 def seeds(c: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -438,144 +420,6 @@ def evolve_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: bool)
     return histories
 
 
-def aggregate(c, results: list[dict], costs: dict) -> list[dict]:
-    """One row per (setting, method): seed-level mean and CI, episode CI, gain on scratch."""
-    by = {}
-    for r in results:
-        by[(r["dataset"], r["way"], r["shot"], r["label"])] = r
-    rows = []
-    for dataset, way, shot in sorted(
-        {k[:3] for k in by}, key=lambda s: (s[0] != "source", s)
-    ):
-        scratch = by.get((dataset, way, shot, "scratch"))
-        methods = {}
-        for key, r in by.items():
-            if key[:3] == (dataset, way, shot):
-                method = r["label"].split("/")[0]
-                methods.setdefault(method, []).append(r)
-        for method in STUDY_METHODS:
-            if method not in methods:
-                continue
-            jobs = sorted(methods[method], key=lambda r: r["label"])
-            final = [np.mean(r["final"]) for r in jobs]
-            instinct = [np.mean(r["instinct"]) for r in jobs]
-            episode_ci = [
-                1.96 * np.std(r["final"]) / math.sqrt(len(r["final"])) for r in jobs
-            ]
-            row = {
-                "dataset": dataset,
-                "way": way,
-                "shot": shot,
-                "method": method,
-                "seeds": len(jobs),
-                "accuracy": seed_interval(final),
-                "instinct": seed_interval(instinct),
-                "per_seed": final,
-                "per_seed_instinct": instinct,
-                "episode_ci": float(np.mean(episode_ci)),
-                "images": int(np.mean([costs[r["label"]]["images"] for r in jobs])),
-                "curve_steps": jobs[0]["curve_steps"],
-                "curve": np.mean([r["curve"] for r in jobs], axis=0).tolist(),
-            }
-            if scratch is not None:
-                gains = [
-                    np.mean(np.subtract(r["final"], scratch["final"])) for r in jobs
-                ]
-                instinct_gains = [
-                    np.mean(np.subtract(r["instinct"], scratch["instinct"]))
-                    for r in jobs
-                ]
-                row["gain"] = seed_interval(gains)
-                row["instinct_gain"] = seed_interval(instinct_gains)
-            rows.append(row)
-    return rows
-
-
-def _cell(interval: tuple[float, float]) -> str:
-    mean, half = interval
-    return f"{100 * mean:.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
-
-
-def _gain(interval: tuple[float, float]) -> str:
-    mean, half = interval
-    return f"{100 * mean:+.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
-
-
-def results_table(c, rows: list[dict], share: float) -> str:
-    """Markdown: per setting, each method's accuracy, instinct and gains over scratch."""
-    recipe = descendant_recipe(c)
-    lines = [
-        f"{len(seeds(c))} evolutions (seeds {c.suite.seeds}), {c.suite.study_episodes} "
-        "fixed 5-way episodes per setting (N-way: 5/N as many), "
-        f"{c.evaluation.eval_query} queries per class; {c.model.name} "
-        f"x{c.model.width:g}, learngene "
-        f"{100 * share:.1f}% of the parameters; descendants: {recipe.describe()}. "
-        "Mean over seeds ± 95% CI over seeds (Student's t); 'episode CI': the mean "
-        "per-episode 95% half-width within one seed; gains are paired with scratch by "
-        "episode. Accuracies in %.",
-    ]
-    settings = sorted(
-        {(r["dataset"], r["way"], r["shot"]) for r in rows},
-        key=lambda s: (s[0] != "source", s),
-    )
-    for dataset, way, shot in settings:
-        name = c.data.dataset if dataset == "source" else dataset
-        split = (
-            f"{c.suite.eval_split} classes" if dataset == "source" else "all classes"
-        )
-        lines += [
-            "",
-            f"**{name} ({split}), {way}-way {shot}-shot**",
-            "",
-            "| method | images trained on | accuracy | episode CI | gain on scratch "
-            "| instinct | instinct gain |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in rows:
-            if (r["dataset"], r["way"], r["shot"]) != (dataset, way, shot):
-                continue
-            lines.append(
-                f"| {r['method']} | {r['images']:,} | {_cell(r['accuracy'])} | "
-                f"{100 * r['episode_ci']:.1f} | {_gain(r.get('gain', (float('nan'),) * 2))} | "
-                f"{_cell(r['instinct'])} | "
-                f"{_gain(r.get('instinct_gain', (float('nan'),) * 2))} |"
-            )
-    return "\n".join(lines)
-
-
-def _order(setting: tuple) -> tuple:
-    return (setting[0] != "source", *setting)
-
-
-def summary_table(c, rows: list[dict]) -> str:
-    """Markdown: methods by settings, three blocks (accuracy, gain on scratch, instinct)."""
-    columns = sorted({(r["dataset"], r["way"], r["shot"]) for r in rows}, key=_order)
-    names = [
-        f"{w}-way {k}-shot" if d == "source" else f"{d} {w}-way {k}-shot"
-        for d, w, k in columns
-    ]
-    cell = {(r["method"], r["dataset"], r["way"], r["shot"]): r for r in rows}
-    methods = [m for m in STUDY_METHODS if any(r["method"] == m for r in rows)]
-    lines = []
-    for title, fmt, field in (
-        ("accuracy", _cell, "accuracy"),
-        ("gain on scratch", _gain, "gain"),
-        ("instinct (before any step)", _cell, "instinct"),
-    ):
-        lines += [
-            f"| {title} | " + " | ".join(names) + " |",
-            "| --- |" + " --- |" * len(names),
-        ]
-        for m in methods:
-            values = []
-            for d, w, k in columns:
-                r = cell.get((m, d, w, k))
-                values.append(fmt(r[field]) if r is not None and field in r else "")
-            lines.append(f"| {m} | " + " | ".join(values) + " |")
-        lines.append("")
-    return "\n".join(lines).rstrip()
-
-
 def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False):
     """Evolutions, controls, baselines and the evaluation; returns the summary."""
     start = time.perf_counter()
@@ -710,30 +554,27 @@ STUDY_FLAGS = (
 )
 
 
-@stopping.command
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cl = experiment.parse_command_line(
-            sys.argv[1:] if argv is None else argv,
-            prog="python -m gtl_jax.study",
-            description="Several evolutions (seeds), their no-selection controls and the "
-            "pre-training baselines, evaluated on the same fixed episodes: every method as "
-            "mean and 95% CI over seeds.",
-            own=STUDY_FLAGS,
-        )
-        c = cl.config
-        validate_config(c)
-        label = experiment.config_label(cl.spec)
-        workdir = pathlib.Path(cl.flags["workdir"] or f"runs/study_{label}")
-        stopping.describe(lambda: stop_message(workdir, int(c.evolution.generations)))
-        configure_jax()
-        summary = run(c, workdir, quiet=cl.flags["quiet"])
-    except COMMAND_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+@cli.command
+def main(argv: list[str]) -> int:
+    cl = cli.parse_command_line(
+        argv,
+        prog="python -m gtl_jax.study",
+        description="Several evolutions (seeds), their no-selection controls and the "
+        "pre-training baselines, evaluated on the same fixed episodes: every method as "
+        "mean and 95% CI over seeds.",
+        own=STUDY_FLAGS,
+    )
+    c = cl.config
+    validate_config(c)
+    workdir = pathlib.Path(
+        cl.flags["workdir"] or f"runs/study_{cli.config_label(cl.spec)}"
+    )
+    stopping.describe(lambda: stop_message(workdir, int(c.evolution.generations)))
+    configure_jax()
+    summary = run(c, workdir, quiet=cl.flags["quiet"])
     print()
     print(summary["table"])
-    print(experiment.smoke_note(cl.spec), end="")
+    print(cli.smoke_note(cl.spec), end="")
     print(
         f"\nwall time {summary['total_seconds']:.0f} s (evolutions "
         f"{summary['evolution_seconds']:.0f} s, descendants "

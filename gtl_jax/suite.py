@@ -6,7 +6,7 @@ shot setting, on fixed seeded episodes with fixed descendant keys (``run_jobs``:
 process or in worker processes pinned one per core). ``python -m gtl_jax.inherit`` runs every
 method; ``python -m gtl_jax.evolve``'s final table runs learngene and scratch.
 
-Methods (``gtl_jax.experiment.METHODS``):
+Methods (``gtl_jax.config.METHODS``):
 
 - ``learngene``: the learngene file inherited (cross weights zeroed if ``zero_cross``).
 - ``scratch``: random initialisation.
@@ -38,12 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gtl_jax import attention, checkpoint, distributed
-from gtl_jax.data import augment_fn
-from gtl_jax.descendants import fine_tuned, mean_confidence
-from gtl_jax.executors import DescendantEvaluator
-from gtl_jax.experiment import (
-    METHODS,
-    ConfigError,
+from gtl_jax.build import (
     configure_jax,
     descendant_recipe,
     fixed_episodes,
@@ -51,8 +46,11 @@ from gtl_jax.experiment import (
     model_of,
     pretrain_config,
     require_splits,
-    validate_config,
 )
+from gtl_jax.config import METHODS, ConfigError, validate_config
+from gtl_jax.data import augment_fn
+from gtl_jax.descendants import fine_tuned, mean_confidence
+from gtl_jax.executors import DescendantEvaluator
 from gtl_jax.learngene import (
     GeneLayer,
     Learngene,
@@ -246,7 +244,7 @@ class Suite:
             require_splits(
                 pools, ("train",), c, f"pre-training of {', '.join(pretrained)}"
             )
-        validate_config(c, pools)
+        validate_config(c, pools, evolution=False, eval_split=s.eval_split)
         eval_pool = pools[s.eval_split]
         image_shape = eval_pool.image_shape
         way = c.evaluation.eval_way

@@ -11,11 +11,11 @@ import pytest
 
 from gtl_jax import inherit
 from gtl_jax.checkpoint import load_learngene
+from gtl_jax.cli import field_help
 from gtl_jax.evolution import EvolutionConfig
 from gtl_jax.evolve import main
 from gtl_jax.experiment import (
     CPU_XLA_FLAGS,
-    FIELD_HELP,
     cpu_xla_flags,
     flatten,
     load_config,
@@ -30,10 +30,11 @@ def test_help_lists_every_config_field_once_with_its_default_and_help(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     fields = flatten(load_config("omniglot").to_dict())
-    assert set(fields) == set(FIELD_HELP)  # one help line per section.field
+    helps = field_help()  # the help metadata beside each field of the dataclasses
+    assert set(fields) == set(helps) and all(helps.values())
     for path, value in fields.items():
         assert text.count(f"--config.{path} ") == 1, path
-        assert f"--config.{path} (default: {value!r})\n      {FIELD_HELP[path]}" in text
+        assert f"--config.{path} (default: {value!r})\n      {helps[path]}" in text
     for flag in ("--config=", "--workdir", "--quiet"):
         assert flag in text
     # The defaults shown are the chosen config's.
@@ -124,6 +125,13 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert main(SMOKE + ["--workdir", str(full)]) == 0
     out = capsys.readouterr().out
     assert "| learngene |" in out and "| scratch |" in out
+    # --quiet drops the progress bars only: one log line per generation stays.
+    assert [
+        x.split(":")[0] for x in out.splitlines() if x.startswith("generation ")
+    ] == [
+        "generation 1/2",
+        "generation 2/2",
+    ]
     for name in (
         "results.md",
         "results.json",

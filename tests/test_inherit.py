@@ -381,3 +381,36 @@ def test_npz_with_only_a_test_split_is_evaluated_on_all_its_classes(tmp_path, ca
         in err
     )
     assert not (tmp_path / "e").exists()
+
+
+def test_inherit_checks_only_the_fields_it_uses(tmp_path, capsys):
+    """A user's npz whose train/val/test splits have 20/5/5 classes: inherit runs with
+    the default evolution.life_way=50 (a field only the evolution uses), and still names
+    evaluation.eval_way when the test split has too few classes for it."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "thirty.npz"
+    np.savez(data, images=rng.integers(0, 256, (30, 4, 28, 28), dtype=np.uint8))
+    (tmp_path / "thirty_splits.txt").write_text(
+        "train: 0-19\nval: 20-24\ntest: 25-29\n"
+    )
+    _write_learngene(tmp_path / "g")
+    argv = [
+        "--config=omniglot:smoke",
+        "--learngene",
+        str(tmp_path / "g"),
+        "--config.data.dataset=npz",
+        f"--config.data.data_dir={data}",
+        "--config.evolution.life_way=50",
+        "--config.evaluation.eval_shots=1",
+        "--config.evaluation.eval_query=3",
+        "--config.suite.inherit_episodes=2",
+        "--config.suite.heads=random",
+        "--config.suite.methods=learngene,scratch",
+        "--quiet",
+    ]
+    assert inherit.main([*argv, f"--workdir={tmp_path / 'w'}"]) == 0
+    capsys.readouterr()
+    wide = [*argv, "--config.evaluation.eval_way=6", f"--workdir={tmp_path / 'x'}"]
+    assert inherit.main(wide) == 2
+    err = capsys.readouterr().err
+    assert "evaluation.eval_way=6" in err and "life_way" not in err, err

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from gtl_jax.experiment import STUDY_METHODS
-from gtl_jax.study import main, seed_interval, t95
+from gtl_jax.study import main
+from gtl_jax.study_report import seed_interval, t95
 
 
 def test_seed_interval_is_students_t():

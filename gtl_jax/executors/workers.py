@@ -5,7 +5,7 @@ trains a member about as fast as one process on both cores
 (``docs/cpu/default_size.md``), so two processes pinned one per core about
 double the rate. ``LifeWorkers`` is the ``workers`` of ``HostExecutor.generation``: each
 worker builds its own executor once (``make_executor(*args)``, a picklable module-level
-function, e.g. ``gtl_jax.experiment.worker_executor``) and computes ``HostExecutor.evaluate``
+function, e.g. ``gtl_jax.build.worker_executor``) and computes ``HostExecutor.evaluate``
 for a block of members. Every block draws the keys, tasks and critic episodes of the whole
 population, so a member's numbers do not depend on its block or on the number of workers
 (tested); they differ at float rounding from one process on both cores, which sums in

@@ -25,6 +25,7 @@ from gtl_jax.experiment import configure_jax
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
 from gtl_jax.population import init_network, make_optimizer, train_step
+from gtl_jax.sharding import Placement
 
 
 def check_layout(tree, pop_size: int) -> None:
@@ -48,6 +49,21 @@ def check_map_layout(tree, pop_size: int) -> None:
         assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(tree))
     else:
         check_layout(tree, pop_size)
+
+
+def check_random_bits(pop_size: int) -> None:
+    """Each member's random draws from its own key are the same whether the members are
+    padded and sharded over the devices or vmapped on one: the bits do not depend on the
+    sharding (with the commands' threefry setting, ``configure_jax``)."""
+
+    def draw(key):
+        return jax.random.normal(key, (7,)), jax.random.bernoulli(key, 0.5, (3,))
+
+    keys = jax.random.split(jax.random.key(5), pop_size)
+    sharded = jax.jit(Placement(pop_size).map_members(draw, (0,)))(keys)
+    alone = jax.jit(jax.vmap(draw))(jax.device_put(keys, jax.devices()[0]))
+    for a, b in zip(sharded, alone):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def lifetime_steps(strategy: str, mesh, members: int) -> dict[str, np.ndarray]:
@@ -140,6 +156,7 @@ def main() -> None:
     )
     executor = HostExecutor(evo, args.strategy)
     key = jax.random.key(0)
+    check_random_bits(args.pop_size)
     state = executor.init(key)
     check_layout(state.learngenes, args.pop_size)
     results = {}

@@ -1,0 +1,172 @@
+"""The study's report: statistics over seeds (Student's t) and its markdown tables.
+
+Each evolution is one sample, so a method's accuracy is its mean over seeds with a 95%
+confidence half-width over the seeds (``seed_interval``); gains over scratch are paired by
+episode, then taken over seeds (``aggregate``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from gtl_jax.build import descendant_recipe
+from gtl_jax.config import STUDY_METHODS, int_list
+
+# Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: 1.96 is close).
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t95(n: int) -> float:
+    """The 95% two-sided t quantile for a mean of ``n`` values (``n - 1`` d.o.f.)."""
+    if n < 2:
+        return float("nan")
+    return T95[n - 2] if n - 2 < len(T95) else 1.96
+
+
+def seed_interval(values: Any) -> tuple[float, float]:
+    """Mean and 95% confidence half-width over seeds (Student's t; NaN for one seed)."""
+    v = np.asarray(values, np.float64)
+    if v.size < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(t95(v.size) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def aggregate(c, results: list[dict], costs: dict) -> list[dict]:
+    """One row per (setting, method): seed-level mean and CI, episode CI, gain on scratch."""
+    by = {}
+    for r in results:
+        by[(r["dataset"], r["way"], r["shot"], r["label"])] = r
+    rows = []
+    for dataset, way, shot in sorted(
+        {k[:3] for k in by}, key=lambda s: (s[0] != "source", s)
+    ):
+        scratch = by.get((dataset, way, shot, "scratch"))
+        methods = {}
+        for key, r in by.items():
+            if key[:3] == (dataset, way, shot):
+                method = r["label"].split("/")[0]
+                methods.setdefault(method, []).append(r)
+        for method in STUDY_METHODS:
+            if method not in methods:
+                continue
+            jobs = sorted(methods[method], key=lambda r: r["label"])
+            final = [np.mean(r["final"]) for r in jobs]
+            instinct = [np.mean(r["instinct"]) for r in jobs]
+            episode_ci = [
+                1.96 * np.std(r["final"]) / math.sqrt(len(r["final"])) for r in jobs
+            ]
+            row = {
+                "dataset": dataset,
+                "way": way,
+                "shot": shot,
+                "method": method,
+                "seeds": len(jobs),
+                "accuracy": seed_interval(final),
+                "instinct": seed_interval(instinct),
+                "per_seed": final,
+                "per_seed_instinct": instinct,
+                "episode_ci": float(np.mean(episode_ci)),
+                "images": int(np.mean([costs[r["label"]]["images"] for r in jobs])),
+                "curve_steps": jobs[0]["curve_steps"],
+                "curve": np.mean([r["curve"] for r in jobs], axis=0).tolist(),
+            }
+            if scratch is not None:
+                gains = [
+                    np.mean(np.subtract(r["final"], scratch["final"])) for r in jobs
+                ]
+                instinct_gains = [
+                    np.mean(np.subtract(r["instinct"], scratch["instinct"]))
+                    for r in jobs
+                ]
+                row["gain"] = seed_interval(gains)
+                row["instinct_gain"] = seed_interval(instinct_gains)
+            rows.append(row)
+    return rows
+
+
+def _cell(interval: tuple[float, float]) -> str:
+    mean, half = interval
+    return f"{100 * mean:.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
+
+
+def _gain(interval: tuple[float, float]) -> str:
+    mean, half = interval
+    return f"{100 * mean:+.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
+
+
+def results_table(c, rows: list[dict], share: float) -> str:
+    """Markdown: per setting, each method's accuracy, instinct and gains over scratch."""
+    recipe = descendant_recipe(c)
+    lines = [
+        f"{len(int_list(c.suite.seeds))} evolutions (seeds {c.suite.seeds}), {c.suite.study_episodes} "
+        "fixed 5-way episodes per setting (N-way: 5/N as many), "
+        f"{c.evaluation.eval_query} queries per class; {c.model.name} "
+        f"x{c.model.width:g}, learngene "
+        f"{100 * share:.1f}% of the parameters; descendants: {recipe.describe()}. "
+        "Mean over seeds ± 95% CI over seeds (Student's t); 'episode CI': the mean "
+        "per-episode 95% half-width within one seed; gains are paired with scratch by "
+        "episode. Accuracies in %.",
+    ]
+    settings = sorted(
+        {(r["dataset"], r["way"], r["shot"]) for r in rows},
+        key=lambda s: (s[0] != "source", s),
+    )
+    for dataset, way, shot in settings:
+        name = c.data.dataset if dataset == "source" else dataset
+        split = (
+            f"{c.suite.eval_split} classes" if dataset == "source" else "all classes"
+        )
+        lines += [
+            "",
+            f"**{name} ({split}), {way}-way {shot}-shot**",
+            "",
+            "| method | images trained on | accuracy | episode CI | gain on scratch "
+            "| instinct | instinct gain |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in rows:
+            if (r["dataset"], r["way"], r["shot"]) != (dataset, way, shot):
+                continue
+            lines.append(
+                f"| {r['method']} | {r['images']:,} | {_cell(r['accuracy'])} | "
+                f"{100 * r['episode_ci']:.1f} | {_gain(r.get('gain', (float('nan'),) * 2))} | "
+                f"{_cell(r['instinct'])} | "
+                f"{_gain(r.get('instinct_gain', (float('nan'),) * 2))} |"
+            )
+    return "\n".join(lines)
+
+
+def _order(setting: tuple) -> tuple:
+    return (setting[0] != "source", *setting)
+
+
+def summary_table(c, rows: list[dict]) -> str:
+    """Markdown: methods by settings, three blocks (accuracy, gain on scratch, instinct)."""
+    columns = sorted({(r["dataset"], r["way"], r["shot"]) for r in rows}, key=_order)
+    names = [
+        f"{w}-way {k}-shot" if d == "source" else f"{d} {w}-way {k}-shot"
+        for d, w, k in columns
+    ]
+    cell = {(r["method"], r["dataset"], r["way"], r["shot"]): r for r in rows}
+    methods = [m for m in STUDY_METHODS if any(r["method"] == m for r in rows)]
+    lines = []
+    for title, fmt, field in (
+        ("accuracy", _cell, "accuracy"),
+        ("gain on scratch", _gain, "gain"),
+        ("instinct (before any step)", _cell, "instinct"),
+    ):
+        lines += [
+            f"| {title} | " + " | ".join(names) + " |",
+            "| --- |" + " --- |" * len(names),
+        ]
+        for m in methods:
+            values = []
+            for d, w, k in columns:
+                r = cell.get((m, d, w, k))
+                values.append(fmt(r[field]) if r is not None and field in r else "")
+            lines.append(f"| {m} | " + " | ".join(values) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
