@@ -245,6 +245,14 @@ def launch_local(
     return code
 
 
+def agree_on_stop(signum: int) -> int:
+    """The largest of every joined process's ``signum`` (0: no process holds a signal): a
+    collective, so every process calls it at the same point (``stopping.agreed``)."""
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(signum))))
+
+
 def to_host(tree: Any) -> Any:
     """Numpy copies of a pytree's arrays; an array split between processes is gathered."""
 

@@ -149,6 +149,12 @@ def evolve_generations(
         ) as bar,
     ):
         stack.callback(checkpoint.close_manager, manager)  # also when one raises
+        # Joined processes stop together, after a generation's checkpoint (one alone would
+        # leave the others waiting in a collective).
+        joined = jax.process_count() > 1
+        stop_check = stack.enter_context(
+            stopping.agreed(distributed.agree_on_stop if joined else None)
+        )
         events = None
         if writer and int(state.generation) < generations:  # closed by the stack
             events = stack.enter_context(
@@ -202,6 +208,7 @@ def evolve_generations(
                 executor.logical(state),  # the P real members, on any device count
                 {"generation": int(state.generation)},
             )
+            stop_check()
     return state
 
 

@@ -11,6 +11,8 @@ The shell around the commands (``python -m gtl_jax.evolve``, ``.inherit``, ``.st
 - ``deferred``: a block no signal may cut (an Orbax save or restore: a ``KeyboardInterrupt``
   raised inside Orbax's event loop would close it under its background work). A signal that
   arrives inside is delivered when the block ends.
+- ``agreed``: joined processes (``jax.distributed``) act on a signal only where all of them
+  check together (after each generation's checkpoint), so they stop at the same point.
 - Before ``main`` (``python -m gtl_jax.<command>`` importing its modules, a few seconds): the
   package imports this module first, which then installs handlers that print
   ``interrupted: while starting, ...`` and exit at once (nothing is written yet).
@@ -225,6 +227,43 @@ def deferred() -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         for s in dict.fromkeys(held):  # once per signal, in order of arrival
+            signal.raise_signal(s)
+
+
+@contextlib.contextmanager
+def agreed(agree: Callable[[int], int] | None) -> Iterator[Callable[[], None]]:
+    """Joined processes stop together: SIGINT and SIGTERM are held for the block and acted on
+    only at the points where every process calls the ``check`` it yields.
+
+    A process that stops on its own while the others wait in a collective would hang them
+    all (measured: SIGTERM to two joined processes left one in an XLA collective after the
+    other had unwound). ``check()`` calls ``agree(signum)`` with the first signal this
+    process holds (0: none), a collective returning the largest of all processes', and
+    raises ``Stopped`` with it in every process if any holds one. With ``agree=None`` (one
+    process) it does nothing: signals act at once, as everywhere else. Signals still held
+    when the block ends are delivered then.
+    """
+    if agree is None or not _main_thread():
+        yield lambda: None
+        return
+    held: list[int] = []
+    previous = {}
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) not in (signal.SIG_IGN, None):
+            previous[s] = signal.signal(s, lambda signum, frame: held.append(signum))
+
+    def check() -> None:
+        signum = agree(held[0] if held else 0)
+        if signum:
+            held.clear()  # acted on here, not again when the block ends
+            raise Stopped(signum)
+
+    try:
+        yield check
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(held):
             signal.raise_signal(s)
 
 

@@ -219,19 +219,23 @@ def test_worker_processes_stop_without_a_word(tmp_path):
 
 def test_joined_processes_stop_with_one_line_and_resume(tmp_path):
     """``--config.execution.processes=2``: SIGTERM to the launcher alone (``kill PID``)
-    during the evolution ends both joined processes with the launcher's one line and a
-    checkpoint; the same command then resumes it to the end."""
+    during the evolution ends both joined processes together after a generation's
+    checkpoint, with one line; the same command then resumes it to the end. (Before the
+    processes agreed on when to stop, one unwound while the other waited in a collective,
+    and the command hung.)"""
     workdir = tmp_path / "w"
     joined = "--config.execution.processes=2"
     command = Command("gtl_jax.evolve", workdir, joined)
     code, err = interrupt(command, first_metrics(workdir), signal.SIGTERM, group=False)
     assert code == 143
-    assert_one_line(err, f"generation 1 of 2 is checkpointed in .*; {RESUME} to resume")
+    # The signal arrives during generation 1's checkpoint or generation 2.
+    assert_one_line(err, f"generation [12] of 2 is checkpointed in .*; {RESUME} to .*")
+    done = int(re.search(r"generation (\d) of 2", err).group(1))
     time.sleep(1.0)
     assert not group_processes(command.proc.pid)
     code, err = Command("gtl_jax.evolve", workdir, joined, quiet=False).wait()
     assert code == 0, err[-3000:]
-    assert err.startswith(f"resuming {workdir} after generation 1")
+    assert err.startswith(f"resuming {workdir} after generation {done}")
     rows = (workdir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(row)["generation"] for row in rows] == [1, 2]
 
