@@ -48,6 +48,7 @@ from gtl_jax.operators import (
     pairs,
     reproduce,
     sanitize_fitness,
+    selection_statistics,
     tournament_select,
 )
 from gtl_jax.population import TrainState, init_network, make_optimizer, train_step
@@ -80,6 +81,7 @@ __all__ = [  # the operators and the state's types, importable from here too
     "pairs",
     "reproduce",
     "sanitize_fitness",
+    "selection_statistics",
     "tournament_select",
 ]
 
@@ -389,8 +391,9 @@ class Evolution:
         Returns:
           The next state and the metrics, arrays (``host_metrics`` turns them into the values
           a run logs): fitness f32[P] (NaN: diverged), its max, mean, min and 95% half-width
-          over the finite ones, lineage scores, parents, the elite's index, divergences,
-          lifetime losses, the critics' mean instinct, diversity.
+          over the finite ones, the selection differential and the response to the last
+          generation (``selection_statistics``), lineage scores, parents, the elite's index,
+          divergences, lifetime losses, the critics' mean instinct, diversity.
         """
         c = self.config
         key = jax.random.fold_in(root_key, state.generation)
@@ -423,6 +426,7 @@ class Evolution:
         metrics = {
             "generation": state.generation + 1,
             **fitness_statistics(fitness),
+            **selection_statistics(fitness, parents, state.fitness),
             "fitness": fitness,
             "scores": scores,
             "diverged": diverged.sum(),

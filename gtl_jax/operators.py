@@ -177,3 +177,29 @@ def fitness_statistics(fitness: jax.Array) -> dict[str, jax.Array]:
         ),
         "fitness_ci": 1.96 * std / jnp.sqrt(count),
     }
+
+
+def selection_statistics(
+    fitness: jax.Array, parents: jax.Array, previous: jax.Array
+) -> dict[str, jax.Array]:
+    """The two quantities of the breeder's equation (response = heritability x
+    differential) for one generation.
+
+    Args:
+      fitness: f32[P], this generation's fitness (NaN: diverged).
+      parents: i32[P], the member of this generation each child of the next descends from.
+      previous: f32[P], the previous generation's fitness (all NaN before the first).
+
+    Returns:
+      ``selection_differential``: the mean fitness of the parents (counted once per
+      child) minus the population's mean; 0 in expectation without selection.
+      ``response``: this generation's mean fitness minus the previous one's (NaN in the
+      first generation). With Lamarckian inheritance fitness rises without selection too:
+      selection's own part is the response minus a no-selection control's.
+    """
+    mean = fitness_statistics(fitness)["fitness_mean"]
+    return {
+        "selection_differential": fitness_statistics(fitness[parents])["fitness_mean"]
+        - mean,
+        "response": mean - fitness_statistics(previous)["fitness_mean"],
+    }

@@ -78,7 +78,13 @@ from gtl_jax.learngene import (
     spec_from_json,
 )
 from gtl_jax.population import init_network, make_optimizer
-from gtl_jax.study_report import aggregate, results_table, summary_table
+from gtl_jax.study_report import (
+    aggregate,
+    results_table,
+    selection_rows,
+    selection_table,
+    summary_table,
+)
 from gtl_jax.suite import (
     episode_fingerprint,
     pretrained_network,
@@ -488,10 +494,15 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
     share = float(meta["parameter_share"]["share_of_network"])
     table = results_table(c, rows, share)
     table = table.replace("\n", "\n\n" + summary_table(c, rows) + "\n", 1)
+    selection = selection_rows(histories)
+    table += "\n\nSelection (breeder's equation, over seeds):\n\n" + selection_table(
+        selection
+    )
     summary = {
         "rows": rows,
         "parameter_share": share,
         "learngene_params": learngene_size(learngene),
+        "selection": selection,
         "evolution_seconds": evolve_seconds,
         "evaluation_seconds": evaluate_seconds,
         "total_seconds": time.perf_counter() - start,

@@ -13,6 +13,7 @@ from gtl_jax.evolution import (
     mutate,
     reproduce,
     sanitize_fitness,
+    selection_statistics,
     tournament_select,
 )
 
@@ -195,6 +196,45 @@ def test_reproduce_is_traced_once_for_every_generation():
     chex.assert_tree_all_finite(genes)
 
 
+# --------------------------------------------------------------------------- selection statistics
+
+
+def test_tournaments_never_select_below_the_mean_and_random_parents_do_on_average():
+    # Tournament parents: the elite, then each group's winner about k times, so their mean
+    # fitness is at least the population's (differential >= 0). The no-selection control's
+    # parents are drawn uniformly: its differential is 0 in expectation.
+    genes = _learngene(jax.random.key(0), pop=9)
+    differentials = {"tournament": [], "none": []}
+    for seed in range(40):
+        key = jax.random.key(seed)
+        fitness = jax.random.uniform(jax.random.fold_in(key, 1), (9,))
+        for selection in differentials:
+            _, parents = reproduce(
+                key,
+                genes,
+                fitness,
+                tournament_size=3,
+                sigma=0.0,
+                rate=0.0,
+                selection=selection,
+            )
+            stats = selection_statistics(fitness, parents, fitness)
+            differentials[selection].append(float(stats["selection_differential"]))
+            assert float(stats["response"]) == 0.0
+    assert min(differentials["tournament"]) >= -1e-6
+    assert np.mean(differentials["tournament"]) > 0.1
+    assert abs(np.mean(differentials["none"])) < 0.05
+
+
+def test_selection_statistics_ignore_diverged_members_and_start_undefined():
+    fitness = jnp.array([0.2, jnp.nan, 0.6, 0.4])
+    stats = selection_statistics(
+        fitness, jnp.array([2, 2, 0, 3]), jnp.full((4,), jnp.nan)
+    )
+    np.testing.assert_allclose(stats["selection_differential"], 0.45 - 0.4, atol=1e-6)
+    assert np.isnan(stats["response"])  # no previous generation
+
+
 # --------------------------------------------------------------------------- the pure generation
 
 
@@ -250,6 +290,22 @@ def test_pure_generation_is_jitted_once_for_every_generation(tiny):
     # The state of the pure function is the state host executors checkpoint.
     chex.assert_trees_all_equal_shapes_and_dtypes(
         states[2], evo.init(jax.random.key(1))
+    )
+
+
+def test_each_generation_reports_its_selection_differential_and_response(tiny):
+    from gtl_jax.evolution import host_metrics
+
+    first, second = (host_metrics(m) for m in tiny[3])
+    assert np.isnan(first["response"])
+    np.testing.assert_allclose(
+        second["response"], second["fitness_mean"] - first["fitness_mean"], atol=1e-6
+    )
+    fitness = np.asarray(second["fitness"])
+    np.testing.assert_allclose(
+        second["selection_differential"],
+        fitness[second["parents"]].mean() - fitness.mean(),
+        atol=1e-6,
     )
 
 

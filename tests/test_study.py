@@ -9,7 +9,12 @@ import pytest
 
 from gtl_jax.experiment import STUDY_METHODS
 from gtl_jax.study import main
-from gtl_jax.study_report import seed_interval, t95
+from gtl_jax.study_report import (
+    seed_interval,
+    selection_quantities,
+    selection_rows,
+    t95,
+)
 
 
 def test_seed_interval_is_students_t():
@@ -17,6 +22,34 @@ def test_seed_interval_is_students_t():
     assert mean == pytest.approx(0.6)
     assert half == pytest.approx(4.303 * 0.1 / np.sqrt(3), rel=1e-3)
     assert np.isnan(seed_interval([0.5])[1]) and np.isnan(t95(1))
+
+
+def _history(means_and_parents):
+    """Generations whose fitness is [m - 0.1, m, m + 0.1] with the given parents."""
+    return [
+        {"fitness": [m - 0.1, m, m + 0.1], "parents": parents}
+        for m, parents in means_and_parents
+    ]
+
+
+def test_realised_heritability_is_selections_response_over_its_differential():
+    # Selection picks the best (+0.1 over the mean) in generations 1 and 2, and the mean
+    # rises 0.5 -> 0.6 -> 0.7; the control's rises 0.5 -> 0.55 -> 0.6 (lifetimes alone).
+    selected = _history([(0.5, [2, 2, 2]), (0.6, [2, 2, 2]), (0.7, [0, 1, 2])])
+    control = _history([(0.5, [0, 1, 2]), (0.55, [0, 1, 2]), (0.6, [0, 1, 2])])
+    q = selection_quantities(selected)
+    assert q["differential"] == pytest.approx(0.2) and q["response"] == pytest.approx(
+        0.2
+    )
+    assert selection_quantities(control)["differential"] == pytest.approx(0.0)
+    rows = {
+        r["arm"]: r
+        for r in selection_rows(
+            {"evolved": [selected, selected], "no_selection": [control, control]}
+        )
+    }
+    assert rows["evolved"]["heritability"][0] == pytest.approx((0.2 - 0.1) / 0.2)
+    assert "heritability" not in rows["no_selection"]
 
 
 def test_smoke_study_evaluates_every_method_over_seeds(tmp_path, capsys):
@@ -44,6 +77,14 @@ def test_smoke_study_evaluates_every_method_over_seeds(tmp_path, capsys):
 
     summary = json.loads((workdir / "results.json").read_text())
     rows = summary["rows"]
+    # Selection's quantities per arm, over the seeds, in the table and the summary.
+    assert "Selection (breeder's equation, over seeds)" in out
+    arms = {r["arm"]: r for r in summary["selection"]}
+    assert set(arms) == {"evolved", "no_selection", "score"}
+    assert all(r["seeds"] == 2 for r in arms.values())
+    assert (
+        "heritability" in arms["evolved"] and "heritability" not in arms["no_selection"]
+    )
     assert {r["method"] for r in rows} == set(STUDY_METHODS)
     jobs = [
         json.loads(line) for line in (workdir / "jobs.jsonl").read_text().splitlines()
