@@ -162,20 +162,20 @@ def _setup_jax(spec: dict):
 
 
 def _setup_torch(spec: dict):
+    import _torch_vgg
     import torch
-    import vs_pytorch
 
     torch.set_num_threads(spec["torch_threads"])
     torch.manual_seed(spec["seed"])
     pop, batch = spec["members"], spec["batch"]
-    models = [vs_pytorch.build(spec["classes"], spec["width"]) for _ in range(pop)]
-    opts = [vs_pytorch.make_sgd(m, 0.05, weight_decay=5e-4) for m in models]
+    models = [_torch_vgg.build(spec["classes"], spec["width"]) for _ in range(pop)]
+    opts = [_torch_vgg.make_sgd(m, 0.05, weight_decay=5e-4) for m in models]
     x = torch.randint(0, 256, (pop, batch, *IMAGE), dtype=torch.uint8)
     y = torch.randint(0, spec["classes"], (pop, batch))
 
     def run(state):
         for i in range(pop):
-            vs_pytorch.train_step(models[i], opts[i], x[i], y[i])
+            _torch_vgg.train_step(models[i], opts[i], x[i], y[i])
         return state
 
     extra = {"backend": "torch-cpu", "torch_threads": torch.get_num_threads()}
@@ -251,7 +251,7 @@ def _python(args: list[str], spec: dict) -> list[str]:
 
 
 def run_json(argv: list[str], timeout: float) -> dict:
-    """Runs a worker subprocess (in benchmarks/, so that it imports vs_pytorch); its last
+    """Runs a worker subprocess (in benchmarks/, so that it imports _torch_vgg); its last
     stdout line is JSON."""
     proc = subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, cwd=str(HERE)
@@ -376,11 +376,11 @@ def specs(args) -> list[dict]:
 
 
 def check_worker(spec: dict) -> None:
-    """``vs_pytorch.check`` in a subprocess: the driver stays small, since a child's
+    """``_torch_vgg.check`` in a subprocess: the driver stays small, since a child's
     ``ru_maxrss`` starts from its parent's."""
-    import vs_pytorch
+    import _torch_vgg
 
-    print(json.dumps(vs_pytorch.check(spec["width"], spec["classes"])), flush=True)
+    print(json.dumps(_torch_vgg.check(spec["width"], spec["classes"])), flush=True)
 
 
 def check(width: float, classes: int, timeout: float) -> dict:
