@@ -207,27 +207,36 @@ def handle_starting() -> None:
 
 
 @contextlib.contextmanager
+def _holding() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM appended to the yielded list instead of handled (main thread, and
+    signals not ignored); when the block ends the handlers come back and the signals still
+    in the list are delivered, once each, in order of arrival."""
+    held: list[int] = []
+    if not _main_thread():
+        yield held
+        return
+    previous = {}
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) not in (signal.SIG_IGN, None):
+            previous[s] = signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)
+
+
+@contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Holds SIGINT and SIGTERM until the block ends, then delivers them to this process (to
     whatever handled them before: ``Stopped``, ``KeyboardInterrupt``, the default action).
 
     Outside the main thread, or for a signal whose handler is ``SIG_IGN``, it does nothing.
     """
-    if not _main_thread():
+    with _holding():
         yield
-        return
-    held: list[int] = []
-    previous = {}
-    for s in STOP_SIGNALS:
-        if signal.getsignal(s) not in (signal.SIG_IGN, None):
-            previous[s] = signal.signal(s, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in dict.fromkeys(held):  # once per signal, in order of arrival
-            signal.raise_signal(s)
 
 
 @contextlib.contextmanager
@@ -246,25 +255,15 @@ def agreed(agree: Callable[[int], int] | None) -> Iterator[Callable[[], None]]:
     if agree is None or not _main_thread():
         yield lambda: None
         return
-    held: list[int] = []
-    previous = {}
-    for s in STOP_SIGNALS:
-        if signal.getsignal(s) not in (signal.SIG_IGN, None):
-            previous[s] = signal.signal(s, lambda signum, frame: held.append(signum))
+    with _holding() as held:
 
-    def check() -> None:
-        signum = agree(held[0] if held else 0)
-        if signum:
-            held.clear()  # acted on here, not again when the block ends
-            raise Stopped(signum)
+        def check() -> None:
+            signum = agree(held[0] if held else 0)
+            if signum:
+                held.clear()  # acted on here, not again when the block ends
+                raise Stopped(signum)
 
-    try:
         yield check
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in dict.fromkeys(held):
-            signal.raise_signal(s)
 
 
 @contextlib.contextmanager
