@@ -23,11 +23,13 @@ This module never asks how many devices exist and never imports the executors.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import linen as nn
 
 from gtl_jax.data.augment import augment_fn
@@ -44,6 +46,8 @@ from gtl_jax.operators import (
     all_finite,
     diversity,
     fitness_statistics,
+    inherit_life_genes,
+    init_life_genes,
     mutate,
     pairs,
     reproduce,
@@ -63,6 +67,16 @@ from gtl_jax.state import (
     generation_keys,
     host_metrics,
 )
+
+# The optax hyperparameter each life gene sets (EvolutionConfig.life_genes).
+HYPERPARAMS = {
+    "lr": "learning_rate",
+    "weight_decay": "weight_decay",
+    "momentum": "momentum",
+}
+# The stream of the life genes' draws, folded into generation 0's key and each generation's
+# reproduction key (the learngenes' streams are as without life genes).
+LIFE_GENE_STREAM = 2**31 - 3
 
 __all__ = [  # the operators and the state's types, importable from here too
     "Evaluation",
@@ -135,19 +149,33 @@ class Evolution:
         )
         self.image_shape = tuple(train_images.shape[2:])
         c = config
-        tx = make_optimizer(
-            c.life_optimizer,
-            c.life_lr,
-            momentum=c.life_momentum,
-            weight_decay=c.life_weight_decay,
-        )
+        hyperparams = {
+            "learning_rate": c.life_lr,
+            "momentum": c.life_momentum,
+            "weight_decay": c.life_weight_decay,
+        }
+        if c.gene_names:
+            # Life genes: the optimiser's hyperparameters are state of the optimiser
+            # (optax.inject_hyperparams), so one vmapped (or looped) step trains members
+            # with different values without compiling again.
+            tx = optax.inject_hyperparams(
+                functools.partial(make_optimizer, c.life_optimizer)
+            )(**hyperparams)
+        else:
+            tx = make_optimizer(c.life_optimizer, **hyperparams)
 
-        def host_fn(key, learngene):
+        def host_fn(key, learngene, life_genes=None):
             state = init_network(life_model, tx, key, self.image_shape)
             params, batch_stats = insert_learngene(
                 learngene, state.params, state.batch_stats, zero_cross=c.zero_cross
             )
-            return TrainState(params, batch_stats, tx.init(params))
+            opt_state = tx.init(params)
+            if life_genes:
+                hp = dict(opt_state.hyperparams)
+                for name, value in life_genes.items():
+                    hp[HYPERPARAMS[name]] = jnp.asarray(value, jnp.float32)
+                opt_state = opt_state._replace(hyperparams=hp)
+            return TrainState(params, batch_stats, opt_state)
 
         def random_gene_fn(key):
             state = init_network(life_model, tx, key, self.image_shape)
@@ -231,9 +259,20 @@ class Evolution:
         return Pools(*checked)
 
     def init(self, key: jax.Array) -> EvolutionState:
-        """Generation 0: the circuits of P randomly initialised networks. Pure."""
-        size = self.config.pop_size
+        """Generation 0: the circuits of P randomly initialised networks (and, with
+        ``life_genes``, their hosts' lifetime hyperparameters, spread around the config's).
+        Pure."""
+        c = self.config
+        size = c.pop_size
         learngenes = self._random_genes(jax.random.split(key, size))
+        life_genes = None
+        if c.gene_names:
+            life_genes = init_life_genes(
+                jax.random.fold_in(key, LIFE_GENE_STREAM),
+                c.gene_values(),
+                size,
+                spread=c.life_gene_spread,
+            )
         return EvolutionState(
             generation=jnp.int32(0),
             learngenes=learngenes,
@@ -243,6 +282,7 @@ class Evolution:
             scores=jnp.zeros((size,), jnp.float32),
             trained=learngenes,
             fitness=jnp.full((size,), jnp.nan, jnp.float32),
+            life_genes=life_genes,
         )
 
     # ----------------------------------------------------------------- ask
@@ -319,14 +359,16 @@ class Evolution:
         classes: jax.Array,
         life_keys: jax.Array,
         learngene: Learngene,
+        life_genes: dict[str, jax.Array] | None,
         episodes: Episode,
         critic_keys: jax.Array,
         train_images: jax.Array,
     ) -> Evaluation:
-        """Steps 1-4 for one member (unbatched fields): the learngene into a fresh host,
-        ``life_steps`` of lifetime learning on its task (``lax.scan``), the trained circuit
-        extracted, and fine-tuned by each critic on the shared episodes. Pure."""
-        hosts = self.host_fn(host_key, learngene)
+        """Steps 1-4 for one member (unbatched fields): the learngene into a fresh host
+        (with its life genes, if any), ``life_steps`` of lifetime learning on its task
+        (``lax.scan``), the trained circuit extracted, and fine-tuned by each critic on the
+        shared episodes. Pure."""
+        hosts = self.host_fn(host_key, learngene, life_genes)
 
         def life_step(hosts, key):
             return self.life_step_fn(key, hosts, classes, train_images)
@@ -367,12 +409,13 @@ class Evolution:
         """
         pools = self.pools if pools is None else pools
         tasks = self.ask(root_key, state.generation, pools)
-        evaluate = map_members(self.evaluate_member, (0, 0, 0, 0, None, None, None))
+        evaluate = map_members(self.evaluate_member, (0, 0, 0, 0, 0, None, None, None))
         return evaluate(
             tasks.host_keys,
             tasks.classes,
             tasks.life_keys,
             state.learngenes,
+            state.life_genes,
             tasks.episodes,
             tasks.critic_keys,
             pools.train,
@@ -413,6 +456,19 @@ class Evolution:
             selection=c.selection,
         )
         best = jnp.argmax(sanitize_fitness(fitness)).astype(jnp.int32)
+        life_genes, gene_metrics = state.life_genes, {}
+        if life_genes is not None:
+            # Inherited with the learngene from the same parent, then explored.
+            gene_metrics = {
+                **{f"life_{n}_mean": v.mean() for n, v in life_genes.items()},
+                **{f"life_genes/{n}": v for n, v in life_genes.items()},
+            }
+            life_genes = inherit_life_genes(
+                jax.random.fold_in(next_key, LIFE_GENE_STREAM),
+                life_genes,
+                parents,
+                sigma=c.life_gene_sigma,
+            )
         new_state = EvolutionState(
             generation=state.generation + 1,
             learngenes=next_learngenes,
@@ -422,6 +478,7 @@ class Evolution:
             scores=jnp.nan_to_num(scores, nan=0.0)[parents],
             trained=trained,
             fitness=fitness,
+            life_genes=life_genes,
         )
         metrics = {
             "generation": state.generation + 1,
@@ -436,6 +493,7 @@ class Evolution:
             "parents": parents,
             "best_index": best,
             "diversity": diversity(next_learngenes),
+            **gene_metrics,
         }
         return new_state, metrics
 

@@ -273,6 +273,12 @@ def write_learngene(
                 {k: m[k] for k in ("generation", *FITNESS_KEYS) if k in m}
                 for m in history
             ],
+            # The heritable lifetime hyperparameters the chosen learngene's host lived
+            # with (evolution.life_genes), from the last generation's metrics.
+            "life_genes": {
+                name: history[-1][f"life_genes/{name}"][final]
+                for name in (plots.life_gene_names(history[-1:]) if history else [])
+            },
         },
     )
     return share
@@ -455,6 +461,8 @@ def run(
     )
     if writer and history:
         plots.plot_fitness(history, workdir / "fitness.png")
+        if plots.life_gene_names(history):
+            plots.plot_life_genes({"evolution": [history]}, workdir / "life_genes.png")
     if not final_table:
         return {"evolution_seconds": evolve_seconds, "history": history}
     return write_results(

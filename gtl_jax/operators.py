@@ -1,5 +1,6 @@
-"""The population operators of GTL: selection, mutation, reproduction, and the population
-statistics a generation reports.
+"""The population operators of GTL: selection, mutation, reproduction, the life genes'
+inheritance, and the population statistics a generation reports (fitness, and the
+selection differential and response of the breeder's equation).
 
 Each is a pure, jittable function of one key and arrays (keys first), written for a stacked
 population (leading axis P) or, for ``mutate``, for one learngene and vmapped at the call
@@ -203,3 +204,53 @@ def selection_statistics(
         - mean,
         "response": mean - fitness_statistics(previous)["fitness_mean"],
     }
+
+
+# --------------------------------------------------------------------------- life genes
+
+
+def _scale(name: str, values: jax.Array) -> jax.Array:
+    """The positive quantity a life gene evolves multiplicatively: the value itself, or for
+    momentum the fraction of the last update dropped, ``1 - momentum`` (so that momentum
+    stays below 1 however it mutates)."""
+    return 1.0 - values if name == "momentum" else values
+
+
+def _unscale(name: str, scale: jax.Array) -> jax.Array:
+    return 1.0 - jnp.minimum(scale, 1.0) if name == "momentum" else scale
+
+
+def init_life_genes(
+    key: jax.Array, values: dict[str, float], size: int, *, spread: float
+) -> dict[str, jax.Array]:
+    """Generation 0's life genes ``{name: f32[P]}``: each gene's scale (its value; for
+    momentum ``1 - momentum``) drawn log-uniformly within ``[s / spread, s * spread]`` of
+    its value's (``spread = 1``: all equal to the value)."""
+    keys = jax.random.split(key, max(len(values), 1))
+    genes = {}
+    for k, (name, value) in zip(keys, sorted(values.items())):
+        log = jax.random.uniform(k, (size,), minval=-1.0, maxval=1.0) * jnp.log(spread)
+        scale = _scale(name, jnp.float32(value)) * jnp.exp(log)
+        genes[name] = _unscale(name, scale)
+    return genes
+
+
+def inherit_life_genes(
+    key: jax.Array, genes: dict[str, jax.Array], parents: jax.Array, *, sigma: float
+) -> dict[str, jax.Array]:
+    """The next generation's life genes: child i takes parent ``parents[i]``'s, its scale
+    (the value; for momentum ``1 - momentum``) times ``exp(sigma * N(0, 1))`` (PBT's explore
+    step, log-normal), except slot 0 (the elite, or the control's unmutated copy), which
+    keeps its parent's as ``reproduce`` keeps its learngene. ``sigma = 0`` is plain
+    inheritance. Pure."""
+    out = {}
+    for k, name in zip(jax.random.split(key, max(len(genes), 1)), sorted(genes)):
+        children = genes[name][parents]
+        noise = sigma * jax.random.normal(k, children.shape, children.dtype)
+        noise = noise.at[0].set(0.0)
+        out[name] = jnp.where(
+            noise == 0.0,
+            children,
+            _unscale(name, _scale(name, children) * jnp.exp(noise)),
+        )
+    return out

@@ -432,6 +432,68 @@ def plot_study_fitness(
     _save(study_fitness_figure(histories), path)
 
 
+def life_gene_names(history: Sequence[dict]) -> list[str]:
+    """The life genes a run's metrics hold (``life_genes/<name>`` per member)."""
+    names = {
+        k.split("/", 1)[1] for m in history for k in m if k.startswith("life_genes/")
+    }
+    return sorted(names)
+
+
+def life_genes_figure(histories: Mapping[str, Sequence[Sequence[dict]]]) -> Figure:
+    """Each life gene's trajectory; see :func:`plot_life_genes`."""
+    names = sorted(
+        {n for runs in histories.values() for r in runs for n in life_gene_names(r)}
+    )
+    fig = Figure(figsize=(4.2 * max(len(names), 1), 3.8), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(len(names), 1)))
+    handles = []
+    for ax, name in zip(axes, names):
+        for i, (arm, runs) in enumerate(histories.items()):
+            runs = [r for r in runs if r and name in life_gene_names(r)]
+            if not runs:
+                continue
+            colour = f"C{i % 10}"
+            label = arm.replace("_", "-")
+            for j, r in enumerate(runs):
+                g = np.array([m["generation"] for m in r])
+                values = np.array([m[f"life_genes/{name}"] for m in r], float)
+                lines = ax.plot(
+                    g,
+                    np.exp(np.log(values).mean(1)),
+                    color=colour,
+                    marker="o",
+                    ms=3,
+                    lw=1,
+                    label=f"{label}: population (geometric) mean",
+                )
+                ax.fill_between(
+                    g, values.min(1), values.max(1), color=colour, alpha=0.1, lw=0
+                )
+                if j == 0 and ax is axes[0]:
+                    handles += lines
+        ax.set_yscale("log")
+        _integer_ticks(ax)
+        ax.set_xlabel("generation")
+        ax.set_title(f"life gene: {name} (band: population min-max)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    if handles:
+        _legend_below(fig, handles, ncol=2)
+    return fig
+
+
+def plot_life_genes(
+    histories: Mapping[str, Sequence[Sequence[dict]]], path: str | pathlib.Path
+) -> None:
+    """The heritable lifetime hyperparameters over generations: per gene, each run's
+    population geometric mean (log scale) and min-max band, coloured by arm.
+
+    ``histories``: ``{arm: [metrics of each run]}``, as :func:`plot_study_fitness`; a
+    single evolution is ``{"evolution": [its metrics]}``.
+    """
+    _save(life_genes_figure(histories), path)
+
+
 # --------------------------------------------------------------------------- attention
 
 

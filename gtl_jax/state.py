@@ -44,6 +44,8 @@ class EvolutionState:
       trained: the trained learngenes of the last completed generation (stacked, leading
         P), from which the final learngene is chosen (``choose_final``).
       fitness: f32[P], their fitness (NaN for diverged ones).
+      life_genes: the next hosts' heritable lifetime hyperparameters, ``{name: f32[P]}``
+        (``EvolutionConfig.life_genes``); None without them.
     """
 
     generation: jax.Array
@@ -54,10 +56,18 @@ class EvolutionState:
     scores: jax.Array
     trained: Learngene
     fitness: jax.Array
+    life_genes: dict[str, jax.Array] | None = None
 
     # The fields with a leading population axis P (``gtl_jax.sharding`` splits them over
     # devices; the others are replicated).
-    POPULATION_FIELDS = ("learngenes", "parents", "scores", "trained", "fitness")
+    POPULATION_FIELDS = (
+        "learngenes",
+        "parents",
+        "scores",
+        "trained",
+        "fitness",
+        "life_genes",
+    )
 
 
 @struct.dataclass
@@ -134,6 +144,8 @@ def host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 # What tournaments rank: raw fitness; the lineage score (ECO's learngene score: fitness plus
 # the parent's score decayed by score_decay); or nothing (parents drawn at random: a control).
 SELECTIONS = ("tournament", "score", "none")
+# Heritable lifetime hyperparameters a member may carry (``EvolutionConfig.life_genes``).
+LIFE_GENES = ("lr", "weight_decay", "momentum")
 # The stream of the fixed critic episodes (fixed_critics), folded into the root key.
 CRITIC_STREAM = 2**31 - 1
 
@@ -161,6 +173,9 @@ class EvolutionConfig:
         final learngene is chosen (``Evolution.choose_final``).
       rescore_episodes: the meta-validation episodes they are re-scored on (0: the fittest
         is chosen).
+      life_genes: heritable lifetime hyperparameters (``LIFE_GENES``, comma-separated; empty:
+        none), drawn within ``life_gene_spread`` of the config's at generation 0, inherited
+        with the learngene and mutated by ``life_gene_sigma`` (log-normal).
 
     Raises:
       ValueError: a field is impossible; the message starts with ``field=value:``.
@@ -271,6 +286,43 @@ class EvolutionConfig:
             "fittest is chosen)"
         },
     )
+    life_genes: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "heritable lifetime hyperparameters each member carries, inherited "
+            "and mutated with its learngene: comma-separated, from lr, weight_decay, "
+            "momentum (sgd only); empty: none"
+        },
+    )
+    life_gene_spread: float = dataclasses.field(
+        default=2.0,
+        metadata={
+            "help": "generation 0 draws each life gene log-uniformly within [v / spread, "
+            "v * spread] around its config value v (life_lr, ...)"
+        },
+    )
+    life_gene_sigma: float = dataclasses.field(
+        default=0.2,
+        metadata={
+            "help": "a child's life genes are its parent's times exp(sigma * N(0, 1)) "
+            "(for momentum, 1 - momentum is; it stays below 1); the elite keeps its parent's"
+        },
+    )
+
+    @property
+    def gene_names(self) -> tuple[str, ...]:
+        """The life genes, in ``LIFE_GENES`` order."""
+        names = {n.strip() for n in self.life_genes.split(",") if n.strip()}
+        return tuple(n for n in LIFE_GENES if n in names)
+
+    def gene_values(self) -> dict[str, float]:
+        """Every life gene's config value: the centre of generation 0's draw."""
+        values = {
+            "lr": self.life_lr,
+            "weight_decay": self.life_weight_decay,
+            "momentum": self.life_momentum,
+        }
+        return {name: float(values[name]) for name in self.gene_names}
 
     def __post_init__(self):
         def need(ok: bool, field: str, why: str) -> None:
@@ -309,3 +361,24 @@ class EvolutionConfig:
         )
         need(self.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}")
         need(0 <= self.score_decay <= 1, "score_decay", "must be in [0, 1]")
+        names = [n.strip() for n in self.life_genes.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(LIFE_GENES))
+        need(
+            not unknown,
+            "life_genes",
+            f"{unknown[0] if unknown else ''!r} is not one of {LIFE_GENES}",
+        )
+        need(
+            "momentum" not in names or self.life_optimizer == "sgd",
+            "life_genes",
+            "momentum is a gene of life_optimizer=sgd only",
+        )
+        for name, value in self.gene_values().items():
+            need(
+                value > 0,
+                "life_genes",
+                f"{name} evolves multiplicatively: its config "
+                f"value must be > 0, not {value}",
+            )
+        need(self.life_gene_spread >= 1, "life_gene_spread", "must be >= 1")
+        need(self.life_gene_sigma >= 0, "life_gene_sigma", "must be >= 0")

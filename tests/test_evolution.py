@@ -196,6 +196,49 @@ def test_reproduce_is_traced_once_for_every_generation():
     chex.assert_tree_all_finite(genes)
 
 
+# --------------------------------------------------------------------------- life genes
+
+
+def test_life_genes_start_spread_around_their_values_and_inherit_with_the_parent():
+    from gtl_jax.operators import inherit_life_genes, init_life_genes
+
+    values = {"lr": 0.05, "momentum": 0.9}
+    genes = init_life_genes(jax.random.key(0), values, 64, spread=2.0)
+    assert float(genes["lr"].min()) >= 0.025 and float(genes["lr"].max()) <= 0.1
+    assert float(genes["lr"].std()) > 0.005  # spread, not constant
+    # Momentum evolves through 1 - momentum: 0.9 spreads to [0.8, 0.95], never to 1.
+    assert 0.8 - 1e-6 <= float(genes["momentum"].min())
+    assert float(genes["momentum"].max()) <= 0.95 + 1e-6
+    same = init_life_genes(jax.random.key(0), values, 64, spread=1.0)
+    np.testing.assert_allclose(same["lr"], 0.05, rtol=1e-6)
+
+    parents = jax.random.randint(jax.random.key(1), (64,), 0, 64)
+    plain = inherit_life_genes(jax.random.key(2), genes, parents, sigma=0.0)
+    chex.assert_trees_all_equal(plain, {k: v[parents] for k, v in genes.items()})
+    explored = inherit_life_genes(jax.random.key(2), genes, parents, sigma=0.2)
+    again = inherit_life_genes(jax.random.key(2), genes, parents, sigma=0.2)
+    chex.assert_trees_all_equal(explored, again)  # same key, same children
+    log_ratio = np.log(explored["lr"] / genes["lr"][parents])
+    assert log_ratio[0] == 0.0  # slot 0 (the elite) keeps its parent's genes
+    assert 0.12 < float(np.std(log_ratio[1:])) < 0.3  # log-normal, sigma 0.2
+    assert float(explored["momentum"].max()) < 1.0
+
+
+def test_life_genes_config_errors_name_the_field():
+    for bad, match in (
+        ({"life_genes": "lr,dropout"}, "life_genes='lr,dropout': 'dropout' is not"),
+        (
+            {"life_genes": "momentum", "life_optimizer": "adam"},
+            "life_genes='momentum': momentum is a gene of life_optimizer=sgd",
+        ),
+        ({"life_gene_spread": 0.5}, "life_gene_spread=0.5: must be >= 1"),
+        ({"life_gene_sigma": -1.0}, "life_gene_sigma=-1.0: must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            EvolutionConfig(**bad)
+    assert EvolutionConfig(life_genes=" momentum , lr").gene_names == ("lr", "momentum")
+
+
 # --------------------------------------------------------------------------- selection statistics
 
 
@@ -307,6 +350,50 @@ def test_each_generation_reports_its_selection_differential_and_response(tiny):
         fitness[second["parents"]].mean() - fitness.mean(),
         atol=1e-6,
     )
+
+
+def test_life_genes_set_each_hosts_optimiser_and_follow_the_lineage(tiny):
+    import dataclasses
+
+    from gtl_jax.evolution import Evolution
+
+    evo = tiny[0]
+    config = dataclasses.replace(evo.config, life_genes="lr", life_gene_sigma=0.2)
+    genes = Evolution(
+        evo.life_model,
+        evo.critic_model,
+        evo.spec,
+        config,
+        evo.critic_recipe,
+        evo.train_images,
+        evo.val_images,
+    )
+    key = jax.random.key(0)
+    state = genes.init(key)
+    # Without life genes, generation 0's learngenes are the same: their stream is apart.
+    chex.assert_trees_all_equal(state.learngenes, evo.init(key).learngenes)
+    # A host with a learning rate of ~0 leaves its circuit's kernels as it got them.
+    state = state.replace(life_genes={"lr": jnp.array([1e-12, 0.05, 0.05])})
+    trained = genes.evaluate(key, state).trained
+    moved = [
+        max(
+            float(
+                jnp.abs(
+                    trained[n]["kernel"][i] - state.learngenes[n]["kernel"][i]
+                ).max()
+            )
+            for n in trained
+        )
+        for i in range(3)
+    ]
+    assert moved[0] < 1e-6 < 1e-3 < min(moved[1:])
+    new, metrics = jax.jit(genes.step)(key, state, genes.pools)
+    parents = np.asarray(metrics["parents"])
+    lived = np.asarray(state.life_genes["lr"])
+    np.testing.assert_array_equal(metrics["life_genes/lr"], lived)
+    child = np.asarray(new.life_genes["lr"])
+    assert child[0] == lived[parents[0]]
+    assert np.all(child[1:] != lived[parents[1:]])  # explored
 
 
 def test_scan_of_two_generations_equals_two_calls(tiny):

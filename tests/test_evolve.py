@@ -175,8 +175,10 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
 def test_the_pure_generation_runs_the_command_and_resumes(tmp_path, capsys):
     # execution.strategy=vmap: every generation is the jitted pure Evolution.step (the
     # GPU/TPU form) and descendants are one vmapped program; a run killed after generation
-    # 1 resumes to the learngene of an uninterrupted one.
+    # 1 resumes to the learngene of an uninterrupted one. With life genes (lr, momentum):
+    # they are in the checkpointed state, the metrics and the learngene file.
     vmap = SMOKE + ["--config.execution.strategy=vmap"]
+    vmap += ["--config.evolution.life_genes=lr,momentum"]
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(vmap + ["--workdir", str(full)]) == 0
     assert "| learngene |" in capsys.readouterr().out
@@ -192,6 +194,19 @@ def test_the_pure_generation_runs_the_command_and_resumes(tmp_path, capsys):
     ]
     assert [m["generation"] for m in metrics] == [1, 2] and meta["generation"] == 2
     assert all(len(m["fitness"]) == 3 and len(m["parents"]) == 3 for m in metrics)
+    assert np.isnan(metrics[0]["response"]) and np.isfinite(metrics[1]["response"])
+    assert all(np.isfinite(m["selection_differential"]) for m in metrics)
+    resumed_metrics = [
+        json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()
+    ]
+    for m, n in zip(metrics, resumed_metrics, strict=True):
+        assert len(m["life_genes/lr"]) == 3 and max(m["life_genes/momentum"]) < 1
+        assert m["life_genes/lr"] == n["life_genes/lr"]  # resumed bit-identically
+    _, resumed_meta = load_learngene(part / "learngene")
+    chosen = meta["choice"]["chosen"]
+    assert meta["life_genes"]["lr"] == metrics[-1]["life_genes/lr"][chosen]
+    assert resumed_meta["life_genes"] == meta["life_genes"]
+    assert (full / "life_genes.png").is_file()
 
 
 def test_a_vit_evolves_and_its_learngene_is_inherited(tmp_path, capsys):

@@ -37,17 +37,22 @@ def run_on(devices: int, args: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "strategy,pop_size,tournament_size",
-    [("loop", 8, 4), ("loop", 9, 3), ("vmap", 9, 3), ("vmap", 12, 3)],
+    "strategy,pop_size,tournament_size,life_genes",
+    [
+        ("loop", 8, 4, ""),
+        ("loop", 9, 3, ""),
+        ("vmap", 9, 3, ""),
+        ("vmap", 12, 3, "lr,weight_decay"),
+    ],
 )
 def test_sharded_evolution_over_8_devices_matches_one_device(
-    strategy, pop_size, tournament_size, tmp_path
+    strategy, pop_size, tournament_size, life_genes, tmp_path
 ):
     # Two generations, by the host loop (the CPU default) or by the pure jitted generation
     # (vmap). The script asserts the layout of the state: 8 members split over the 8
     # devices, 1 each; 9 (the default config's population) and 12 padded to 16, 2 each.
     flags = ["--strategy", strategy, "--pop_size", str(pop_size)]
-    flags += ["--tournament_size", str(tournament_size)]
+    flags += ["--tournament_size", str(tournament_size), "--life_genes", life_genes]
     results = {}
     for devices in (1, 8):
         out = tmp_path / f"{devices}.npz"
@@ -63,6 +68,9 @@ def test_sharded_evolution_over_8_devices_matches_one_device(
     for g in range(2):
         # Fitness is a query accuracy: a float-level difference can flip a near-tied query,
         # 1/75 of one critic's accuracy (5 ways x 15 queries), no more.
+        for k in one:  # the genes each member lived with: sampled, not computed
+            if k.startswith(f"life_genes/{g}/"):
+                np.testing.assert_allclose(sharded[k], one[k], rtol=1e-6, err_msg=k)
         fitness = one[f"fitness/{g}"]
         np.testing.assert_allclose(sharded[f"fitness/{g}"], fitness, atol=tolerance)
         parents, expected = sharded[f"parents/{g}"], one[f"parents/{g}"]

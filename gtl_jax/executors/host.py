@@ -79,7 +79,7 @@ class HostExecutor:
         self.pure_step = placement.jit_generation(evo)
         self.tell = placement.jit_tell(evo)
         self.ask = jax.jit(evo.ask)
-        self.hosts = population_map(evo.host_fn, (0, 0), strategy=strategy)
+        self.hosts = population_map(evo.host_fn, (0, 0, 0), strategy=strategy)
         self.life_step = population_map(
             evo.life_step_fn, (0, 0, 0, None), strategy=strategy, carry=1
         )
@@ -129,6 +129,7 @@ class HostExecutor:
         hi: int | None = None,
         on_step: Callable[[float], Any] | None = None,
         pools: Pools | None = None,
+        life_genes: dict[str, Any] | None = None,
     ) -> Evaluation:
         """Steps 1-4 of generation ``generation`` for the members ``[lo, hi)``.
 
@@ -143,6 +144,8 @@ class HostExecutor:
           on_step: called with the number of lifetime or critic steps (of the block) just
             completed.
           pools: the images to sample from (``put_pools``); None: the evolution's own.
+          life_genes: the life genes of members ``[lo, hi)`` (``{name: f32[n]}``), if the
+            evolution has them.
 
         Returns:
           The block's ``Evaluation``; its per-member scalars are host arrays (gathered when
@@ -161,7 +164,7 @@ class HostExecutor:
                 }
             )
         # 1. Hosts: every learngene into a fresh network (its own key).
-        hosts = self.hosts(tasks.host_keys, learngenes)
+        hosts = self.hosts(tasks.host_keys, learngenes, life_genes)
         # 2. Lifetime learning: each member its own life_way-way task of meta-train classes.
         life_losses = []
         for step in range(c.life_steps):
@@ -209,7 +212,7 @@ class HostExecutor:
           on_step: called with the number of lifetime or critic steps (of the whole
             population) just completed, e.g. ``tqdm.update``.
           workers: computes ``evaluate`` of the whole population elsewhere, as
-            ``workers(root_key, generation, learngenes, on_step)``
+            ``workers(root_key, generation, learngenes, on_step, life_genes)``
             (``gtl_jax.executors.LifeWorkers``: blocks of members in worker processes);
             None: in this process.
           pools: this generation's images (``put_pools``: a dataset streamed generation by
@@ -229,13 +232,20 @@ class HostExecutor:
                 on_step(float(c.life_steps + c.critic_steps))
             return state, host_metrics(metrics)
         g = int(state.generation)
-        learngenes = self.logical(state).learngenes
+        members = self.logical(state)
         if workers is None:
             evaluation = self.evaluate(
-                root_key, g, learngenes, on_step=on_step, pools=pools
+                root_key,
+                g,
+                members.learngenes,
+                on_step=on_step,
+                pools=pools,
+                life_genes=members.life_genes,
             )
         else:
-            evaluation = workers(root_key, g, learngenes, on_step)
+            evaluation = workers(
+                root_key, g, members.learngenes, on_step, members.life_genes
+            )
         evaluation = evaluation.replace(
             **{
                 name: self.placement.replicate(getattr(evaluation, name))

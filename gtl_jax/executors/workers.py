@@ -35,7 +35,7 @@ def _start(make_executor: Callable[..., HostExecutor], args: tuple) -> None:
 
 
 def _life_job(
-    root_key_data, generation: int, learngenes, lo: int, hi: int, progress
+    root_key_data, generation: int, learngenes, lo: int, hi: int, progress, life_genes
 ) -> Evaluation:
     executor = _WORKER_EXECUTOR
     # Progress counts the steps of the whole population.
@@ -47,6 +47,9 @@ def _life_job(
         lo,
         hi,
         on_step=lambda n: progress.put(n * share),
+        life_genes=None
+        if life_genes is None
+        else jax.tree.map(jnp.asarray, life_genes),
     )
     return jax.device_get(evaluation)
 
@@ -80,10 +83,10 @@ class LifeWorkers:
         self._pool.__exit__(*exc)
 
     def __call__(
-        self, root_key, generation: int, learngenes, on_step=None
+        self, root_key, generation: int, learngenes, on_step=None, life_genes=None
     ) -> Evaluation:
         bounds = distributed.block_bounds(self.size, self.workers)
-        genes = distributed.to_host(learngenes)
+        genes, life_genes = distributed.to_host((learngenes, life_genes))
         root_key_data = np.asarray(jax.random.key_data(root_key))
         futures = [
             self.pool.submit(
@@ -94,6 +97,9 @@ class LifeWorkers:
                 int(lo),
                 int(hi),
                 self.progress,
+                None
+                if life_genes is None
+                else {n: v[lo:hi] for n, v in life_genes.items()},
             )
             for lo, hi in zip(bounds[:-1], bounds[1:])
         ]

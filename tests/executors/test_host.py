@@ -136,15 +136,20 @@ def test_no_selection_control_chooses_its_final_learngene_at_random(omniglot):
     assert chosen == {0, 1, 2}
 
 
-@pytest.mark.parametrize("selection", ["tournament", "score", "none"])
-def test_the_host_generation_is_the_core_tell_of_its_evaluation(selection, omniglot):
+@pytest.mark.parametrize(
+    "selection,life_genes",
+    [("tournament", ""), ("score", ""), ("none", ""), ("tournament", "lr,momentum")],
+)
+def test_the_host_generation_is_the_core_tell_of_its_evaluation(
+    selection, life_genes, omniglot
+):
     # Selection, the next state and the metrics exist once, in Evolution.tell: a host
     # generation is tell applied to the host loop's evaluation of the members.
-    evo = _tiny_executor(omniglot, selection=selection)
+    evo = _tiny_executor(omniglot, selection=selection, life_genes=life_genes)
     key = jax.random.key(2)
     state = evo.init(key)
     state, _ = evo.generation(key, state)  # generation 1: lineage scores exist
-    evaluation = evo.evaluate(key, 1, state.learngenes)
+    evaluation = evo.evaluate(key, 1, state.learngenes, life_genes=state.life_genes)
     expected, expected_metrics = evo.evo.tell(key, state, jax.device_get(evaluation))
     got, metrics = evo.generation(key, state)
     expected_metrics = host_metrics(expected_metrics)

@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--pop_size", type=int, default=8)
     parser.add_argument("--tournament_size", type=int, default=4)
     parser.add_argument("--generations", type=int, default=2)
+    parser.add_argument("--life_genes", default="")
     parser.add_argument("--out", required=True)
     parser.add_argument(
         "--lifetime_only",
@@ -142,6 +143,7 @@ def main() -> None:
         life_way=5,
         life_steps=2,
         num_critics=1,
+        life_genes=args.life_genes,
     )
     model = build_model("vgg11", 5, width=1 / 16)
     train, val = (jnp.asarray(pools[s].images[:20]) for s in ("train", "val"))
@@ -166,6 +168,10 @@ def main() -> None:
             check_layout(getattr(state, field), args.pop_size)
         results[f"fitness/{g}"] = np.asarray(metrics["fitness"])
         results[f"parents/{g}"] = np.asarray(metrics["parents"])
+        for name in config.gene_names:
+            results[f"life_genes/{g}/{name}"] = np.asarray(
+                metrics[f"life_genes/{name}"]
+            )
         for name, gene in executor.logical(state).learngenes.items():
             for k, v in gene.items():
                 results[f"learngenes/{g}/{name}/{k}"] = np.asarray(v)
