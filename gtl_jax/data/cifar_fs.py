@@ -42,6 +42,7 @@ from gtl_jax.data.files import (
     find_first_source,
     holds_any,
     read_split_lists,
+    tfds_data_dir,
     verify_digest,
 )
 from gtl_jax.data.pickles import load_pickle, load_split_pickle, require_keys
@@ -92,11 +93,6 @@ def fine_label_names(lists: dict[str, list[str]] | None = None) -> list[str]:
 # --------------------------------------------------------------------------- finding
 
 
-def _tfds_default_dir() -> pathlib.Path:
-    env = os.environ.get("TFDS_DATA_DIR")
-    return pathlib.Path(env) if env else pathlib.Path.home() / "tensorflow_datasets"
-
-
 def _tfds_files(directory: pathlib.Path) -> list[pathlib.Path]:
     """The array_record files of a prepared ``cifar100`` under ``directory``."""
     return sorted(directory.glob(f"{TFDS_NAME}/*/{TFDS_NAME}-*.array_record*"))
@@ -129,7 +125,7 @@ def find_source(data_dir: str | os.PathLike | None = None) -> tuple[str, pathlib
         probes,
         title="CIFAR-FS",
         how_to_provide=_HOW_TO_PROVIDE,
-        default_dirs=[_tfds_default_dir()],
+        default_dirs=[tfds_data_dir()],
     )
 
 

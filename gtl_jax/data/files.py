@@ -53,6 +53,13 @@ CACHE_VERSION = "v1"
 # --------------------------------------------------------------------------- finding data
 
 
+def tfds_data_dir() -> pathlib.Path:
+    """Where tensorflow-datasets prepares datasets: ``$TFDS_DATA_DIR`` or
+    ``~/tensorflow_datasets`` (read without importing tensorflow-datasets)."""
+    env = os.environ.get("TFDS_DATA_DIR")
+    return pathlib.Path(env) if env else pathlib.Path.home() / "tensorflow_datasets"
+
+
 def candidate_dirs(name: str, data_dir: str | os.PathLike | None) -> list[pathlib.Path]:
     """Folders that may hold the files of dataset ``name``, in the order they are tried.
 

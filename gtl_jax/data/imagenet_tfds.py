@@ -35,6 +35,7 @@ from gtl_jax.data.files import (
     cache_key,
     candidate_dirs,
     default_cache_dir,
+    tfds_data_dir,
     write_npz_atomic,
 )
 from gtl_jax.data.imagenet_decode import decode_image, default_threads
@@ -56,11 +57,6 @@ HOW_TO_PREPARE = (
 
 
 # --------------------------------------------------------------------------- finding
-
-
-def _tfds_default_dir() -> pathlib.Path:
-    env = os.environ.get("TFDS_DATA_DIR")
-    return pathlib.Path(env) if env else pathlib.Path.home() / "tensorflow_datasets"
 
 
 def _is_prepared(folder: pathlib.Path) -> bool:
@@ -103,7 +99,7 @@ def find_prepared(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """
     looked_at = candidate_dirs(NAME, data_dir)
     if data_dir is None:
-        looked_at.append(_tfds_default_dir())
+        looked_at.append(tfds_data_dir())
     for folder in looked_at:
         if folder.is_dir():
             found = prepared_folder(folder)
