@@ -26,9 +26,6 @@ from gtl_jax.evolution import (
     EvolutionState,
     Pools,
     host_metrics,
-    mutate,
-    reproduce,
-    tournament_select,
 )
 from gtl_jax.executors import DescendantEvaluator, HostExecutor, population_map
 from gtl_jax.learngene import (
@@ -40,6 +37,7 @@ from gtl_jax.learngene import (
     parameter_share,
 )
 from gtl_jax.models import MODELS, build_model
+from gtl_jax.operators import mutate, reproduce, tournament_select
 from gtl_jax.population import TrainState, init_network, train_step
 from gtl_jax.pretrain import PretrainConfig, pretrain
 from gtl_jax.sharding import Placement

@@ -48,16 +48,16 @@ from gtl_jax.operators import (
     fitness_statistics,
     inherit_life_genes,
     init_life_genes,
-    mutate,
     pairs,
     reproduce,
     sanitize_fitness,
     selection_statistics,
-    tournament_select,
 )
 from gtl_jax.population import TrainState, init_network, make_optimizer, train_step
 from gtl_jax.state import (
     CRITIC_STREAM,
+    HYPERPARAMS,
+    LIFE_GENE_STREAM,
     SELECTIONS,
     Evaluation,
     EvolutionConfig,
@@ -68,17 +68,7 @@ from gtl_jax.state import (
     host_metrics,
 )
 
-# The optax hyperparameter each life gene sets (EvolutionConfig.life_genes).
-HYPERPARAMS = {
-    "lr": "learning_rate",
-    "weight_decay": "weight_decay",
-    "momentum": "momentum",
-}
-# The stream of the life genes' draws, folded into generation 0's key and each generation's
-# reproduction key (the learngenes' streams are as without life genes).
-LIFE_GENE_STREAM = 2**31 - 3
-
-__all__ = [  # the operators and the state's types, importable from here too
+__all__ = [  # the state's types, importable from here too
     "Evaluation",
     "Evolution",
     "EvolutionConfig",
@@ -86,17 +76,8 @@ __all__ = [  # the operators and the state's types, importable from here too
     "Pools",
     "SELECTIONS",
     "Tasks",
-    "all_finite",
-    "diversity",
-    "fitness_statistics",
     "generation_keys",
     "host_metrics",
-    "mutate",
-    "pairs",
-    "reproduce",
-    "sanitize_fitness",
-    "selection_statistics",
-    "tournament_select",
 ]
 
 

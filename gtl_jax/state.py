@@ -146,6 +146,15 @@ def host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 SELECTIONS = ("tournament", "score", "none")
 # Heritable lifetime hyperparameters a member may carry (``EvolutionConfig.life_genes``).
 LIFE_GENES = ("lr", "weight_decay", "momentum")
+# The optax hyperparameter each life gene sets (EvolutionConfig.life_genes).
+HYPERPARAMS = {
+    "lr": "learning_rate",
+    "weight_decay": "weight_decay",
+    "momentum": "momentum",
+}
+# The stream of the life genes' draws, folded into generation 0's key and each generation's
+# reproduction key (the learngenes' streams are as without life genes).
+LIFE_GENE_STREAM = 2**31 - 3
 # The stream of the fixed critic episodes (fixed_critics), folded into the root key.
 CRITIC_STREAM = 2**31 - 1
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gtl_jax.evolution import (
-    EvolutionConfig,
+from gtl_jax.evolution import EvolutionConfig
+from gtl_jax.operators import (
     mutate,
     reproduce,
     sanitize_fitness,

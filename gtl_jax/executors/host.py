@@ -29,13 +29,12 @@ from gtl_jax.evolution import (
     Evolution,
     EvolutionState,
     Pools,
-    all_finite,
     host_metrics,
-    pairs,
 )
 from gtl_jax.executors.descendants import DescendantEvaluator
 from gtl_jax.executors.population_map import population_map, resolve_strategy
 from gtl_jax.learngene import Learngene
+from gtl_jax.operators import all_finite, pairs
 from gtl_jax.sharding import Placement
 
 # Host code runs no eager op on arrays that live on several devices: with several XLA CPU

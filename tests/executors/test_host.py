@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from gtl_jax.descendants import Recipe
-from gtl_jax.evolution import Evolution, EvolutionConfig, all_finite, host_metrics
+from gtl_jax.evolution import Evolution, EvolutionConfig, host_metrics
 from gtl_jax.executors import HostExecutor
 from gtl_jax.learngene import make_spec
 from gtl_jax.models import build_model
+from gtl_jax.operators import all_finite
 
 
 def _tiny_executor(omniglot, **overrides) -> HostExecutor:
