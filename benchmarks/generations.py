@@ -1,6 +1,6 @@
 """Generations per second of the library's pure, jitted generation, on any backend.
 
-Figure: generations/s and images/s of one generation (``jax.jit(evo.step)``) and of S seeds
+Figure: generations/s and images/s of one generation (``evo.step``, sharded) and of S seeds
 evolving G generations in one program (``jax.jit(jax.vmap(evo.run))``), for P = 8-64 and
 S = 1, 2, 4, with compile seconds apart; the default config's networks (VGG11 x1/4, 28x28).
 Against: itself across P and S in one run (the pure vmapped generation is the form GPU/TPU
@@ -24,8 +24,9 @@ Run on a GPU/TPU machine (``pip install -e '.[gpu]'`` for CUDA, ``jax[tpu]`` on 
 
 Measurements (one JSON line each, written to ``--out`` as it goes):
 
-- ``step``: ``jax.jit(evo.step)(root_key, state, pools)``, one generation, for each P (one
-  seed): the unit a host loop calls once per generation.
+- ``step``: one generation for each P (one seed), the population padded to a multiple of
+  the devices and sharded over them (``gtl_jax.Placement(P).jit_generation(evo)``; on one
+  device ``jax.jit(evo.step)``): the unit the command calls once per generation.
 - ``run``: ``jax.jit(jax.vmap(lambda k, s, pools: evo.run(k, s, pools, generations=G),
   in_axes=(0, 0, None)))`` for each P and each number of seeds S in ``--seeds``: S whole
   populations evolve G (``--generations``) generations in one program, each from its own key
@@ -236,10 +237,16 @@ def timed_calls(jax, call, repeats: int) -> list[float]:
 
 
 def measure_step(jax, evo, pools, repeats: int) -> dict:
-    """One generation, ``jax.jit(evo.step)``, the state carried from call to call."""
+    """One generation as the command runs it on accelerators: ``evo.step`` with the
+    population padded and sharded over every device (``Placement.jit_generation``; on one
+    device ``jax.jit(evo.step)``), the state carried from call to call."""
+    from gtl_jax.sharding import Placement
+
+    placement = Placement(evo.config.pop_size)
     init_key, root_key = jax.random.split(jax.random.key(0))
-    state = jax.jit(evo.init)(init_key)
-    step = jax.jit(evo.step)
+    state = placement.place(jax.jit(evo.init)(init_key))
+    pools = placement.replicate(pools)
+    step = placement.jit_generation(evo)
     start = time.perf_counter()
     compiled = step.lower(root_key, state, pools).compile()
     compile_s = time.perf_counter() - start
