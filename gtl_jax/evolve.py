@@ -28,9 +28,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, cli, distributed, plots, stopping, tensorboard
+from gtl_jax import checkpoint, cli, distributed, plots, progress, stopping, tensorboard
 from gtl_jax.build import (
     configure_jax,
     descendant_recipe,
@@ -47,6 +46,7 @@ from gtl_jax.config import ConfigError, validate_config
 from gtl_jax.evolution import EvolutionState
 from gtl_jax.executors import HostExecutor
 from gtl_jax.learngene import parameter_share
+from gtl_jax.progress import progress_bar
 from gtl_jax.suite import Suite, resolve_workers, run_jobs
 from gtl_jax.workdir import (
     FITNESS_KEYS,
@@ -140,7 +140,7 @@ def evolve_generations(
     workers = life_workers(c) if int(state.generation) < generations else 1
     with (
         contextlib.ExitStack() as stack,
-        tqdm(
+        progress_bar(
             total=generations * steps_per_generation,
             desc="evolution",
             disable=quiet,
@@ -298,7 +298,7 @@ def evaluate(
     workers = resolve_workers(e) if jax.process_count() == 1 else 1
     suite = Suite(e, path, workdir) if workers == 1 else None
     jobs = [(s, m) for s in eval_shots(c) for m in ("learngene", "scratch")]
-    with tqdm(
+    with progress_bar(
         total=len(jobs) * c.descendants.steps,
         desc="descendants",
         disable=quiet,
@@ -381,6 +381,7 @@ def write_results(
 # --------------------------------------------------------------------------- run
 
 
+@progress.honours_quiet
 def run(
     c: ml_collections.ConfigDict,
     workdir: pathlib.Path,

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 # Re-exported (``name as name``): the names files.py held before pickles.py and arrays.py.
 from gtl_jax.data.arrays import area_resize_matrix as area_resize_matrix
@@ -41,6 +40,7 @@ from gtl_jax.data.pickles import load_pickle as load_pickle
 from gtl_jax.data.pickles import load_split_pickle as load_split_pickle
 from gtl_jax.data.pickles import require_keys as require_keys
 from gtl_jax.data.pool import ClassPool, DataError
+from gtl_jax.progress import progress_bar
 
 SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
 SPLITS = ("train", "val", "test")
@@ -261,7 +261,7 @@ def _fetch_once(url: str, folder: pathlib.Path, name: str) -> tuple[pathlib.Path
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             got = 0
-            with tqdm(
+            with progress_bar(
                 total=total,
                 unit="B",
                 unit_scale=True,
