@@ -10,8 +10,8 @@ meta-test classes (the learngene and scratch jobs of ``gtl_jax.suite``).
   python -m gtl_jax.evolve --config=configs/omniglot.py:smoke --config.seed=3 \\
       --config.evolution.generations=3 --workdir=runs/x
 
-Workdir contents: ``config.json``, ``metrics.jsonl`` (and the same scalars as TensorBoard
-event files in ``tensorboard/``), ``checkpoints/``, ``learngene/``, ``results.md``,
+Workdir contents: ``config.json``, ``metrics.jsonl`` (and in ``tensorboard/`` the same scalars,
+the config as text and hparams, and the results table as text), ``checkpoints/``, ``learngene/``, ``results.md``,
 ``results.json``, ``fitness.png``, ``curves.png``.
 """
 
@@ -162,6 +162,8 @@ def evolve_generations(
                     workdir / "tensorboard", start_step=int(state.generation) + 1
                 )
             )
+            # The config as this (possibly resumed) run uses it: text and hparams.
+            events.config(c.to_dict(), metrics=FITNESS_KEYS, step=int(state.generation))
         pool = None
         if workers > 1:
             pool = stack.enter_context(start_life_workers(c, workers))
@@ -373,6 +375,8 @@ def write_results(
         add_curve(curves, f"{c.evaluation.eval_way}-way {r['shot']}-shot", r)
     if jax.process_index() == 0:
         (workdir / "results.md").write_text(table + "\n")
+        with tensorboard.EventWriter(workdir / "tensorboard") as events:
+            events.text("results", table, step=int(c.evolution.generations))
         (workdir / "results.json").write_text(json.dumps(summary, indent=1))
         plots.plot_curves(curves, workdir / "curves.png")
     return summary | {"table": table}
