@@ -309,6 +309,18 @@ INHERIT_FLAGS = (
 )
 
 
+def check_learngene_exists(path: pathlib.Path) -> None:
+    """A learngene path that does not exist (nor its ``.old`` of an interrupted write):
+    one error saying which command writes it."""
+    if path.exists() or path.with_name(path.name + ".old").exists():
+        return
+    raise checkpoint.LearngeneFileError(
+        f"no learngene file at {path}: run python -m gtl_jax.evolve "
+        f"--workdir={path.parent} first (it writes {path}), or give "
+        "--learngene=<the learngene folder of an evolve workdir>"
+    )
+
+
 @cli.command
 def main(argv: list[str]) -> int:
     cl = cli.parse_command_line(
@@ -321,6 +333,7 @@ def main(argv: list[str]) -> int:
         "--config.model.name/--config.model.width give wider or deeper descendants.",
         own=INHERIT_FLAGS,
     )
+    check_learngene_exists(pathlib.Path(cl.flags["learngene"]))
     meta = checkpoint.read_metadata(cl.flags["learngene"])
     c = cl.config
     # Unless given, the descendant is the ancestor's architecture.
