@@ -46,6 +46,7 @@ from gtl_jax.config import ConfigError, validate_config
 from gtl_jax.evolution import EvolutionState
 from gtl_jax.executors import HostExecutor
 from gtl_jax.learngene import parameter_share
+from gtl_jax.models import VITS
 from gtl_jax.progress import progress_bar
 from gtl_jax.suite import Suite, resolve_workers, run_jobs
 from gtl_jax.workdir import (
@@ -317,6 +318,7 @@ def evaluate(
 def results_table(c, results: dict, share: dict) -> str:
     shots = eval_shots(c)
     recipe = descendant_recipe(c)
+    described = recipe.describe(batch_norm_model=c.model.name not in VITS)
     e = c.evaluation
     header = "| method | params transferred |"
     rule = "| --- | --- |"
@@ -326,7 +328,7 @@ def results_table(c, results: dict, share: dict) -> str:
     lines = [
         f"{e.eval_way}-way, {e.eval_query} queries per class, {e.eval_episodes} test "
         f"episodes (seed {e.eval_seed}), {c.data.dataset} meta-test classes; "
-        f"{c.model.name} x{c.model.width:g}; descendants: {recipe.describe()}; mean and "
+        f"{c.model.name} x{c.model.width:g}; descendants: {described}; mean and "
         "95% CI (%)",
         "",
         header,
