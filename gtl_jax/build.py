@@ -6,6 +6,7 @@ the JAX settings of the commands (``configure_jax``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -155,16 +156,26 @@ def fixed_episodes(
 ):
     """Fixed test episodes (leading axis E) and one descendant key per episode."""
     episode_key, init_key = jax.random.split(key)
-    sample = jax.jit(
-        jax.vmap(
-            lambda k: sample_episode(
-                k, images, n_way=n_way, k_shot=k_shot, n_query=n_query
-            )
-        )
+    sampled = sample_episodes(
+        jax.random.split(episode_key, episodes),
+        images,
+        n_way=n_way,
+        k_shot=k_shot,
+        n_query=n_query,
     )
-    return sample(jax.random.split(episode_key, episodes)), jax.random.split(
-        init_key, episodes
-    )
+    return sampled, jax.random.split(init_key, episodes)
+
+
+# The pool is an argument: closed over, it was a constant of the program (10 MB for
+# Omniglot's test split), which XLA copied into every compilation and tried to fold.
+@functools.partial(jax.jit, static_argnames=("n_way", "k_shot", "n_query"))
+def sample_episodes(
+    keys: jax.Array, images: jax.Array, *, n_way: int, k_shot: int, n_query: int
+):
+    """One episode per key (``sample_episode``, vmapped): leading axis E."""
+    return jax.vmap(
+        lambda k: sample_episode(k, images, n_way=n_way, k_shot=k_shot, n_query=n_query)
+    )(keys)
 
 
 # --------------------------------------------------------------------------- JAX settings

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import re
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -266,6 +267,15 @@ def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
     return meta
 
 
+def _storage_reason(error: BaseException) -> str:
+    """An Orbax/TensorStore error as one short line: without the ``[tensorstore_spec=
+    '...']`` (about 1,200 characters of JSON) and source locations it appends."""
+    text = re.sub(r"\s*\[tensorstore_spec='.*?'\]", "", str(error), flags=re.S)
+    text = re.sub(r"\s*\[source locations='.*?'\]", "", text, flags=re.S)
+    text = " ".join(text.split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]:
     """Reads a learngene file and checks its arrays against its metadata.
 
@@ -288,7 +298,8 @@ def load_learngene(path: str | pathlib.Path) -> tuple[Learngene, dict[str, Any]]
             learngene = checkpointer.restore(path / "arrays", template)
     except Exception as e:  # Orbax raises many types for damaged files; name the file.
         raise LearngeneFileError(
-            f"cannot read the arrays of learngene file {path}: {type(e).__name__}: {e}"
+            f"cannot read the arrays of learngene file {path} (damaged or truncated): "
+            f"{type(e).__name__}: {_storage_reason(e)}"
         ) from None
     problems = []
     # Orbax restores the shapes it finds: hold them against the metadata's.

@@ -286,7 +286,14 @@ def parse_command_line(
         raise ConfigError(f"unexpected argument {rest[1]!r}")
     c = config.value
     if not c.data.data_dir:
-        c.data.data_dir = os.environ.get("GTL_DATA_DIR", "")
+        env_dir = os.environ.get("GTL_DATA_DIR", "")
+        if env_dir and not os.path.isdir(os.path.expanduser(env_dir)):
+            raise ConfigError(
+                f"GTL_DATA_DIR={env_dir!r} is not a folder "
+                f"({'not a directory' if os.path.exists(env_dir) else 'it does not exist'})"
+                ": set it to the folder that holds the datasets, or unset it"
+            )
+        c.data.data_dir = env_dir
     return CommandLine(
         config=c,
         spec=spec,

@@ -105,8 +105,11 @@ class Recipe:
         """Steps at which query accuracy is recorded: 0, eval_every, ..., steps."""
         return tuple(sorted({*range(0, self.steps, self.eval_every), self.steps}))
 
-    def describe(self) -> str:
-        bn = "" if self.batch_norm == "batch" else ", frozen BN statistics"
+    def describe(self, *, batch_norm_model: bool = True) -> str:
+        """One line for a results table; ``batch_norm_model=False`` (a ViT, which has
+        no BatchNorm) leaves out the BatchNorm mode, which does not apply to it."""
+        frozen = batch_norm_model and self.batch_norm != "batch"
+        bn = ", frozen BN statistics" if frozen else ""
         return (
             f"{self.head} head, {self.optimizer} {self.learning_rate:g}, "
             f"{self.steps} steps{bn}"

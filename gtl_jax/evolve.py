@@ -10,8 +10,8 @@ meta-test classes (the learngene and scratch jobs of ``gtl_jax.suite``).
   python -m gtl_jax.evolve --config=configs/omniglot.py:smoke --config.seed=3 \\
       --config.evolution.generations=3 --workdir=runs/x
 
-Workdir contents: ``config.json``, ``metrics.jsonl`` (and the same scalars as TensorBoard
-event files in ``tensorboard/``), ``checkpoints/``, ``learngene/``, ``results.md``,
+Workdir contents: ``config.json``, ``metrics.jsonl`` (and in ``tensorboard/`` the same scalars,
+the config as text and hparams, and the results table as text), ``checkpoints/``, ``learngene/``, ``results.md``,
 ``results.json``, ``fitness.png``, ``curves.png``.
 """
 
@@ -28,9 +28,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, cli, distributed, plots, stopping, tensorboard
+from gtl_jax import checkpoint, cli, distributed, plots, progress, stopping, tensorboard
 from gtl_jax.build import (
     configure_jax,
     descendant_recipe,
@@ -47,6 +46,8 @@ from gtl_jax.config import ConfigError, validate_config
 from gtl_jax.evolution import EvolutionState
 from gtl_jax.executors import HostExecutor
 from gtl_jax.learngene import parameter_share
+from gtl_jax.models import VITS
+from gtl_jax.progress import progress_bar
 from gtl_jax.suite import Suite, resolve_workers, run_jobs
 from gtl_jax.workdir import (
     FITNESS_KEYS,
@@ -140,7 +141,7 @@ def evolve_generations(
     workers = life_workers(c) if int(state.generation) < generations else 1
     with (
         contextlib.ExitStack() as stack,
-        tqdm(
+        progress_bar(
             total=generations * steps_per_generation,
             desc="evolution",
             disable=quiet,
@@ -162,6 +163,8 @@ def evolve_generations(
                     workdir / "tensorboard", start_step=int(state.generation) + 1
                 )
             )
+            # The config as this (possibly resumed) run uses it: text and hparams.
+            events.config(c.to_dict(), metrics=FITNESS_KEYS, step=int(state.generation))
         pool = None
         if workers > 1:
             pool = stack.enter_context(start_life_workers(c, workers))
@@ -304,7 +307,7 @@ def evaluate(
     workers = resolve_workers(e) if jax.process_count() == 1 else 1
     suite = Suite(e, path, workdir) if workers == 1 else None
     jobs = [(s, m) for s in eval_shots(c) for m in ("learngene", "scratch")]
-    with tqdm(
+    with progress_bar(
         total=len(jobs) * c.descendants.steps,
         desc="descendants",
         disable=quiet,
@@ -321,6 +324,7 @@ def evaluate(
 def results_table(c, results: dict, share: dict) -> str:
     shots = eval_shots(c)
     recipe = descendant_recipe(c)
+    described = recipe.describe(batch_norm_model=c.model.name not in VITS)
     e = c.evaluation
     header = "| method | params transferred |"
     rule = "| --- | --- |"
@@ -330,7 +334,7 @@ def results_table(c, results: dict, share: dict) -> str:
     lines = [
         f"{e.eval_way}-way, {e.eval_query} queries per class, {e.eval_episodes} test "
         f"episodes (seed {e.eval_seed}), {c.data.dataset} meta-test classes; "
-        f"{c.model.name} x{c.model.width:g}; descendants: {recipe.describe()}; mean and "
+        f"{c.model.name} x{c.model.width:g}; descendants: {described}; mean and "
         "95% CI (%)",
         "",
         header,
@@ -379,6 +383,8 @@ def write_results(
         add_curve(curves, f"{c.evaluation.eval_way}-way {r['shot']}-shot", r)
     if jax.process_index() == 0:
         (workdir / "results.md").write_text(table + "\n")
+        with tensorboard.EventWriter(workdir / "tensorboard") as events:
+            events.text("results", table, step=int(c.evolution.generations))
         (workdir / "results.json").write_text(json.dumps(summary, indent=1))
         plots.plot_curves(curves, workdir / "curves.png")
     return summary | {"table": table}
@@ -387,6 +393,7 @@ def write_results(
 # --------------------------------------------------------------------------- run
 
 
+@progress.honours_quiet
 def run(
     c: ml_collections.ConfigDict,
     workdir: pathlib.Path,

@@ -26,12 +26,12 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, cli, plots, stopping
+from gtl_jax import checkpoint, cli, plots, progress, stopping
 from gtl_jax.build import configure_jax, eval_shots
 from gtl_jax.cli import PROGRESS_FORMAT, QUIET, Flag
 from gtl_jax.descendants import mean_confidence
+from gtl_jax.progress import progress_bar
 from gtl_jax.suite import (
     Suite,
     episode_fingerprint,
@@ -41,6 +41,7 @@ from gtl_jax.suite import (
 from gtl_jax.workdir import FITNESS_KEYS, add_curve
 
 
+@progress.honours_quiet
 def run(
     c: ml_collections.ConfigDict,
     learngene_path: pathlib.Path,
@@ -63,7 +64,7 @@ def run(
     workers = resolve_workers(c)
     jobs = [(shot, method) for shot in shots for method in suite.tuned]
     total = len(jobs) * len(suite.heads) * suite.steps
-    with tqdm(
+    with progress_bar(
         total=total, desc="descendants", disable=quiet, bar_format=PROGRESS_FORMAT
     ) as bar:
         bar.set_postfix_str(f"{workers} worker process(es)")
@@ -308,6 +309,18 @@ INHERIT_FLAGS = (
 )
 
 
+def check_learngene_exists(path: pathlib.Path) -> None:
+    """A learngene path that does not exist (nor its ``.old`` of an interrupted write):
+    one error saying which command writes it."""
+    if path.exists() or path.with_name(path.name + ".old").exists():
+        return
+    raise checkpoint.LearngeneFileError(
+        f"no learngene file at {path}: run python -m gtl_jax.evolve "
+        f"--workdir={path.parent} first (it writes {path}), or give "
+        "--learngene=<the learngene folder of an evolve workdir>"
+    )
+
+
 @cli.command
 def main(argv: list[str]) -> int:
     cl = cli.parse_command_line(
@@ -320,6 +333,7 @@ def main(argv: list[str]) -> int:
         "--config.model.name/--config.model.width give wider or deeper descendants.",
         own=INHERIT_FLAGS,
     )
+    check_learngene_exists(pathlib.Path(cl.flags["learngene"]))
     meta = checkpoint.read_metadata(cl.flags["learngene"])
     c = cl.config
     # Unless given, the descendant is the ancestor's architecture.

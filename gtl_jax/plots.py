@@ -165,6 +165,7 @@ def curves_figure(curves: Mapping[str, Mapping]) -> Figure:
     for ax in axes[len(settings) :]:  # the last row's unused panels
         ax.set_visible(False)
     lows, banded, instinct_differs, instinct_same = [], False, False, False
+    chances = set()
     for ax, setting in zip(axes, settings):
         data = curves[setting]
         steps = np.asarray(data["steps"], float)
@@ -217,18 +218,10 @@ def curves_figure(curves: Mapping[str, Mapping]) -> Figure:
                 lows.append([inst - (0 if math.isnan(half) else half)])
         chance = _chance(setting, data)
         if chance is not None:
+            # Named in the legend, not on the panel, where a label overlapped curves
+            # ending near chance.
             ax.axhline(100 * chance, color="0.45", ls=":", lw=1, zorder=1)
-            ax.annotate(
-                f"chance {100 * chance:.3g}%",
-                (1, 100 * chance),
-                xycoords=("axes fraction", "data"),
-                xytext=(-2, 2),
-                textcoords="offset points",
-                ha="right",
-                va="bottom",
-                fontsize=7,
-                color="0.35",
-            )
+            chances.add(round(100 * chance, 6))
             lows.append([100 * chance])
         ax.set_title(setting, fontsize=10)
         ax.set_xlabel("fine-tuning step")
@@ -246,6 +239,10 @@ def curves_figure(curves: Mapping[str, Mapping]) -> Figure:
     handles = [
         Line2D([], [], color=colours[m], marker="o", ms=4, label=m) for m in methods
     ]
+    if chances:
+        level = next(iter(chances)) if len(chances) == 1 else None
+        label = f"chance {level:.3g}%" if level is not None else "chance (1 / ways)"
+        handles.append(Line2D([], [], color="0.45", ls=":", lw=1, label=label))
     note = None
     if instinct_differs:
         note = (

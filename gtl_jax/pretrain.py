@@ -87,7 +87,6 @@ def pretrain(
     )
     init_key, data_key = jax.random.split(key)
     state = init_network(model, tx, init_key, tuple(images.shape[2:]))
-    classes = jnp.arange(num_classes, dtype=jnp.int32)
 
     # The pool is an argument, not a closed-over constant, and the state is donated.
     @functools.partial(jax.jit, donate_argnums=0)
@@ -95,6 +94,9 @@ def pretrain(
         augment_key = None
         if augment_fn is not None:  # without augmentation no extra key is drawn
             step_key, augment_key = jax.random.split(step_key)
+        classes = jnp.arange(
+            images.shape[0], dtype=jnp.int32
+        )  # an iota, not a constant
         x, y = sample_batch(step_key, images, classes, batch_size=config.pretrain_batch)
         state, loss = train_step(
             model, tx, state, x, y, key=augment_key, augment_fn=augment_fn

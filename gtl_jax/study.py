@@ -49,9 +49,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from gtl_jax import checkpoint, cli, distributed, evolve, plots, stopping
+from gtl_jax import checkpoint, cli, distributed, evolve, plots, progress, stopping
 from gtl_jax.build import (
     configure_jax,
     descendant_recipe,
@@ -78,6 +77,7 @@ from gtl_jax.learngene import (
     spec_from_json,
 )
 from gtl_jax.population import init_network, make_optimizer
+from gtl_jax.progress import progress_bar
 from gtl_jax.study_report import (
     aggregate,
     results_table,
@@ -386,7 +386,7 @@ def pretrain_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: boo
     if not todo:
         return
     workers = min(resolve_workers(c), len(todo))
-    with tqdm(
+    with progress_bar(
         total=len(todo), desc="pre-training", unit="network", disable=quiet
     ) as bar:
         init = (c.to_json(), str(workdir))
@@ -426,6 +426,7 @@ def evolve_all(c: ml_collections.ConfigDict, workdir: pathlib.Path, quiet: bool)
     return histories
 
 
+@progress.honours_quiet
 def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = False):
     """Evolutions, controls, baselines and the evaluation; returns the summary."""
     start = time.perf_counter()
@@ -452,7 +453,7 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
         if path.is_file():
             done[job] = json.loads(path.read_text())
     todo = [job for job in jobs if job not in done]
-    with tqdm(
+    with progress_bar(
         total=len(jobs) * steps,
         initial=len(done) * steps,
         desc="descendants",

@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from gtl_jax import attention, checkpoint, distributed
 from gtl_jax.build import (
@@ -62,6 +61,7 @@ from gtl_jax.learngene import (
     spec_from_json,
 )
 from gtl_jax.pretrain import pretrain
+from gtl_jax.progress import progress_bar
 
 PRETRAINED_METHODS = frozenset(METHODS[2:])
 
@@ -155,7 +155,7 @@ def pretrained_network(
             print(f"pretrained network from {path}", file=sys.stderr)
         return cached
     start = time.perf_counter()
-    with tqdm(
+    with progress_bar(
         total=pc.pretrain_steps, desc="pre-training", unit="step", disable=quiet
     ) as bar:
 

@@ -1,19 +1,10 @@
-"""Scalar metrics as TensorBoard event files, without TensorFlow or any other dependency.
-
-An event file is a sequence of TFRecords (little-endian ``uint64`` length, masked CRC32C of
-the length, the bytes, masked CRC32C of the bytes), each holding one serialized ``Event``
-protocol buffer. The few fields written here are encoded by hand:
-
-- ``Event``: ``wall_time`` (1, double), ``step`` (2, int64), ``file_version`` (3, string),
-  ``summary`` (5, ``Summary``), ``session_log`` (7, ``SessionLog``);
-- ``Summary``: ``value`` (1, repeated ``Value``); ``Value``: ``tag`` (1, string),
-  ``simple_value`` (2, float);
-- ``SessionLog``: ``status`` (1, enum; ``START`` = 1).
-
-The first event of a file is ``file_version: "brain.Event:2"``. Usage::
+"""A run's metrics, config and results as TensorBoard event files, through tensorboardX
+(no TensorFlow). Usage::
 
     with EventWriter(workdir / "tensorboard") as events:
+        events.config(config_dict)  # text (JSON) and hparams
         events.scalars(generation, {"fitness_max": 0.61, "fitness_mean": 0.55})
+        events.text("results", results_markdown, step=generations)
 
 and ``tensorboard --logdir workdir/tensorboard`` (TensorBoard itself runs without
 TensorFlow).
@@ -22,100 +13,19 @@ TensorFlow).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import numbers
 import os
 import pathlib
-import socket
-import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-FILE_VERSION = "brain.Event:2"
-_SESSION_START = 1  # SessionLog.SessionStatus.START
+from tensorboardX import SummaryWriter, summary
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.proto.summary_pb2 import Summary
+
 _FLOAT32_MAX = 3.4028234663852886e38
-
-# CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as TFRecord framing uses it.
-_CRC_TABLE = []
-for _n in range(256):
-    _c = _n
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC_TABLE.append(_c)
-del _n, _c
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(data: bytes) -> bytes:
-    """One TFRecord: length, its masked CRC, the data, its masked CRC."""
-    length = struct.pack("<Q", len(data))
-    return (
-        length
-        + struct.pack("<I", masked_crc32c(length))
-        + data
-        + struct.pack("<I", masked_crc32c(data))
-    )
-
-
-# ------------------------------------------------------------------ protobuf encoding
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative int64: two's complement, ten bytes
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return _varint(field << 3 | wire_type)
-
-
-def _bytes_field(field: int, data: bytes) -> bytes:
-    return _key(field, 2) + _varint(len(data)) + data
-
-
-def encode_event(
-    wall_time: float,
-    step: int,
-    *,
-    file_version: str | None = None,
-    scalars: Mapping[str, float] | None = None,
-    session_start: bool = False,
-) -> bytes:
-    """A serialized ``Event`` with one of: a file version, scalar values, a session start."""
-    out = _key(1, 1) + struct.pack("<d", wall_time) + _key(2, 0) + _varint(step)
-    if file_version is not None:
-        out += _bytes_field(3, file_version.encode())
-    if scalars is not None:
-        summary = b"".join(
-            _bytes_field(
-                1,
-                _bytes_field(1, tag.encode()) + _key(2, 5) + struct.pack("<f", value),
-            )
-            for tag, value in scalars.items()
-        )
-        out += _bytes_field(5, summary)
-    if session_start:
-        out += _bytes_field(7, _key(1, 0) + _varint(_SESSION_START))
-    return out
-
-
-# ------------------------------------------------------------------ the writer
 
 
 def scalar_value(value) -> float | None:
@@ -136,14 +46,31 @@ def scalar_value(value) -> float | None:
         return None
 
 
+def flat_hparams(values: Mapping, prefix: str = "") -> dict[str, bool | float | str]:
+    """A nested config as ``{"section.field": value}`` of the types the hparams plugin
+    takes (bool, number, string); lists, None and the like become their JSON text."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, bool | str):
+            out[name] = value
+        elif isinstance(value, numbers.Real) and math.isfinite(value):
+            out[name] = float(value) if isinstance(value, float) else int(value)
+        else:
+            out[name] = json.dumps(value, default=str)
+    return out
+
+
 _counter = itertools.count()
 
 
 class EventWriter:
-    """Writes scalars to a new event file in ``logdir`` (created if missing).
+    """Writes to a new event file in ``logdir`` (created if missing).
 
-    Each writer opens its own file, ``events.out.tfevents.<10-digit time>.<host>.<pid>.<n>``
-    (never an existing one), so a resumed run adds a file next to the earlier ones and
+    Each writer opens its own file (``events.out.tfevents.<time>.<host>.<pid>.<n>``,
+    never an existing one), so a resumed run adds a file next to the earlier ones and
     TensorBoard reads them all in name (= time) order.
 
     Args:
@@ -163,27 +90,21 @@ class EventWriter:
     def __init__(self, logdir: str | os.PathLike, *, start_step: int | None = None):
         self.logdir = pathlib.Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        host = socket.gethostname().replace("/", "_") or "localhost"
-        while True:
-            name = (
-                f"events.out.tfevents.{int(time.time()):010d}.{host}"
-                f".{os.getpid()}.{next(_counter)}"
-            )
-            try:
-                self._file = open(self.logdir / name, "xb")
-                break
-            except FileExistsError:
-                continue
-        self.path = self.logdir / name
-        self._write(encode_event(time.time(), 0, file_version=FILE_VERSION))
+        suffix = f".{os.getpid()}.{next(_counter)}"
+        self._writer = SummaryWriter(str(self.logdir), filename_suffix=suffix)
+        self._events = self._writer._get_file_writer()
+        (self.path,) = self.logdir.glob(f"events.out.tfevents.*{suffix}")
         if start_step is not None:
-            self._write(encode_event(time.time(), int(start_step), session_start=True))
+            start = SessionLog(status=SessionLog.START)
+            self._events.add_event(
+                Event(wall_time=time.time(), step=int(start_step), session_log=start)
+            )
+        self._closed = False
         self.flush()
 
-    def _write(self, event: bytes) -> None:
-        if self._file.closed:
+    def _check_open(self) -> None:
+        if self._closed:
             raise ValueError(f"{self.path} is closed")
-        self._file.write(tfrecord(event))
 
     def scalars(
         self, step: int, values: Mapping[str, object], wall_time: float | None = None
@@ -194,6 +115,7 @@ class EventWriter:
         Returns the tags written; non-scalar and non-finite values are skipped (see the
         class docstring).
         """
+        self._check_open()
         written = {}
         for tag, value in values.items():
             x = scalar_value(value)
@@ -201,17 +123,45 @@ class EventWriter:
             if x is not None and math.isfinite(x) and abs(x) <= _FLOAT32_MAX:
                 written[str(tag)] = x
         if written:
-            now = time.time() if wall_time is None else float(wall_time)
-            self._write(encode_event(now, int(step), scalars=written))
+            merged = Summary(
+                value=[summary.scalar(t, x).value[0] for t, x in written.items()]
+            )
+            self._events.add_summary(merged, int(step), wall_time)
             self.flush()
         return list(written)
 
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        """Markdown text (TensorBoard's Text tab) at ``step``."""
+        self._check_open()
+        self._writer.add_text(tag, markdown, int(step))
+        self.flush()
+
+    def config(
+        self, values: Mapping, *, metrics: Sequence[str] = (), step: int = 0
+    ) -> None:
+        """The run's config: its JSON as text (tag ``config``) and every field as an
+        hparam (``section.field``) of this run, with ``metrics`` (scalar tags of the run)
+        as the hparams dashboard's metrics."""
+        self._check_open()
+        text = json.dumps(values, indent=2, sort_keys=True, default=str)
+        # Indented four spaces: a Markdown code block.
+        self.text(
+            "config", "".join(f"    {line}\n" for line in text.splitlines()), step
+        )
+        experiment, start, end = summary.hparams(
+            flat_hparams(values), {m: 0.0 for m in metrics}
+        )
+        for s in (experiment, start, end):
+            self._events.add_summary(s, int(step))
+        self.flush()
+
     def flush(self) -> None:
-        self._file.flush()
+        self._writer.flush()
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
 
     def __enter__(self) -> EventWriter:
         return self

@@ -119,6 +119,18 @@ def test_missing_dataset_says_where_it_looked(capsys, tmp_path):
     assert str(missing) in err and "GTL_DATA_DIR" in err
 
 
+def test_missing_gtl_data_dir_is_named_as_such(capsys, tmp_path, monkeypatch):
+    missing = tmp_path / "no_such_dir"
+    monkeypatch.setenv("GTL_DATA_DIR", str(missing))
+    assert main(SMOKE + ["--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: GTL_DATA_DIR={str(missing)!r} is not a folder (it does not exist): "
+        "set it to the folder that holds the datasets, or unset it\n"
+    )
+    assert not (tmp_path / "w").exists()
+
+
 def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     # Uninterrupted: 2 generations.
     full = tmp_path / "full"
@@ -264,3 +276,17 @@ def test_cpu_xla_flags_only_for_checked_jaxlib_and_never_over_the_users():
     # XLA aborts on flags it does not know: other versions get XLA_FLAGS unchanged.
     assert cpu_xla_flags("", "0.4.35") == ""
     assert cpu_xla_flags("--x=1", "0.11.0") == "--x=1"
+
+
+@pytest.mark.parametrize("variant", ["smoke", "vit_smoke"])
+def test_results_table_names_frozen_bn_only_for_a_batch_norm_model(variant):
+    """A ViT has no BatchNorm: its table does not say "frozen BN statistics"."""
+    from gtl_jax.evolve import results_table  # noqa: PLC0415
+
+    c = load_config(f"omniglot:{variant}")
+    r = {"instinct": (0.3, 0.01), "accuracy": (0.4, 0.02)}
+    results = {
+        f"{shot}-shot/{m}": r for shot in (1, 5) for m in ("learngene", "scratch")
+    }
+    table = results_table(c, results, {"share_of_network": 0.2})
+    assert ("frozen BN" in table) == (variant == "smoke"), table.splitlines()[0]

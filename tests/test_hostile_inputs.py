@@ -203,6 +203,10 @@ def _truncate_arrays(path):
             p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
 def _arrays_of_another_ratio(path, tmp_path):
     # The arrays of an r = 0.25 learngene under the metadata of the r = 0.45 one.
     model = build_model("vgg11", 5, width=1 / 16)
@@ -242,6 +246,10 @@ BAD_LEARNGENE_FILES = {
     ),
     "truncated metadata.json": (lambda p, t: _truncate_metadata(p), "not valid JSON"),
     "truncated arrays": (lambda p, t: _truncate_arrays(p), "cannot read the arrays"),
+    "truncated manifest": (
+        lambda p, t: _truncate(p / "arrays" / "manifest.ocdbt"),
+        "(damaged or truncated): ValueError: DATA_LOSS: ",
+    ),
     "arrays of another learngene": (
         _arrays_of_another_ratio,
         "stage1/conv1/kernel: the arrays hold shape (3, 3, 1, 1), the metadata says "
@@ -281,6 +289,10 @@ def test_bad_learngene_file_is_one_clear_error_naming_it(case, gene_copy, tmp_pa
         load_learngene(gene_copy)
     assert message in str(info.value)
     assert str(gene_copy) in str(info.value)
+    # Not TensorStore's spec (a 1,200-character JSON line) after Orbax's reason.
+    assert "tensorstore_spec" not in str(info.value)
+    if "cannot read the arrays" in message:
+        assert len(str(info.value)) < 600 and "\n" not in str(info.value)
 
 
 def test_another_library_version_of_the_same_format_loads(gene_copy, gene_file):

@@ -225,6 +225,12 @@ def test_learngene_of_another_architecture_is_a_clear_error(tmp_path, capsys):
 
 def test_missing_learngene_and_bad_fields(tmp_path, capsys):
     assert inherit.main(["--learngene", str(tmp_path / "nothing"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no learngene file at {tmp_path / 'nothing'}: ")
+    assert f"run python -m gtl_jax.evolve --workdir={tmp_path} first" in err
+    assert len(err.splitlines()) == 1
+    (tmp_path / "empty").mkdir()  # a folder, but not a learngene file
+    assert inherit.main(["--learngene", str(tmp_path / "empty"), "--quiet"]) == 2
     assert "metadata.json not found" in capsys.readouterr().err
     _write_learngene(tmp_path / "g")
     for flags, field in (

@@ -138,8 +138,9 @@ def test_plot_curves_as_the_callers_call_it(tmp_path):
             for line in ax.get_lines()
         )
         assert ax.get_legend() is None
+        assert not ax.texts  # "chance" is named in the legend, not over the curves
     labels, title = legend_texts(fig)
-    assert labels == ["learngene", "scratch", "pretrain-circuit"]
+    assert labels == ["learngene", "scratch", "pretrain-circuit", "chance 20%"]
     assert title == ""  # no instinct given: no note
     # One colour per method, the same in every panel.
     colours = [

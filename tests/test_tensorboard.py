@@ -1,5 +1,6 @@
-"""gtl_jax.tensorboard writes event files that TensorBoard's own readers read (without
-TensorFlow): tags, steps, values, the file version, a resumed run's second file."""
+"""gtl_jax.tensorboard (tensorboardX) writes event files that TensorBoard's own readers
+read (without TensorFlow): tags, steps, values, the file version, a resumed run's second
+file, the config (text and hparams) and an evolve run's final results table (text)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from tensorboard.backend.event_processing import (
     event_file_loader,
     plugin_event_accumulator,
 )
-from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 from gtl_jax import tensorboard as tb
 
@@ -45,31 +44,19 @@ def metrics_line(g: int) -> dict:
 
 
 def load(logdir):
-    acc = event_accumulator.EventAccumulator(str(logdir))
+    acc = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.TENSORS: 0}
+    )
     acc.Reload()
     return acc
 
 
-def test_crc32c_matches_tensorboard():
-    assert tb.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    rng = np.random.default_rng(0)
-    for n in (0, 1, 8, 100, 1000):
-        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-        assert tb.masked_crc32c(data) == masked_crc32c(data)
-
-
-def test_events_parse_as_tensorboard_protos():
-    event = event_pb2.Event.FromString(
-        tb.encode_event(1.5, 7, scalars={"a": 0.25, "b/c": -3.0})
-    )
-    assert event.wall_time == 1.5 and event.step == 7
-    assert [(v.tag, v.simple_value) for v in event.summary.value] == [
-        ("a", 0.25),
-        ("b/c", -3.0),
+def text_of(acc, tag: str) -> list[tuple[int, str]]:
+    """``(step, text)`` of a text summary (tensorboardX names it ``<tag>/text_summary``)."""
+    return [
+        (e.step, e.tensor_proto.string_val[0].decode())
+        for e in acc.Tensors(f"{tag}/text_summary")
     ]
-    event = event_pb2.Event.FromString(tb.encode_event(2.0, -5, session_start=True))
-    assert event.step == -5
-    assert event.session_log.status == event_pb2.SessionLog.START
 
 
 def test_metrics_read_back_by_event_accumulator(tmp_path):
@@ -193,3 +180,66 @@ def test_tensorboard_reads_without_tensorflow(tmp_path):
         env=env,
     ).stdout.split()
     assert out == ["0.5", "False"]
+
+
+def test_config_is_text_and_hparams_and_results_are_text(tmp_path):
+    config = {
+        "seed": 3,
+        "evolution": {"generations": 2, "selection": "truncation", "ratio": 0.5},
+        "data": {"dataset": "omniglot", "data_dir": None, "shots": [1, 5]},
+    }
+    table = "| accuracy | 5-way 1-shot |\n| --- | --- |\n| learngene | 41.2 ± 1.0 |"
+    with tb.EventWriter(tmp_path) as events:
+        events.config(config, metrics=["fitness_max"])
+        events.scalars(1, {"fitness_max": 0.5})
+        events.text("results", table, step=2)
+    acc = load(tmp_path)
+    ((step, text),) = text_of(acc, "config")
+    assert step == 0 and '"selection": "truncation"' in text
+    assert text_of(acc, "results") == [(2, table)]
+
+    plugin = plugin_event_accumulator.EventAccumulator(str(tmp_path))
+    plugin.Reload()
+    content = plugin.PluginTagToContent("hparams")
+    assert set(content) == {
+        "_hparams_/experiment",
+        "_hparams_/session_start_info",
+        "_hparams_/session_end_info",
+    }
+    from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: PLC0415
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start.hparams["seed"].number_value == 3
+    assert start.hparams["evolution.selection"].string_value == "truncation"
+    assert start.hparams["evolution.ratio"].number_value == 0.5
+    assert start.hparams["data.shots"].string_value == "[1, 5]"
+    assert start.hparams["data.data_dir"].string_value == "null"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["fitness_max"]
+
+
+def test_an_evolve_run_writes_its_config_and_final_table(tmp_path, capsys):
+    """The smoke run, one generation: TensorBoard's reader finds the scalars, the config
+    and the final table, the same text as results.md."""
+    from gtl_jax.evolve import main  # noqa: PLC0415
+
+    workdir = tmp_path / "run"
+    argv = [
+        "--config=configs/omniglot.py:smoke",
+        "--config.evolution.generations=1",
+        f"--workdir={workdir}",
+        "--quiet",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    acc = load(workdir / "tensorboard")
+    assert [p.step for p in acc.Scalars("fitness_max")] == [1]
+    ((_, config),) = text_of(acc, "config")
+    assert '"generations": 1' in config
+    ((step, table),) = text_of(acc, "results")
+    assert step == 1
+    assert table + "\n" == (workdir / "results.md").read_text()
+    assert "| learngene |" in table

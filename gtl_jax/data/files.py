@@ -15,6 +15,7 @@ where loaders written before the split import them.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import os
@@ -27,7 +28,6 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 # Re-exported (``name as name``): the names files.py held before pickles.py and arrays.py.
 from gtl_jax.data.arrays import area_resize_matrix as area_resize_matrix
@@ -41,6 +41,7 @@ from gtl_jax.data.pickles import load_pickle as load_pickle
 from gtl_jax.data.pickles import load_split_pickle as load_split_pickle
 from gtl_jax.data.pickles import require_keys as require_keys
 from gtl_jax.data.pool import ClassPool, DataError
+from gtl_jax.progress import progress_bar
 
 SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
 SPLITS = ("train", "val", "test")
@@ -268,7 +269,7 @@ def _fetch_once(url: str, folder: pathlib.Path, name: str) -> tuple[pathlib.Path
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             got = 0
-            with tqdm(
+            with progress_bar(
                 total=total,
                 unit="B",
                 unit_scale=True,
@@ -299,6 +300,26 @@ def _fetch_once(url: str, folder: pathlib.Path, name: str) -> tuple[pathlib.Path
     return pathlib.Path(tmp.name), digest.hexdigest()
 
 
+# A temp file of a download untouched this long is a killed process's (a live download
+# writes every block, and gives up after _DOWNLOAD_TIMEOUT_S without data).
+STALE_PART_S = 600.0
+
+
+def remove_stale_parts(path: pathlib.Path) -> list[pathlib.Path]:
+    """Removes the temp files (``.<name>.*.part``) that a killed download of ``path``
+    left in its folder (a failure within the process removes its own); returns them."""
+    removed = []
+    now = time.time()
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        try:
+            if now - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+                removed.append(part)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
+
+
 def download(
     url: str, path: pathlib.Path, *, md5: str, how_to_fix: str = "", attempts: int = 2
 ) -> None:
@@ -307,7 +328,8 @@ def download(
     The bytes go to a temp file in ``path``'s folder (with a progress bar on stderr),
     are checked against ``md5`` and only then renamed to ``path`` (atomic), so ``path``
     is either absent or whole and verified. A failed or refused attempt is tried once
-    more (``attempts`` in all).
+    more (``attempts`` in all). Temp files of ``path`` that a killed earlier download
+    left (untouched for ``STALE_PART_S``) are removed first.
 
     Args:
       url: what to fetch (``http(s)://`` or ``file://``).
@@ -320,6 +342,7 @@ def download(
       DataError: one line naming ``url``: unreachable or cut (the last reason), or
         ``md5 checksum mismatch: expected ..., got ...``; nothing is kept.
     """
+    remove_stale_parts(path)
     error = ""
     for attempt in range(attempts):
         if attempt:

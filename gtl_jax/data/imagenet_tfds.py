@@ -28,7 +28,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from gtl_jax.data.files import (
     CACHE_VERSION,
@@ -40,6 +39,7 @@ from gtl_jax.data.files import (
 )
 from gtl_jax.data.imagenet_decode import decode_image, default_threads
 from gtl_jax.data.pool import DataError
+from gtl_jax.progress import progress_bar
 
 NAME = "imagenet"
 TFDS_NAME = "imagenet2012"
@@ -202,7 +202,7 @@ class PreparedImageNet:
         """i32[N]: the label of every record of a tfds split, in one pass over it."""
         n = self.size(split)
         out = np.empty((n,), np.int32)
-        with tqdm(
+        with progress_bar(
             total=n,
             desc=f"indexing {TFDS_NAME} {split}",
             disable=not progress or n < 100_000,

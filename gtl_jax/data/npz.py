@@ -168,12 +168,19 @@ def _read(path: pathlib.Path) -> tuple[np.ndarray, tuple[str, ...], dict | None]
         raise DataError(
             f"{path} cannot be read as an .npz file ({type(e).__name__}: {e})"
         ) from e
+    given = images.shape  # the user's shape in the message, not the one made below
     if images.ndim == 4:
         images = images[..., None]
     if images.dtype != np.uint8 or images.ndim != 5 or min(images.shape) < 1:
+        convert = ""
+        if images.dtype.kind == "f":
+            convert = (
+                "; convert float images in [0, 1] with "
+                "(images * 255).round().astype(np.uint8)"
+            )
         raise DataError(
-            f"{path}: 'images' has dtype {images.dtype} and shape {images.shape}; expected "
-            "uint8 (n_classes, n_per_class, H, W[, C]) with no empty axis"
+            f"{path}: 'images' has dtype {images.dtype} and shape {given}; expected "
+            f"uint8 (n_classes, n_per_class, H, W[, C]) with no empty axis{convert}"
         )
     if names is None:
         class_names = tuple(str(i) for i in range(images.shape[0]))

@@ -126,7 +126,11 @@ def test_parse_split_spec_names_and_ranges():
     "arrays, message",
     [
         ({"pictures": np.zeros((3, 2, 4, 4), np.uint8)}, r"no array 'images'"),
-        ({"images": np.zeros((3, 2, 4, 4), np.float32)}, "dtype float32"),
+        (  # the shape as given (not with the channel axis added), and how to convert
+            {"images": np.zeros((3, 2, 4, 4), np.float32)},
+            r"dtype float32 and shape \(3, 2, 4, 4\); expected uint8 .*"
+            r"convert float images in \[0, 1\] with \(images \* 255\)",
+        ),
         ({"images": np.zeros((3, 4, 4), np.uint8)}, r"shape \(3, 4, 4\)"),
         (
             {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import os
 import re
 import threading
 import types
@@ -633,7 +634,27 @@ def test_cli_downloads_verifies_and_runs(
     assert main(argv) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     assert "| learngene |" in captured.out
-    assert "downloading images_background.zip" in captured.err  # the progress bar
+    assert "downloading" not in captured.err  # --quiet silences the download bar too
     assert (fresh_machine.workdir / "results.md").is_file()
     assert leftovers(fresh_machine.data) == [BACKGROUND_ZIP, EVALUATION_ZIP]
     assert len(server.requests) == 2
+
+
+def test_a_killed_downloads_temp_file_is_removed_by_the_next(tmp_path):
+    """A failure within the process removes its temp file; a killed process cannot, so
+    the next download of the same file removes temp files untouched for 10 minutes
+    (a live one, e.g. another process's, is kept)."""
+    source = tmp_path / "source.zip"
+    source.write_bytes(b"z" * 1000)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    stale = folder / f".{BACKGROUND_ZIP}.abc123.part"
+    live = folder / f".{BACKGROUND_ZIP}.def456.part"
+    other = folder / ".another.zip.ghi789.part"
+    for part in (stale, live, other):
+        part.write_bytes(b"partial")
+    old = stale.stat().st_mtime - files.STALE_PART_S - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    files.download(source.as_uri(), folder / BACKGROUND_ZIP, md5=md5(b"z" * 1000))
+    assert leftovers(folder) == sorted([BACKGROUND_ZIP, live.name, other.name])
