@@ -14,6 +14,7 @@ import numpy as np
 
 from gtl_jax.build import descendant_recipe
 from gtl_jax.config import STUDY_METHODS, int_list
+from gtl_jax.models import VITS
 
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: 1.96 is close).
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -105,7 +106,8 @@ def results_table(c, rows: list[dict], share: float) -> str:
         "fixed 5-way episodes per setting (N-way: 5/N as many), "
         f"{c.evaluation.eval_query} queries per class; {c.model.name} "
         f"x{c.model.width:g}, learngene "
-        f"{100 * share:.1f}% of the parameters; descendants: {recipe.describe()}. "
+        f"{100 * share:.1f}% of the parameters; descendants: "
+        f"{recipe.describe(batch_norm_model=c.model.name not in VITS)}. "
         "Mean over seeds ± 95% CI over seeds (Student's t); 'episode CI': the mean "
         "per-episode 95% half-width within one seed; gains are paired with scratch by "
         "episode. Accuracies in %.",
