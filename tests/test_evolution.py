@@ -309,6 +309,7 @@ def test_each_generation_reports_its_selection_differential_and_response(tiny):
     )
 
 
+@pytest.mark.slow
 def test_scan_of_two_generations_equals_two_calls(tiny):
     evo, key, states, metrics = tiny
     run = jax.jit(evo.run, static_argnames="generations")
@@ -320,6 +321,7 @@ def test_scan_of_two_generations_equals_two_calls(tiny):
     )
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_equals_each_seed_alone(tiny):
     import functools
 

@@ -119,6 +119,7 @@ def test_missing_dataset_says_where_it_looked(capsys, tmp_path):
     assert str(missing) in err and "GTL_DATA_DIR" in err
 
 
+@pytest.mark.slow
 def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     # Uninterrupted: 2 generations.
     full = tmp_path / "full"
@@ -172,6 +173,7 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert (part / "learngene" / "metadata.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_pure_generation_runs_the_command_and_resumes(tmp_path, capsys):
     # execution.strategy=vmap: every generation is the jitted pure Evolution.step (the
     # GPU/TPU form) and descendants are one vmapped program; a run killed after generation
@@ -194,6 +196,7 @@ def test_the_pure_generation_runs_the_command_and_resumes(tmp_path, capsys):
     assert all(len(m["fitness"]) == 3 and len(m["parents"]) == 3 for m in metrics)
 
 
+@pytest.mark.slow
 def test_a_vit_evolves_and_its_learngene_is_inherited(tmp_path, capsys):
     # The whole pipeline with a ViT (vit_fs x1/2 on 28x28 Omniglot, 7x7 patches of 4):
     # its learngene (a ViTSpec) is written, read back and inherited by the final table.

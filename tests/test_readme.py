@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_readme_example_runs(capsys):
     text = (ROOT / "README.md").read_text()
     section = text.split("## Use it from research code", 1)[1]
