@@ -90,6 +90,7 @@ def test_augment_field_is_validated():
         validate_config(c)
 
 
+@pytest.mark.slow
 def test_cifar_fs_smoke_runs_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GTL_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data"
@@ -113,6 +114,7 @@ def test_cifar_fs_smoke_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert metadata["image_shape"] == [32, 32, 3]
 
 
+@pytest.mark.slow
 def test_mini_imagenet_smoke_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("GTL_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data"

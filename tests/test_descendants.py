@@ -120,7 +120,9 @@ def test_evaluator_learngene_vs_scratch_same_keys(omniglot):
     assert np.all((with_gene.final >= 0) & (with_gene.final <= 1))
 
 
-@pytest.mark.parametrize("head", ["random", "prototype"])
+@pytest.mark.parametrize(
+    "head", ["random", pytest.param("prototype", marks=pytest.mark.slow)]
+)
 def test_fine_tune_is_one_pure_program_equal_to_the_evaluators(head, omniglot):
     """The pure ``fine_tune``, jitted and vmapped over episodes, computes what the CPU
     evaluator computes one descendant at a time, up to float rounding (a rounding flips at

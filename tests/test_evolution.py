@@ -352,6 +352,7 @@ def test_each_generation_reports_its_selection_differential_and_response(tiny):
     )
 
 
+@pytest.mark.slow
 def test_life_genes_set_each_hosts_optimiser_and_follow_the_lineage(tiny):
     import dataclasses
 
@@ -396,6 +397,7 @@ def test_life_genes_set_each_hosts_optimiser_and_follow_the_lineage(tiny):
     assert np.all(child[1:] != lived[parents[1:]])  # explored
 
 
+@pytest.mark.slow
 def test_scan_of_two_generations_equals_two_calls(tiny):
     evo, key, states, metrics = tiny
     run = jax.jit(evo.run, static_argnames="generations")
@@ -407,6 +409,7 @@ def test_scan_of_two_generations_equals_two_calls(tiny):
     )
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_equals_each_seed_alone(tiny):
     import functools
 

@@ -131,6 +131,7 @@ def test_missing_gtl_data_dir_is_named_as_such(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     # Uninterrupted: 2 generations.
     full = tmp_path / "full"
@@ -184,6 +185,7 @@ def test_smoke_run_then_resume_gives_the_same_learngene(tmp_path, capsys):
     assert (part / "learngene" / "metadata.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_pure_generation_runs_the_command_and_resumes(tmp_path, capsys):
     # execution.strategy=vmap: every generation is the jitted pure Evolution.step (the
     # GPU/TPU form) and descendants are one vmapped program; a run killed after generation
@@ -221,6 +223,7 @@ def test_the_pure_generation_runs_the_command_and_resumes(tmp_path, capsys):
     assert (full / "life_genes.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_vit_evolves_and_its_learngene_is_inherited(tmp_path, capsys):
     # The whole pipeline with a ViT (vit_fs x1/2 on 28x28 Omniglot, 7x7 patches of 4):
     # its learngene (a ViTSpec) is written, read back and inherited by the final table.

@@ -103,6 +103,7 @@ IMPOSSIBLE_CONFIGS = [
 @pytest.mark.parametrize(
     "flags,field", IMPOSSIBLE_CONFIGS, ids=[" ".join(f) for f, _ in IMPOSSIBLE_CONFIGS]
 )
+@pytest.mark.slow
 def test_impossible_config_on_resume_names_the_field_and_keeps_the_workdir(
     flags, field, workdir, capsys
 ):
@@ -128,6 +129,7 @@ def test_unparsable_or_unknown_flag_names_it(flags, flag, tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_another_config_in_the_workdir_is_refused(workdir, capsys):
     before = snapshot(workdir)
     flags = ["--workdir", str(workdir), "--config.evolution.life_lr=0.3"]
@@ -139,6 +141,7 @@ def test_another_config_in_the_workdir_is_refused(workdir, capsys):
 # --------------------------------------------------------------------------- data and state
 
 
+@pytest.mark.slow
 def test_corrupt_dataset_on_resume_names_the_file(workdir, tmp_path, capsys):
     real = find_omniglot_dir()
     data = tmp_path / "data"
@@ -155,6 +158,7 @@ def test_corrupt_dataset_on_resume_names_the_file(workdir, tmp_path, capsys):
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_names_it_and_keeps_the_workdir(workdir, capsys):
     step = workdir / "checkpoints" / "1"
     files = [p for p in step.rglob("*") if p.is_file() and p.stat().st_size]

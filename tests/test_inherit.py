@@ -69,6 +69,7 @@ def suite_runs(tmp_path_factory):
     return c, first, second, tmp
 
 
+@pytest.mark.slow
 def test_every_method_and_head_is_reported(suite_runs):
     c, first, _, tmp = suite_runs
     got = {(r["method"], r["head"], r["shot"]) for r in first["rows"]}
@@ -97,6 +98,7 @@ def test_every_method_and_head_is_reported(suite_runs):
     assert "| pretrain-circuit | prototype |" in first["table"]
 
 
+@pytest.mark.slow
 def test_shares_and_costs(suite_runs):
     _, first, _, _ = suite_runs
     share = {r["method"]: r["params_transferred"] for r in first["rows"]}
@@ -113,6 +115,7 @@ def test_shares_and_costs(suite_runs):
     assert cost["pretrain-full"]["steps"] == 3 and cost["scratch"] == {"what": "none"}
 
 
+@pytest.mark.slow
 def test_proto_frozen_is_the_pretrained_networks_instinct(suite_runs):
     _, first, _, _ = suite_runs
     rows = {(r["method"], r["head"], r["shot"]): r for r in first["rows"]}
@@ -123,6 +126,7 @@ def test_proto_frozen_is_the_pretrained_networks_instinct(suite_runs):
     assert full["curve"][0] == pytest.approx(full["instinct"][0], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_episodes_identical_across_methods_and_runs(suite_runs):
     _, first, second, _ = suite_runs
     prints = {r["episode_fingerprint"] for r in first["rows"] + second["rows"]}
@@ -247,6 +251,7 @@ def test_missing_learngene_and_bad_fields(tmp_path, capsys):
         assert f"config field {field}=" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_results_jsonl_rows_are_json(suite_runs):
     _, _, _, tmp = suite_runs
     for line in (tmp / "a" / "results.jsonl").read_text().splitlines():
@@ -317,6 +322,7 @@ def _ten_class_npz(tmp_path, split: str):
     return path
 
 
+@pytest.mark.slow
 def test_npz_with_only_a_test_split_is_evaluated_on_all_its_classes(tmp_path, capsys):
     """A 10-class npz whose split lists only test: learngene and scratch need no other
     split, so the suite runs 10-way on all its classes; a pre-trained method needs train
@@ -389,6 +395,7 @@ def test_npz_with_only_a_test_split_is_evaluated_on_all_its_classes(tmp_path, ca
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow
 def test_inherit_checks_only_the_fields_it_uses(tmp_path, capsys):
     """A user's npz whose train/val/test splits have 20/5/5 classes: inherit runs with
     the default evolution.life_way=50 (a field only the evolution uses), and still names

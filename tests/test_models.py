@@ -199,7 +199,10 @@ def _outputs_and_grads(model, variables, x, cotangent):
     return {"logits": logits, "stats": updates, "features": features, "grads": grads}
 
 
-@pytest.mark.parametrize(("name", "size"), [("vgg11", 32), ("resnet12", 28)])
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [("vgg11", 32), pytest.param("resnet12", 28, marks=pytest.mark.slow)],
+)
 def test_cpu_and_xla_forms_same_network(name, size):
     """``forms="cpu"`` and ``forms="xla"``: the same parameters (names, shapes, initial
     values), outputs and gradients to float tolerance; ``"auto"`` is ``"cpu"`` on this CPU, bit

@@ -11,6 +11,9 @@ import zipfile
 import pytest
 from conftest import ROOT
 
+# The fast tier (-m 'not slow') leaves these out: builds and installs the wheel in subprocesses.
+pytestmark = pytest.mark.slow
+
 setuptools = pytest.importorskip("setuptools")
 
 

@@ -11,7 +11,8 @@ from gtl_jax.experiment import load_config
 from gtl_jax.models import PRECISIONS, build_model
 from gtl_jax.population import init_network, make_optimizer, train_step
 
-CASES = [("vgg11", 28), ("resnet12", 16)]
+# ResNet-12 repeats each check on a second architecture (the slow tier).
+CASES = [("vgg11", 28), pytest.param("resnet12", 16, marks=pytest.mark.slow)]
 
 
 def one_step(model, size: int):

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_readme_example_runs(capsys):
     text = (ROOT / "README.md").read_text()
     section = text.split("## Use it from research code", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "(2, 2)" in out and "(75, 5)" in out and "share_of_network" in out
+    # What its comments say it prints: the learngene's share of the network its spec was
+    # made for, then of the wider one; the seeds' and generations' axes; the step's count.
+    assert "learngene: 19.5% of its network" in out
+    assert "# 19.5%: r = 0.45 gives about 20%" in code
+    assert "(2, 1)" in out and "generation 3 " in out
+    assert "(75, 5) 4.9% of the wider network" in out
+    assert "# (75, 5) 4.9%" in code
 
 
 def test_readme_has_the_two_setup_commands():

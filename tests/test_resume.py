@@ -25,6 +25,10 @@ from conftest import ROOT
 
 from gtl_jax.checkpoint import load_learngene
 
+# The fast tier (-m 'not slow') leaves these out: each test runs python -m gtl_jax.evolve
+# in subprocesses.
+pytestmark = pytest.mark.slow
+
 GENERATIONS = 3
 TINY = [
     "--config=configs/omniglot.py:smoke",

@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+# The fast tier (-m 'not slow') leaves these out: each test runs evolutions in
+# subprocesses on 8 CPU devices.
+pytestmark = pytest.mark.slow
+
 SCRIPT = ROOT / "tests" / "scripts" / "sharded_evolution.py"
 
 

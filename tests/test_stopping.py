@@ -152,6 +152,7 @@ def reference(tmp_path_factory):
 # --------------------------------------------------------------------------- evolve
 
 
+@pytest.mark.slow
 def test_sigint_during_the_evolution_then_the_rerun_resumes(reference, tmp_path):
     workdir = tmp_path / "w"
     command = Command("gtl_jax.evolve", workdir)
@@ -174,6 +175,7 @@ def descendants_running(command: Command, workdir: pathlib.Path):
     return lambda: written.exists() and "descendants:" in command.err
 
 
+@pytest.mark.slow
 def test_sigint_during_the_final_table_then_the_rerun_makes_it(reference, tmp_path):
     workdir = tmp_path / "w"
     command = Command("gtl_jax.evolve", workdir, quiet=False)
@@ -191,6 +193,7 @@ def test_sigint_during_the_final_table_then_the_rerun_makes_it(reference, tmp_pa
     assert_same_run(workdir, reference)
 
 
+@pytest.mark.slow
 def test_worker_processes_stop_without_a_word(tmp_path):
     """Two worker processes: SIGTERM to the main process alone (``kill PID``) during the
     evolution, then Ctrl-C to the whole group during the final table. The workers ignore
@@ -217,6 +220,7 @@ def test_worker_processes_stop_without_a_word(tmp_path):
     assert not group_processes(command.proc.pid)
 
 
+@pytest.mark.slow
 def test_joined_processes_stop_with_one_line_and_resume(tmp_path):
     """``--config.execution.processes=2``: SIGTERM to the launcher alone (``kill PID``)
     during the evolution ends both joined processes together after a generation's
@@ -253,6 +257,7 @@ def _catches(pid: int, sig: int) -> bool:
 @pytest.mark.skipif(
     not pathlib.Path("/proc/self/status").exists(), reason="Linux /proc"
 )
+@pytest.mark.slow
 def test_a_stop_while_the_command_imports_its_modules(tmp_path):
     """The package imports gtl_jax.stopping first: under ``python -m gtl_jax.<command>`` a
     signal while the rest (JAX, Orbax: a second or more) imports is one line too."""
@@ -270,6 +275,7 @@ def test_a_stop_while_the_command_imports_its_modules(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_one_error_without_event_loop_tracebacks(
     reference, tmp_path
 ):
@@ -292,6 +298,7 @@ def test_a_damaged_checkpoint_is_one_error_without_event_loop_tracebacks(
 # --------------------------------------------------------------------------- inherit, study
 
 
+@pytest.mark.slow
 def test_sigint_during_inherit_keeps_the_pretrained_network(reference, tmp_path):
     workdir = tmp_path / "inherit"
     flags = ("--learngene", str(reference / "learngene"))
@@ -324,6 +331,7 @@ def test_sigint_during_inherit_keeps_the_pretrained_network(reference, tmp_path)
     not hasattr(study.main, "__wrapped__"),
     reason="gtl_jax.study.main is not yet decorated with @stopping.command",
 )
+@pytest.mark.slow
 def test_sigint_during_the_study_says_what_is_kept(tmp_path):
     workdir = tmp_path / "study"
     command = Command("gtl_jax.study", workdir)
@@ -403,6 +411,7 @@ def test_a_stop_inside_a_gc_callback_is_not_lost(capsys):
     assert err == f"interrupted: nothing was written; {RESUME} to start\n"
 
 
+@pytest.mark.slow
 def test_worker_pool_ignores_sigint_and_is_terminated_on_an_exception():
     with distributed.worker_pool(2, int) as (pool, _):
         assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN

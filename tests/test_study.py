@@ -52,6 +52,7 @@ def test_realised_heritability_is_selections_response_over_its_differential():
     assert "heritability" not in rows["no_selection"]
 
 
+@pytest.mark.slow
 def test_smoke_study_evaluates_every_method_over_seeds(tmp_path, capsys):
     workdir = tmp_path / "study"
     flags = ["--config=configs/omniglot.py:smoke", "--quiet", f"--workdir={workdir}"]

@@ -620,6 +620,7 @@ def test_cli_small_official_files_reach_the_split_check(
     assert leftovers(fresh_machine.data) == [BACKGROUND_ZIP, EVALUATION_ZIP]
 
 
+@pytest.mark.slow
 def test_cli_downloads_verifies_and_runs(
     fresh_machine, server, full_split_background_zip, evaluation_zip, digests, capsys
 ):

@@ -32,6 +32,7 @@ def _tiny_executor(omniglot, **overrides) -> HostExecutor:
     )
 
 
+@pytest.mark.slow
 def test_two_generations_compile_once(omniglot):
     evo = _tiny_executor(omniglot)
     key = jax.random.key(0)
@@ -55,6 +56,7 @@ def test_two_generations_compile_once(omniglot):
         assert fn._cache_size() == 1, name
 
 
+@pytest.mark.slow
 def test_blocks_of_members_live_as_in_the_whole_population(omniglot):
     # What lets generation split the population between worker processes: a block draws the
     # whole population's keys and tasks, so its members' lives are bit-identical.
@@ -80,6 +82,7 @@ def test_blocks_of_members_live_as_in_the_whole_population(omniglot):
 
 
 @pytest.mark.parametrize("poison", [jnp.nan, jnp.inf])
+@pytest.mark.slow
 def test_a_diverging_individual_is_never_selected(poison, omniglot):
     evo = _tiny_executor(omniglot)
     key = jax.random.key(0)
@@ -102,6 +105,7 @@ def test_a_diverging_individual_is_never_selected(poison, omniglot):
     assert bool(all_finite(state.learngenes).all())  # the NaN did not spread
 
 
+@pytest.mark.slow
 def test_lineage_score_fixed_critics_and_the_final_choice(omniglot):
     evo = _tiny_executor(omniglot, selection="score", fixed_critics=True, life_steps=0)
     key = jax.random.key(0)
@@ -127,6 +131,7 @@ def test_lineage_score_fixed_critics_and_the_final_choice(omniglot):
     assert index == int(np.argmax(again.fitness)) and info["rule"] == "fittest"
 
 
+@pytest.mark.slow
 def test_no_selection_control_chooses_its_final_learngene_at_random(omniglot):
     evo = _tiny_executor(omniglot, selection="none")
     state = evo.evo.init(jax.random.key(0))
@@ -137,6 +142,7 @@ def test_no_selection_control_chooses_its_final_learngene_at_random(omniglot):
     assert chosen == {0, 1, 2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "selection,life_genes",
     [("tournament", ""), ("score", ""), ("none", ""), ("tournament", "lr,momentum")],

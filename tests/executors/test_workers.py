@@ -9,6 +9,7 @@ import pytest
 from gtl_jax.experiment import load_config, make_executor, start_life_workers
 
 
+@pytest.mark.slow
 def test_worker_processes_compute_the_lives_of_the_population(omniglot):
     c = load_config("omniglot:smoke")  # pop 3: blocks of 2 and 1 members
     evo = make_executor(c, omniglot)
