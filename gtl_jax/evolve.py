@@ -468,8 +468,7 @@ def run(
     )
     if writer and history:
         plots.plot_fitness(history, workdir / "fitness.png")
-        if plots.life_gene_names(history):
-            plots.plot_life_genes({"evolution": [history]}, workdir / "life_genes.png")
+        plots.plot_life_genes({"evolution": [history]}, workdir / "life_genes.png")
     if not final_table:
         return {"evolution_seconds": evolve_seconds, "history": history}
     return write_results(

@@ -486,9 +486,11 @@ def plot_life_genes(
     population geometric mean (log scale) and min-max band, coloured by arm.
 
     ``histories``: ``{arm: [metrics of each run]}``, as :func:`plot_study_fitness`; a
-    single evolution is ``{"evolution": [its metrics]}``.
+    single evolution is ``{"evolution": [its metrics]}``. Writes nothing when no run has
+    life genes.
     """
-    _save(life_genes_figure(histories), path)
+    if any(life_gene_names(r) for runs in histories.values() for r in runs):
+        _save(life_genes_figure(histories), path)
 
 
 # --------------------------------------------------------------------------- attention

@@ -514,8 +514,7 @@ def run(c: ml_collections.ConfigDict, workdir: pathlib.Path, *, quiet: bool = Fa
     (workdir / "results.json").write_text(json.dumps(summary, indent=1))
     (workdir / "results.md").write_text(table + "\n")
     plots.plot_study_fitness(histories, workdir / "fitness.png")
-    if any(plots.life_gene_names(h) for runs in histories.values() for h in runs):
-        plots.plot_life_genes(histories, workdir / "life_genes.png")
+    plots.plot_life_genes(histories, workdir / "life_genes.png")
     summary["table"] = table
     return summary
 

@@ -279,3 +279,14 @@ def test_plot_study_fitness(tmp_path):
     assert_png(tmp_path / "one.png")
     plots.plot_study_fitness({}, tmp_path / "none.png")
     assert_png(tmp_path / "none.png")
+
+
+def test_life_genes_are_plotted_only_when_a_run_has_them(tmp_path):
+    from gtl_jax.plots import plot_life_genes
+
+    plain = [{"generation": 1, "fitness": [0.5]}]
+    plot_life_genes({"evolved": [plain]}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+    genes = [{"generation": g, "life_genes/lr": [0.05, 0.1]} for g in (1, 2)]
+    plot_life_genes({"evolved": [genes], "no_selection": [plain]}, tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 0
